@@ -1,0 +1,83 @@
+/**
+ * A one-way splice loop driven by `poll(2)` readiness: socket -> pipe -> socket until end of
+ * input. It backs the demo and the primitives' tests; the relay engine has its own event loop.
+ *
+ * @module
+ */
+
+import { spliceIn, spliceOut, type SplicePipe } from "./splice_pipe.ts";
+import { libc } from "./ffi/libc.ts";
+import { socketFd, type SocketLike } from "./ffi/socket_fd.ts";
+
+const POLLIN = 0x001;
+const POLLOUT = 0x004;
+
+/** How a {@linkcode spliceStream} ended. */
+export interface SpliceStreamResult {
+  bytes: number;
+  status: "end" | "error";
+  errno: number;
+}
+
+/**
+ * Moves everything `source` sends to `destination` through `pipe.inPipe`. Never spins: when
+ * neither side can make progress it waits in `poll` (on the blocking pool) for the side it
+ * needs. The destination is not shut down at the end; the caller decides.
+ */
+export async function spliceStream(
+  source: SocketLike,
+  destination: SocketLike,
+  pipe: SplicePipe,
+  options?: { onProgress?: (bytes: number) => void; timeoutMs?: number },
+): Promise<SpliceStreamResult> {
+  const sourceFd = socketFd(source);
+  const destinationFd = socketFd(destination);
+  const [readEnd, writeEnd] = pipe.inPipe;
+  // Each in-flight nonblocking call needs a buffer of its own; this loop has one at a time.
+  const pollFds = new Uint8Array(16);
+  const view = new DataView(pollFds.buffer);
+  const deadline = Date.now() + (options?.timeoutMs ?? 600_000);
+  let bytes = 0;
+  let sourceDone = false;
+  for (;;) {
+    let progressed = false;
+    if (!sourceDone && pipe.inPipePending < pipe.capacity) {
+      const [moved, status, errno] = spliceIn(sourceFd, writeEnd, pipe.capacity);
+      if (status === "moved") {
+        pipe.inPipePending += moved;
+        progressed = true;
+      } else if (status === "end") {
+        sourceDone = true;
+      } else if (status === "error") {
+        return { bytes, status, errno };
+      }
+    }
+    if (pipe.inPipePending > 0) {
+      const [moved, status, errno] = spliceOut(readEnd, destinationFd, pipe.inPipePending);
+      if (status === "moved") {
+        pipe.inPipePending -= moved;
+        bytes += moved;
+        progressed = true;
+        options?.onProgress?.(bytes);
+      } else if (status === "error") {
+        return { bytes, status, errno };
+      }
+    }
+    if (sourceDone && pipe.inPipePending === 0) return { bytes, status: "end", errno: 0 };
+    if (progressed) continue;
+    if (Date.now() > deadline) throw new Error("spliceStream: timed out");
+    // struct pollfd { int fd; short events; short revents; } x2
+    let count = 0;
+    if (!sourceDone && pipe.inPipePending < pipe.capacity) {
+      view.setInt32(count * 8, sourceFd, true);
+      view.setInt16(count * 8 + 4, POLLIN, true);
+      count++;
+    }
+    if (pipe.inPipePending > 0) {
+      view.setInt32(count * 8, destinationFd, true);
+      view.setInt16(count * 8 + 4, POLLOUT, true);
+      count++;
+    }
+    await libc().poll(pollFds, BigInt(count), 100);
+  }
+}

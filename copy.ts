@@ -1,0 +1,191 @@
+/**
+ * The userspace fallback: copies bytes between Deno connections through a reused buffer, with
+ * TCP half-close carried across. Used where splice is unavailable (no `--allow-ffi`, not Linux)
+ * and wherever a pipe cannot be had.
+ *
+ * Deno's `readable.pipeTo(writable)` is not a substitute: at end of input it closes the whole
+ * destination socket, so a reply that the other side still sends after a half-close is lost.
+ *
+ * @module
+ */
+
+/** The read half a copy needs: `Deno.Conn` and any `Deno.Reader`-like object fit. */
+export interface CopySource {
+  /** Reads into `buffer`; resolves to the byte count, or `null` at end of input. */
+  read(buffer: Uint8Array): Promise<number | null>;
+}
+
+/** The write half a copy needs: `Deno.Conn` fits. */
+export interface CopyDestination {
+  /** Writes part of `buffer`; resolves to the byte count written. */
+  write(buffer: Uint8Array): Promise<number>;
+  /** Shuts down the sending side (TCP FIN) while reads continue. */
+  closeWrite?(): Promise<void>;
+}
+
+/** Options for {@linkcode copy}. */
+export interface CopyOptions {
+  /**
+   * The buffer to copy through, reused for every chunk; default a new 64 KiB buffer. Never
+   * share one buffer between two copies that run at the same time.
+   */
+  buffer?: Uint8Array;
+  /** Whether to call `destination.closeWrite()` at end of input. Default `true`. */
+  closeWrite?: boolean;
+}
+
+/** How one direction of a copy ended. */
+export interface CopyResult {
+  /** Bytes read from the source and fully written to the destination. */
+  bytes: number;
+  /**
+   * `"end"` when the source reached end of input and the destination got its FIN; `"error"`
+   * when a read, write or shutdown failed (the cause is in `error`).
+   */
+  status: "end" | "error";
+  /** The failure, when `status` is `"error"`. */
+  error?: unknown;
+}
+
+/** Default copy buffer size: large enough that a bulk stream costs few reads, as in Go. */
+export const COPY_BUFFER_SIZE = 64 * 1024;
+
+/**
+ * Copies `source` to `destination` until end of input, then shuts down the destination's
+ * sending side only, so the other direction of the connection keeps flowing. Never rejects:
+ * a failure is reported in the result with the bytes delivered before it.
+ *
+ * @param source where bytes come from, e.g. a `Deno.Conn`
+ * @param destination where they go, e.g. a `Deno.Conn`
+ * @param options the buffer to reuse, and whether to half-close
+ * @returns the bytes copied and how the copy ended
+ *
+ * @example Forward a request and keep reading the reply
+ * ```ts ignore
+ * import { copy } from "@zerocopy/splice";
+ *
+ * const client = await listener.accept();
+ * const backend = await Deno.connect({ hostname: "127.0.0.1", port: 9000 });
+ * const [up, down] = await Promise.all([copy(client, backend), copy(backend, client)]);
+ * console.log(`${up.bytes} bytes up, ${down.bytes} bytes down`);
+ * client.close();
+ * backend.close();
+ * ```
+ */
+export async function copy(
+  source: CopySource,
+  destination: CopyDestination,
+  options?: CopyOptions,
+): Promise<CopyResult> {
+  const buffer = options?.buffer ?? new Uint8Array(COPY_BUFFER_SIZE);
+  if (!(buffer instanceof Uint8Array) || buffer.byteLength === 0) {
+    throw new TypeError("Cannot copy through an empty buffer: pass a non-empty Uint8Array");
+  }
+  let bytes = 0;
+  try {
+    for (;;) {
+      const read = await source.read(buffer);
+      if (read === null) break;
+      let written = 0;
+      while (written < read) {
+        written += await destination.write(buffer.subarray(written, read));
+      }
+      bytes += read;
+    }
+    if (options?.closeWrite !== false) await destination.closeWrite?.();
+    return { bytes, status: "end" };
+  } catch (error) {
+    return { bytes, status: "error", error };
+  }
+}
+
+/** Options for {@linkcode copyBidirectional}. */
+export interface CopyBidirectionalOptions {
+  /** Ends both directions and closes both connections. */
+  signal?: AbortSignal;
+  /** Buffer size per direction; default {@linkcode COPY_BUFFER_SIZE}. */
+  bufferSize?: number;
+}
+
+/** The outcome of {@linkcode copyBidirectional}. */
+export interface CopyBidirectionalResult {
+  /** `a` -> `b`. */
+  aToB: CopyResult;
+  /** `b` -> `a`. */
+  bToA: CopyResult;
+  /** Whether `signal` ended the copy. */
+  aborted: boolean;
+}
+
+/** A connection both ends of which {@linkcode copyBidirectional} drives and closes. */
+export interface DuplexConn extends CopySource, CopyDestination {
+  /** Closes the connection. */
+  close(): void;
+}
+
+/**
+ * Copies both ways between `a` and `b` until each direction has ended, then closes both. A
+ * half-close travels across (end of input on one side shuts down the other side's sending
+ * half) while the other direction keeps flowing. When one direction fails (a reset, a broken
+ * pipe), both connections are closed at once, so the other direction cannot hang.
+ *
+ * Takes ownership of `a` and `b`: both are closed when the promise settles. Never rejects.
+ *
+ * @param a one connection, e.g. the accepted client
+ * @param b the other, e.g. the backend
+ * @param options an abort signal and the buffer size
+ * @returns the bytes each way and how each direction ended
+ *
+ * @example A userspace TCP proxy
+ * ```ts ignore
+ * import { copyBidirectional } from "@zerocopy/splice";
+ *
+ * for await (const client of Deno.listen({ hostname: "127.0.0.1", port: 8080 })) {
+ *   const backend = await Deno.connect({ hostname: "127.0.0.1", port: 9000 });
+ *   copyBidirectional(client, backend).then((r) => console.log(r.aToB.bytes, r.bToA.bytes));
+ * }
+ * ```
+ */
+export async function copyBidirectional(
+  a: DuplexConn,
+  b: DuplexConn,
+  options?: CopyBidirectionalOptions,
+): Promise<CopyBidirectionalResult> {
+  const size = options?.bufferSize ?? COPY_BUFFER_SIZE;
+  if (!Number.isInteger(size) || size <= 0) {
+    throw new RangeError(`Invalid bufferSize: ${size} (expected a positive whole number)`);
+  }
+  let closed = false;
+  let aborted = false;
+  const closeBoth = (): void => {
+    if (closed) return;
+    closed = true;
+    for (const conn of [a, b]) {
+      try {
+        conn.close();
+      } catch {
+        // Already closed by its owner: nothing left to release.
+      }
+    }
+  };
+  const signal = options?.signal;
+  const onAbort = (): void => {
+    aborted = true;
+    closeBoth();
+  };
+  if (signal?.aborted) onAbort();
+  signal?.addEventListener("abort", onAbort, { once: true });
+
+  const direction = async (from: DuplexConn, to: DuplexConn): Promise<CopyResult> => {
+    const result = await copy(from, to, { buffer: new Uint8Array(size) });
+    if (result.status === "error") closeBoth();
+    return result;
+  };
+  try {
+    const [aToB, bToA] = await Promise.all([direction(a, b), direction(b, a)]);
+    return { aToB, bToA, aborted };
+  } finally {
+    signal?.removeEventListener("abort", onAbort);
+    closeBoth();
+  }
+}

@@ -1,0 +1,47 @@
+/**
+ * Errors raised at the module's boundaries. Hot paths return a status instead of throwing.
+ *
+ * @module
+ */
+
+import { errnoDescription, errnoName } from "./ffi/errno.ts";
+
+/**
+ * A failed system call: carries the errno number, its symbolic name and the syscall, like
+ * Node's `SystemError` and the `code` Deno puts on its own errors.
+ *
+ * @example Tell a resource limit apart from other failures
+ * ```ts
+ * import { SyscallError } from "@zerocopy/splice";
+ *
+ * const error: unknown = new SyscallError("pipe2", 24);
+ * if (error instanceof SyscallError && error.code === "EMFILE") {
+ *   console.log(error.message); // "pipe2 failed: EMFILE (errno 24): Too many open files"
+ * }
+ * ```
+ */
+export class SyscallError extends Error {
+  /** The errno value, e.g. `9`. */
+  readonly errno: number;
+  /** The errno name, e.g. `"EBADF"`. */
+  readonly code: string;
+  /** The failing system call, e.g. `"splice"`. */
+  readonly syscall: string;
+
+  /**
+   * @param syscall the failing system call
+   * @param errno the errno value it left
+   * @param options `cause` and a `detail` appended to the message
+   */
+  constructor(syscall: string, errno: number, options?: { detail?: string; cause?: unknown }) {
+    const code = errnoName(errno);
+    const detail = options?.detail ? ` (${options.detail})` : "";
+    super(`${syscall} failed: ${code} (errno ${errno}): ${errnoDescription(errno)}${detail}`, {
+      cause: options?.cause,
+    });
+    this.name = "SyscallError";
+    this.errno = errno;
+    this.code = code;
+    this.syscall = syscall;
+  }
+}

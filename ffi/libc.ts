@@ -1,0 +1,178 @@
+/**
+ * The libc binding: one typed symbol table, opened lazily on first use.
+ *
+ * Nothing here runs at import time: importing this file needs no permission. The table is opened
+ * only by {@linkcode libc}, which callers reach after {@linkcode ffiAvailable} said yes.
+ *
+ * @module
+ */
+
+/**
+ * Every libc symbol the module calls. 64-bit integers (`size_t`, `ssize_t`) are `usize`/`isize`
+ * and therefore `bigint` in JS: passing a `number` there would drop the call off V8's fast path.
+ */
+const SYMBOLS = {
+  splice: {
+    parameters: [
+      "i32", // int fd_in
+      "pointer", // loff_t *off_in (always NULL: sockets and pipes have no offset)
+      "i32", // int fd_out
+      "pointer", // loff_t *off_out (always NULL)
+      "usize", // size_t len
+      "u32", // unsigned int flags
+    ],
+    result: "isize", // ssize_t
+  },
+  pipe2: {
+    parameters: [
+      "buffer", // int pipefd[2]
+      "i32", // int flags
+    ],
+    result: "i32", // int
+  },
+  fcntl: {
+    // fcntl is variadic; every command used here takes one int, which the Linux x86_64 and
+    // aarch64 calling conventions pass exactly like a fixed int parameter.
+    parameters: [
+      "i32", // int fd
+      "i32", // int cmd
+      "i32", // int arg
+    ],
+    result: "i32", // int
+  },
+  close: {
+    parameters: [
+      "i32", // int fd
+    ],
+    result: "i32", // int
+  },
+  read: {
+    parameters: [
+      "i32", // int fd
+      "buffer", // void *buf
+      "usize", // size_t count
+    ],
+    result: "isize", // ssize_t
+  },
+  write: {
+    parameters: [
+      "i32", // int fd
+      "buffer", // const void *buf
+      "usize", // size_t count
+    ],
+    result: "isize", // ssize_t
+  },
+  shutdown: {
+    parameters: [
+      "i32", // int sockfd
+      "i32", // int how
+    ],
+    result: "i32", // int
+  },
+  getsockname: {
+    parameters: [
+      "i32", // int sockfd
+      "buffer", // struct sockaddr *addr
+      "buffer", // socklen_t *addrlen
+    ],
+    result: "i32", // int
+  },
+  getpeername: {
+    parameters: [
+      "i32", // int sockfd
+      "buffer", // struct sockaddr *addr
+      "buffer", // socklen_t *addrlen
+    ],
+    result: "i32", // int
+  },
+  getsockopt: {
+    parameters: [
+      "i32", // int sockfd
+      "i32", // int level
+      "i32", // int optname
+      "buffer", // void *optval
+      "buffer", // socklen_t *optlen
+    ],
+    result: "i32", // int
+  },
+  poll: {
+    parameters: [
+      "buffer", // struct pollfd *fds
+      "u64", // nfds_t nfds (unsigned long)
+      "i32", // int timeout (ms)
+    ],
+    result: "i32", // int
+    // Runs on Deno's blocking thread pool and returns a Promise: a readiness wait that does not
+    // stall the event loop. errno cannot be read after it (another thread ran it).
+    nonblocking: true,
+  },
+  __errno_location: {
+    parameters: [],
+    result: "pointer", // int *
+  },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+/** The callable libc symbols. */
+export type Libc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
+
+/** Where glibc and musl keep their C library, most common first. */
+const LIBC_NAMES = ["libc.so.6", "libc.musl-x86_64.so.1", "libc.musl-aarch64.so.1", "libc.so"];
+
+let library: Deno.DynamicLibrary<typeof SYMBOLS> | null = null;
+let probed: boolean | null = null;
+let errnoView: Deno.UnsafePointerView | null = null;
+
+/**
+ * Whether the splice fast path can be used in this process: Linux, `--allow-ffi` granted, and
+ * libc opened. Never prompts and never throws; the first answer is remembered.
+ */
+export function ffiAvailable(): boolean {
+  if (probed !== null) return probed;
+  probed = false;
+  if (Deno.build.os !== "linux") return false;
+  try {
+    // querySync never prompts: "prompt" means not granted up front, which counts as no.
+    if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") return false;
+    openLibrary();
+    probed = true;
+  } catch {
+    probed = false;
+  }
+  return probed;
+}
+
+function openLibrary(): Deno.DynamicLibrary<typeof SYMBOLS> {
+  if (library) return library;
+  let lastError: unknown;
+  for (const name of LIBC_NAMES) {
+    try {
+      library = Deno.dlopen(name, SYMBOLS);
+      return library;
+    } catch (error) {
+      lastError = error;
+    }
+  }
+  throw lastError;
+}
+
+/**
+ * The libc symbols. Opens the library on first call; throws where {@linkcode ffiAvailable}
+ * would say no, so call that first.
+ */
+export function libc(): Libc {
+  return (library ?? openLibrary()).symbols;
+}
+
+/**
+ * The calling thread's `errno`. Read it immediately after the failing synchronous call, before
+ * anything else can run a syscall on this thread. The pointer is thread-local; it is cached per
+ * module instance, and each Worker has its own instance.
+ */
+export function errno(): number {
+  if (errnoView === null) {
+    const pointer = libc().__errno_location();
+    if (pointer === null) return 0;
+    errnoView = new Deno.UnsafePointerView(pointer);
+  }
+  return errnoView.getInt32();
+}

@@ -1,0 +1,42 @@
+/**
+ * Relay TCP bytes between two sockets inside the Linux kernel with `splice(2)`, through
+ * `Deno.dlopen`, with a userspace copy loop where splice cannot be used.
+ *
+ * ```ts ignore
+ * import { SplicePipe, spliceIn, spliceOut } from "@zerocopy/splice";
+ *
+ * using pipe = SplicePipe.create(); // null without --allow-ffi or off Linux
+ * ```
+ *
+ * Needs `--allow-ffi` for the fast path; without it, importing works and the copy loop serves.
+ *
+ * @module
+ */
+
+export {
+  DEFAULT_SPLICE_PIPE_CAPACITY,
+  MAX_SPLICE_PIPE_CAPACITY,
+  requestedPipeCapacity,
+  setPipeCapacity,
+  type SocketLike,
+  spliceIn,
+  spliceOut,
+  SplicePipe,
+  type SplicePipeOptions,
+  type SpliceResult,
+  type SpliceStatus,
+} from "./splice_pipe.ts";
+export {
+  copy,
+  COPY_BUFFER_SIZE,
+  copyBidirectional,
+  type CopyBidirectionalOptions,
+  type CopyBidirectionalResult,
+  type CopyDestination,
+  type CopyOptions,
+  type CopyResult,
+  type CopySource,
+  type DuplexConn,
+} from "./copy.ts";
+export { SyscallError } from "./errors.ts";
+export { spliceAvailable } from "./availability.ts";

@@ -1,0 +1,158 @@
+/** Test helpers: loopback socket pairs, hashing, fd counting, bounded waiting, subprocesses. */
+
+import { createHash } from "node:crypto";
+
+/** A connected TCP pair on loopback: `client` from Deno.connect, `server` from accept. */
+export interface TcpPair {
+  client: Deno.TcpConn;
+  server: Deno.TcpConn;
+  close(): void;
+}
+
+/** Opens a connected loopback TCP pair. */
+export async function tcpPair(): Promise<TcpPair> {
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const [client, server] = await Promise.all([
+    Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port }),
+    listener.accept(),
+  ]);
+  return {
+    client,
+    server,
+    close(): void {
+      closeQuietly(client);
+      closeQuietly(server);
+    },
+  };
+}
+
+/** Closes a resource that may already be closed. */
+export function closeQuietly(resource: { close(): void }): void {
+  try {
+    resource.close();
+  } catch {
+    // already closed
+  }
+}
+
+/** Number of fds this process holds. */
+export function openFdCount(): number {
+  let count = 0;
+  for (const _ of Deno.readDirSync("/proc/self/fd")) count++;
+  // readDirSync holds one fd of its own while it lists.
+  return count - 1;
+}
+
+/** Waits until `predicate` holds, retrying every few ms, failing after `timeoutMs`. */
+export async function waitFor(
+  predicate: () => boolean | Promise<boolean>,
+  what: string,
+  timeoutMs = 5_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (let attempt = 0; Date.now() < deadline; attempt++) {
+    if (await predicate()) return;
+    await new Promise((resolve) => setTimeout(resolve, Math.min(1 + attempt, 20)));
+  }
+  throw new Error(`Timed out after ${timeoutMs} ms waiting for ${what}`);
+}
+
+/** Deterministic pseudo-random bytes (xorshift32), fast enough to make hundreds of MiB. */
+export function fillPattern(buffer: Uint8Array, seed: number): number {
+  const words = new Uint32Array(buffer.buffer, buffer.byteOffset, buffer.byteLength >>> 2);
+  let x = seed | 0 || 1;
+  for (let i = 0; i < words.length; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    words[i] = x;
+  }
+  return x;
+}
+
+/** Writes `total` pattern bytes to `conn` in chunks; resolves to their SHA-256 (hex). */
+export async function sendPattern(
+  conn: { write(p: Uint8Array): Promise<number> },
+  total: number,
+  seed = 1,
+  chunkSize = 256 * 1024,
+): Promise<string> {
+  const hash = createHash("sha256");
+  const chunk = new Uint8Array(chunkSize);
+  let state = seed;
+  for (let sent = 0; sent < total;) {
+    const size = Math.min(chunkSize, total - sent);
+    state = fillPattern(chunk, state);
+    const part = chunk.subarray(0, size);
+    hash.update(part);
+    for (let off = 0; off < size;) off += await conn.write(part.subarray(off));
+    sent += size;
+  }
+  return hash.digest("hex");
+}
+
+/** Reads `conn` to end of input; resolves to the byte count and SHA-256 (hex). */
+export async function receiveAll(
+  conn: { read(p: Uint8Array): Promise<number | null> },
+): Promise<{ bytes: number; sha256: string }> {
+  const hash = createHash("sha256");
+  const buffer = new Uint8Array(256 * 1024);
+  let bytes = 0;
+  for (;;) {
+    const n = await conn.read(buffer);
+    if (n === null) break;
+    hash.update(buffer.subarray(0, n));
+    bytes += n;
+  }
+  return { bytes, sha256: hash.digest("hex") };
+}
+
+/** The result of a Deno subprocess. */
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+const CONFIG = new URL("../deno.json", import.meta.url).pathname;
+
+/**
+ * Runs `source` as a Deno module in a subprocess with the given permission flags. The module
+ * can import the project through `MOD` and `ROOT` placeholders (absolute URLs).
+ */
+export async function runDeno(
+  source: string,
+  flags: string[],
+  options?: { prefix?: string[]; timeoutMs?: number },
+): Promise<RunResult> {
+  const root = new URL("../", import.meta.url).href;
+  const file = await Deno.makeTempFile({ suffix: ".ts" });
+  try {
+    await Deno.writeTextFile(file, source.replaceAll("ROOT/", root));
+    const denoArgs = ["run", "--quiet", "--config", CONFIG, ...flags, file];
+    const [command, args] = options?.prefix?.length
+      ? [options.prefix[0], [...options.prefix.slice(1), Deno.execPath(), ...denoArgs]]
+      : [Deno.execPath(), denoArgs];
+    const child = new Deno.Command(command, {
+      args,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).spawn();
+    const timer = setTimeout(() => child.kill("SIGKILL"), options?.timeoutMs ?? 60_000);
+    try {
+      const output = await child.output();
+      const decoder = new TextDecoder();
+      return {
+        code: output.code,
+        stdout: decoder.decode(output.stdout),
+        stderr: decoder.decode(output.stderr),
+      };
+    } finally {
+      clearTimeout(timer);
+    }
+  } finally {
+    await Deno.remove(file);
+  }
+}
