@@ -1,3 +1,4 @@
+// deno-lint-ignore-file no-console -- a CLI: printing is its job
 /**
  * The demo: moves one payload between two loopback sockets twice, once through splice (in the
  * kernel) and once through the userspace copy loop, checks that both arrive intact (SHA-256),

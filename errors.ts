@@ -29,6 +29,8 @@ export class SyscallError extends Error {
   readonly syscall: string;
 
   /**
+   * Builds the error and its message from the syscall and errno.
+   *
    * @param syscall the failing system call
    * @param errno the errno value it left
    * @param options `cause` and a `detail` appended to the message

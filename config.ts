@@ -1,0 +1,736 @@
+/**
+ * The proxy's TOML configuration file: {@linkcode loadConfig} reads and checks it,
+ * {@linkcode parseConfig} checks text already in memory, {@linkcode applyConfig} puts a checked
+ * {@linkcode Config} into effect.
+ *
+ * Every key is optional; an empty file is a valid configuration. Today the file holds one key:
+ *
+ * ```toml
+ * # Capacity in bytes requested for each splice pipe, from 0 to 1073741824 (1 GiB).
+ * # 0 or absent keeps the default of 65536. Values above /proc/sys/fs/pipe-max-size
+ * # (1 MiB by default) need CAP_SYS_RESOURCE, or the kernel keeps its own size.
+ * splice_pipe_capacity_bytes = 1048576
+ * ```
+ *
+ * Keys are snake_case in the file and camelCase in {@linkcode Config}. The file is checked as a
+ * whole: a wrong type, a value out of range or an unknown key (a typo, most of the time) is
+ * reported with its key path, and all problems of a file come out in one
+ * {@linkcode ConfigError}, so a running proxy can reject a bad reload, log every mistake at once
+ * and keep its previous configuration.
+ *
+ * ```ts ignore
+ * import { applyConfig, loadConfig } from "@zerocopy/splice/config";
+ *
+ * applyConfig(await loadConfig("proxy.toml"));
+ * ```
+ *
+ * @module
+ */
+
+import { parse, TomlError } from "smol-toml";
+import { MAX_SPLICE_PIPE_CAPACITY, setPipeCapacity } from "./splice_pipe.ts";
+
+/**
+ * A checked configuration, as returned by {@linkcode parseConfig} and {@linkcode loadConfig}.
+ *
+ * @example
+ * ```ts
+ * import { type Config, parseConfig } from "@zerocopy/splice/config";
+ *
+ * const config: Config = parseConfig("splice_pipe_capacity_bytes = 1048576");
+ * console.log(config.splicePipeCapacityBytes); // 1048576
+ * ```
+ */
+export interface Config {
+  /**
+   * `splice_pipe_capacity_bytes`: the capacity requested for each splice pipe, from 0 to
+   * 1073741824. `0` (also when the key is absent) keeps the default of 65536.
+   */
+  readonly splicePipeCapacityBytes: number;
+}
+
+/**
+ * One problem found in a configuration.
+ *
+ * @example
+ * ```ts
+ * import { ConfigError, type ConfigIssue, parseConfig } from "@zerocopy/splice/config";
+ *
+ * try {
+ *   parseConfig("splice_pipe_capacity_bytes = -1");
+ * } catch (error) {
+ *   if (!(error instanceof ConfigError)) throw error;
+ *   const issue: ConfigIssue = error.issues[0];
+ *   console.log(issue.keyPath, issue.value); // splice_pipe_capacity_bytes -1
+ * }
+ * ```
+ */
+export interface ConfigIssue {
+  /**
+   * Where the problem is, as a TOML key path such as `clusters.app.backends[1].weight`; `""`
+   * for the file as a whole (unreadable, not valid TOML).
+   */
+  readonly keyPath: string;
+  /**
+   * The offending value as parsed, `undefined` when there is none (a missing key, a syntax
+   * error). An integer is a `number` when it fits one exactly, else a `bigint`; tables and
+   * arrays are passed as parsed, with their integers as `bigint`.
+   */
+  readonly value: unknown;
+  /**
+   * The problem in one line that names the key path and the value, e.g.
+   * `splice_pipe_capacity_bytes = -1: expected a whole number from 0 to 1073741824`.
+   */
+  readonly message: string;
+}
+
+/** How many issues a {@linkcode ConfigError} message lists before summing up the rest. */
+const MAX_LISTED_ISSUES = 20;
+
+/**
+ * A configuration that cannot be read, parsed or applied. Its message lists every problem, one
+ * per line; {@linkcode ConfigError.issues} holds them for programs. Nothing else is thrown for
+ * bad input, so catching this class is enough to keep running on the previous configuration.
+ *
+ * @example Keep the old configuration when a reload fails
+ * ```ts
+ * import { type Config, ConfigError, parseConfig } from "@zerocopy/splice/config";
+ *
+ * let current: Config = parseConfig("");
+ * try {
+ *   current = parseConfig("splice_pipe_capacity = 1048576");
+ * } catch (error) {
+ *   if (!(error instanceof ConfigError)) throw error;
+ *   // Cannot parse config: unknown key "splice_pipe_capacity": did you mean
+ *   // "splice_pipe_capacity_bytes"?
+ *   console.error(error.message);
+ * }
+ * console.log(current.splicePipeCapacityBytes); // 0
+ * ```
+ */
+export class ConfigError extends Error {
+  /** The file the configuration came from, `undefined` when it was given as text. */
+  readonly path: string | undefined;
+  /** Every problem found, in file order; never empty. */
+  readonly issues: readonly ConfigIssue[];
+
+  /**
+   * Builds the error and its message from the issues; {@linkcode loadConfig},
+   * {@linkcode parseConfig} and {@linkcode applyConfig} are the usual sources.
+   *
+   * @param issues the problems, at least one
+   * @param options `path` of the file, `operation` that failed (`"parse"` by default: checking
+   * counts as parsing) and `cause`
+   */
+  constructor(
+    issues: readonly ConfigIssue[],
+    options: { path?: string; operation?: "read" | "parse" | "apply"; cause?: unknown } = {},
+  ) {
+    super(formatErrorMessage(options.operation ?? "parse", options.path, issues), {
+      cause: options.cause,
+    });
+    this.name = "ConfigError";
+    this.path = options.path;
+    this.issues = Object.freeze([...issues]);
+  }
+}
+
+/**
+ * Parses and checks the text of a configuration file.
+ *
+ * @param text the TOML text
+ * @param options `path` names the file in error messages
+ * @returns the configuration, with defaults filled in
+ * @throws {ConfigError} when the text is not valid TOML or breaks the schema; all problems are
+ * reported at once
+ *
+ * @example
+ * ```ts
+ * import { parseConfig } from "@zerocopy/splice/config";
+ *
+ * console.log(parseConfig("").splicePipeCapacityBytes); // 0
+ * console.log(parseConfig("splice_pipe_capacity_bytes = 0x100000").splicePipeCapacityBytes);
+ * // 1048576
+ * ```
+ *
+ * @example Every problem is reported
+ * ```ts
+ * import { ConfigError, parseConfig } from "@zerocopy/splice/config";
+ *
+ * try {
+ *   parseConfig('splice_pipe_capacity_bytes = "64k"\nlisten = 8080', { path: "proxy.toml" });
+ * } catch (error) {
+ *   if (!(error instanceof ConfigError)) throw error;
+ *   console.error(error.message);
+ *   // Cannot parse config "proxy.toml": 2 problems:
+ *   //   splice_pipe_capacity_bytes = "64k": expected an integer, got a string
+ *   //   unknown key "listen" (known keys: splice_pipe_capacity_bytes)
+ * }
+ * ```
+ */
+export function parseConfig(text: string, options?: { path?: string }): Config {
+  const path = options?.path;
+  let document: unknown;
+  try {
+    // Integers as bigint keep them apart from floats (`1.0` is a float in TOML but `1` in JS)
+    // and let an out-of-range integer be reported as such instead of as a syntax error.
+    // A byte order mark is not TOML, but editors on some systems write one.
+    document = parse(text.replace(/^\uFEFF/, ""), { integersAsBigInt: true });
+  } catch (error) {
+    throw new ConfigError([syntaxIssue(error)], { path, cause: error });
+  }
+  const issues: ConfigIssue[] = [];
+  const output = validateTable(CONFIG_SCHEMA, document, "", issues) as SchemaOutput<
+    typeof CONFIG_SCHEMA
+  >;
+  if (issues.length > 0) throw new ConfigError(issues, { path });
+  const config: Config = output;
+  return config;
+}
+
+/**
+ * Reads a configuration file and checks it with {@linkcode parseConfig}. Needs read permission
+ * for the file.
+ *
+ * @param path the file, as a path or a `file:` URL
+ * @returns the configuration, with defaults filled in
+ * @throws {ConfigError} when the file cannot be read (its `cause` is the original error), is
+ * not valid TOML or breaks the schema
+ *
+ * @example Load at start-up, or keep running with the previous configuration
+ * ```ts
+ * import { ConfigError, loadConfig } from "@zerocopy/splice/config";
+ *
+ * try {
+ *   const config = await loadConfig("/etc/splice/proxy.toml");
+ *   console.log(config.splicePipeCapacityBytes);
+ * } catch (error) {
+ *   if (!(error instanceof ConfigError)) throw error;
+ *   // e.g. Cannot read config "/etc/splice/proxy.toml": No such file or directory
+ *   console.error(error.message);
+ * }
+ * ```
+ */
+export async function loadConfig(path: string | URL): Promise<Config> {
+  const shownPath = path instanceof URL ? displayUrl(path) : String(path);
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (error) {
+    throw new ConfigError(
+      [{ keyPath: "", value: undefined, message: describeReadError(error) }],
+      { path: shownPath, operation: "read", cause: error },
+    );
+  }
+  return parseConfig(text, { path: shownPath });
+}
+
+/**
+ * Puts a configuration into effect for the whole process.
+ *
+ * The splice pipe capacity is set once per process (see `setPipeCapacity`): the first
+ * configuration with a non-zero `splicePipeCapacityBytes` fixes it, and later ones leave it
+ * alone, because pipes already in use would keep their old size anyway.
+ *
+ * @param config a configuration from {@linkcode parseConfig} or {@linkcode loadConfig}
+ * @returns `pipeCapacityApplied`: whether this call set the pipe capacity
+ * @throws {ConfigError} when `config` was built by hand with an out-of-range value
+ *
+ * @example
+ * ```ts
+ * import { applyConfig, parseConfig } from "@zerocopy/splice/config";
+ *
+ * const { pipeCapacityApplied } = applyConfig(
+ *   parseConfig("splice_pipe_capacity_bytes = 1048576"),
+ * );
+ * console.log(pipeCapacityApplied); // true the first time in a process, then false
+ * ```
+ */
+export function applyConfig(config: Config): { pipeCapacityApplied: boolean } {
+  const field = CONFIG_SCHEMA.fields.splice_pipe_capacity_bytes;
+  const bytes: unknown = config.splicePipeCapacityBytes;
+  // Checked here rather than left to setPipeCapacity's RangeError, so that callers catching
+  // ConfigError for bad input also catch a hand-built Config.
+  if (
+    typeof bytes !== "number" || !Number.isInteger(bytes) || bytes < field.min ||
+    bytes > field.max
+  ) {
+    const keyPath = "splice_pipe_capacity_bytes";
+    const shown = typeof bytes === "number" ? String(bytes) : formatValue(bytes);
+    throw new ConfigError([{
+      keyPath,
+      value: bytes,
+      message: `${keyPath} = ${shown}: ${describeIntegerRange(field)}`,
+    }], { operation: "apply" });
+  }
+  return { pipeCapacityApplied: setPipeCapacity(bytes) };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Schema
+//
+// The file format is described by data, not code: one generic validator walks the schema, so a
+// new key or section is one more entry below plus its property in `Config`. The assignment
+// `const config: Config = output` in parseConfig fails to compile when the two drift apart.
+
+/** An integer from `min` to `max`; `default` when absent. */
+interface IntegerField {
+  readonly kind: "integer";
+  readonly min: number;
+  readonly max: number;
+  readonly default?: number;
+  readonly required?: boolean;
+}
+
+/** A string; `default` when absent. */
+interface StringField {
+  readonly kind: "string";
+  readonly default?: string;
+  readonly required?: boolean;
+}
+
+/** One of a few strings. */
+interface EnumField {
+  readonly kind: "enum";
+  readonly values: readonly string[];
+  readonly default?: string;
+  readonly required?: boolean;
+}
+
+/** `true` or `false`. */
+interface BooleanField {
+  readonly kind: "boolean";
+  readonly default?: boolean;
+  readonly required?: boolean;
+}
+
+/** A table with known keys, e.g. `[metrics]`. Absent: `undefined` unless required. */
+interface TableField {
+  readonly kind: "table";
+  readonly fields: FieldMap;
+  readonly required?: boolean;
+}
+
+/** An array, e.g. `[[listeners]]` or `backends = [{ ... }]`. Absent: empty. */
+interface ArrayField {
+  readonly kind: "array";
+  readonly items: Field;
+}
+
+/** A table of user-named entries, e.g. `[clusters.<name>]`. Absent: empty. */
+interface MapField {
+  readonly kind: "map";
+  readonly values: Field;
+}
+
+type Field =
+  | IntegerField
+  | StringField
+  | EnumField
+  | BooleanField
+  | TableField
+  | ArrayField
+  | MapField;
+
+type FieldMap = { readonly [key: string]: Field };
+
+const CONFIG_SCHEMA = {
+  kind: "table",
+  fields: {
+    splice_pipe_capacity_bytes: {
+      kind: "integer",
+      min: 0,
+      max: MAX_SPLICE_PIPE_CAPACITY,
+      default: 0,
+    },
+  },
+} as const satisfies TableField;
+
+// The TypeScript type a schema field produces, so the schema and `Config` are checked against
+// each other.
+
+type CamelCase<S extends string> = S extends `${infer Head}_${infer Tail}`
+  ? `${Head}${Capitalize<CamelCase<Tail>>}`
+  : S;
+
+type SchemaOutput<F> = F extends { kind: "integer" } ? number
+  : F extends { kind: "string" } ? string
+  : F extends { kind: "enum"; values: readonly (infer V)[] } ? V
+  : F extends { kind: "boolean" } ? boolean
+  : F extends { kind: "table"; fields: infer M } ? TableOutput<M>
+  : F extends { kind: "array"; items: infer I } ? SchemaOutput<I>[]
+  : F extends { kind: "map"; values: infer V } ? Record<string, SchemaOutput<V>>
+  : never;
+
+type AlwaysPresent<F> = F extends { default: unknown } | { required: true } ? true
+  : F extends { kind: "array" | "map" } ? true
+  : false;
+
+type TableOutput<M> =
+  & {
+    [
+      K in keyof M as K extends string ? AlwaysPresent<M[K]> extends true ? CamelCase<K> : never
+        : never
+    ]: SchemaOutput<M[K]>;
+  }
+  & {
+    [
+      K in keyof M as K extends string ? AlwaysPresent<M[K]> extends true ? never : CamelCase<K>
+        : never
+    ]?: SchemaOutput<M[K]>;
+  };
+
+// ---------------------------------------------------------------------------------------------
+// Validator
+//
+// Each function checks one value against one field, pushes every problem it finds to `issues`
+// and returns the converted value, or `undefined` when the value is unusable. It never stops at
+// the first problem, so a user fixes a file in one round.
+
+function validateField(
+  field: Field,
+  value: unknown,
+  keyPath: string,
+  issues: ConfigIssue[],
+): unknown {
+  switch (field.kind) {
+    case "integer":
+      return validateInteger(field, value, keyPath, issues);
+    case "string":
+      if (typeof value === "string") return value;
+      issues.push(typeIssue(keyPath, value, "a string"));
+      return undefined;
+    case "enum":
+      return validateEnum(field, value, keyPath, issues);
+    case "boolean":
+      if (typeof value === "boolean") return value;
+      issues.push(typeIssue(keyPath, value, "a boolean"));
+      return undefined;
+    case "table":
+      return validateTable(field, value, keyPath, issues);
+    case "array":
+      return validateArray(field, value, keyPath, issues);
+    case "map":
+      return validateMap(field, value, keyPath, issues);
+  }
+}
+
+function validateInteger(
+  field: IntegerField,
+  value: unknown,
+  keyPath: string,
+  issues: ConfigIssue[],
+): number | undefined {
+  if (typeof value === "bigint") {
+    if (value >= BigInt(field.min) && value <= BigInt(field.max)) return Number(value);
+    issues.push(valueIssue(keyPath, value, describeIntegerRange(field)));
+  } else if (typeof value === "number") {
+    // A float, since integers arrive as bigint. `1024.0` gets a hint, as it looks whole.
+    const hint = Number.isInteger(value) ? ", written without a decimal point" : "";
+    issues.push(valueIssue(keyPath, value, describeIntegerRange(field) + hint));
+  } else {
+    issues.push(typeIssue(keyPath, value, "an integer"));
+  }
+  return undefined;
+}
+
+function validateEnum(
+  field: EnumField,
+  value: unknown,
+  keyPath: string,
+  issues: ConfigIssue[],
+): string | undefined {
+  const expected = `one of ${field.values.map((v) => JSON.stringify(v)).join(", ")}`;
+  if (typeof value !== "string") {
+    issues.push(typeIssue(keyPath, value, expected));
+    return undefined;
+  }
+  if (field.values.includes(value)) return value;
+  const suggestion = closestMatch(value, field.values);
+  const hint = suggestion === undefined ? "" : `: did you mean ${JSON.stringify(suggestion)}?`;
+  issues.push(valueIssue(keyPath, value, `expected ${expected}${hint}`));
+  return undefined;
+}
+
+function validateTable(
+  field: TableField,
+  value: unknown,
+  keyPath: string,
+  issues: ConfigIssue[],
+): Record<string, unknown> | undefined {
+  if (!isTable(value)) {
+    issues.push(typeIssue(keyPath, value, "a table"));
+    return undefined;
+  }
+  const knownKeys = Object.keys(field.fields);
+  const entries: [string, unknown][] = [];
+  // Document order, so issues come out in the order the user reads the file.
+  for (const [key, child] of Object.entries(value)) {
+    const childPath = joinKeyPath(keyPath, key);
+    // Object.hasOwn: a key such as "constructor" must not match Object.prototype members.
+    if (!Object.hasOwn(field.fields, key)) {
+      issues.push(unknownKeyIssue(childPath, key, child, knownKeys));
+      continue;
+    }
+    const result = validateField(field.fields[key], child, childPath, issues);
+    if (result !== undefined) entries.push([camelCase(key), result]);
+  }
+  for (const key of knownKeys) {
+    if (Object.hasOwn(value, key)) continue;
+    const result = absentValue(field.fields[key], joinKeyPath(keyPath, key), issues);
+    if (result !== undefined) entries.push([camelCase(key), result]);
+  }
+  return Object.fromEntries(entries);
+}
+
+function validateArray(
+  field: ArrayField,
+  value: unknown,
+  keyPath: string,
+  issues: ConfigIssue[],
+): unknown[] | undefined {
+  if (!Array.isArray(value)) {
+    issues.push(typeIssue(keyPath, value, "an array"));
+    return undefined;
+  }
+  return value.map((item, index) =>
+    validateField(field.items, item, `${keyPath}[${index}]`, issues)
+  );
+}
+
+function validateMap(
+  field: MapField,
+  value: unknown,
+  keyPath: string,
+  issues: ConfigIssue[],
+): Record<string, unknown> | undefined {
+  if (!isTable(value)) {
+    issues.push(typeIssue(keyPath, value, "a table"));
+    return undefined;
+  }
+  // Object.fromEntries defines properties, so a user-chosen name like "__proto__" stays data.
+  return Object.fromEntries(
+    Object.entries(value).map((
+      [name, child],
+    ) => [name, validateField(field.values, child, joinKeyPath(keyPath, name), issues)]),
+  );
+}
+
+function absentValue(field: Field, keyPath: string, issues: ConfigIssue[]): unknown {
+  switch (field.kind) {
+    case "array":
+      return [];
+    case "map":
+      return {};
+    case "table":
+      break;
+    default:
+      if (field.default !== undefined) return field.default;
+  }
+  if (field.required) {
+    issues.push({
+      keyPath,
+      value: undefined,
+      message: `missing required key ${JSON.stringify(keyPath)}`,
+    });
+  }
+  return undefined;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+function formatErrorMessage(
+  operation: string,
+  path: string | undefined,
+  issues: readonly ConfigIssue[],
+): string {
+  const head = `Cannot ${operation} config${path === undefined ? "" : ` "${path}"`}`;
+  if (issues.length === 0) return head;
+  if (issues.length === 1) return `${head}: ${issues[0].message}`;
+  const lines = issues.slice(0, MAX_LISTED_ISSUES).map((issue) => `  ${issue.message}`);
+  if (issues.length > MAX_LISTED_ISSUES) {
+    lines.push(`  ... and ${issues.length - MAX_LISTED_ISSUES} more`);
+  }
+  return `${head}: ${issues.length} problems:\n${lines.join("\n")}`;
+}
+
+function describeIntegerRange(field: IntegerField): string {
+  return `expected a whole number from ${field.min} to ${field.max}`;
+}
+
+function valueIssue(keyPath: string, value: unknown, problem: string): ConfigIssue {
+  return {
+    keyPath,
+    value: plainValue(value),
+    message: `${keyPath} = ${formatValue(value)}: ${problem}`,
+  };
+}
+
+function typeIssue(keyPath: string, value: unknown, expected: string): ConfigIssue {
+  return valueIssue(keyPath, value, `expected ${expected}, got ${tomlTypeName(value)}`);
+}
+
+function unknownKeyIssue(
+  keyPath: string,
+  key: string,
+  value: unknown,
+  knownKeys: readonly string[],
+): ConfigIssue {
+  const suggestion = closestMatch(key, knownKeys);
+  const hint = suggestion !== undefined
+    ? `: did you mean ${JSON.stringify(suggestion)}?`
+    : knownKeys.length === 0
+    ? " (this table takes no keys)"
+    : ` (known keys: ${knownKeys.join(", ")})`;
+  return {
+    keyPath,
+    value: plainValue(value),
+    message: `unknown key ${JSON.stringify(keyPath)}${hint}`,
+  };
+}
+
+function syntaxIssue(error: unknown): ConfigIssue {
+  if (error instanceof TomlError) {
+    // smol-toml's message is "Invalid TOML document: <reason>\n\n<code excerpt>"; the excerpt
+    // stays reachable through `cause`, the message keeps to one line.
+    const reason = error.message.replace(/^Invalid TOML document: /, "").split("\n")[0];
+    return {
+      keyPath: "",
+      value: undefined,
+      message: `invalid TOML at line ${error.line}, column ${error.column}: ${reason}`,
+    };
+  }
+  const reason = error instanceof Error ? error.message : String(error);
+  return { keyPath: "", value: undefined, message: `invalid TOML: ${reason.split("\n")[0]}` };
+}
+
+function describeReadError(error: unknown): string {
+  if (!(error instanceof Error)) return String(error);
+  // Deno appends "(os error 2): readfile '<path>'"; the path is already in the message head.
+  return error.message.replace(/ \(os error \d+\)[\s\S]*$/, "");
+}
+
+function displayUrl(url: URL): string {
+  if (url.protocol !== "file:") return url.href;
+  try {
+    return decodeURIComponent(url.pathname);
+  } catch {
+    return url.href;
+  }
+}
+
+/** The TOML type of a parsed value, with its article. */
+function tomlTypeName(value: unknown): string {
+  if (typeof value === "string") return "a string";
+  if (typeof value === "bigint") return "an integer";
+  if (typeof value === "number") return "a float";
+  if (typeof value === "boolean") return "a boolean";
+  if (value instanceof Date) return "a date-time";
+  if (Array.isArray(value)) return "an array";
+  return "a table";
+}
+
+/** Integers that fit a number exactly become one, so callers need not compare with `-1n`. */
+function plainValue(value: unknown): unknown {
+  if (typeof value === "bigint" && Number.isSafeInteger(Number(value))) return Number(value);
+  return value;
+}
+
+const MAX_SHOWN_VALUE_LENGTH = 60;
+const MAX_SHOWN_ITEMS = 3;
+
+/** A parsed value written back as TOML, shortened: enough to spot it in the file. */
+function formatValue(value: unknown, depth = 0): string {
+  const text = formatValueUnbounded(value, depth);
+  return text.length > MAX_SHOWN_VALUE_LENGTH
+    ? `${text.slice(0, MAX_SHOWN_VALUE_LENGTH - 3)}...`
+    : text;
+}
+
+function formatValueUnbounded(value: unknown, depth: number): string {
+  if (typeof value === "string") return JSON.stringify(value);
+  if (typeof value === "bigint" || typeof value === "boolean") return String(value);
+  if (typeof value === "number") {
+    if (Number.isNaN(value)) return "nan";
+    if (!Number.isFinite(value)) return value > 0 ? "inf" : "-inf";
+    if (Object.is(value, -0)) return "-0.0";
+    const text = String(value);
+    // TOML writes floats with a point; "1" would read as the integer the user did not write.
+    return /[.eE]/.test(text) ? text : `${text}.0`;
+  }
+  if (value instanceof Date) return value.toISOString();
+  if (value === undefined || value === null) return String(value);
+  if (depth >= 2) return Array.isArray(value) ? "[...]" : "{...}";
+  if (Array.isArray(value)) {
+    const items = value.slice(0, MAX_SHOWN_ITEMS).map((item) => formatValue(item, depth + 1));
+    if (value.length > MAX_SHOWN_ITEMS) items.push("...");
+    return `[${items.join(", ")}]`;
+  }
+  if (typeof value === "object") {
+    const entries = Object.entries(value);
+    if (entries.length === 0) return "{}";
+    const items = entries.slice(0, MAX_SHOWN_ITEMS).map(([key, item]) =>
+      `${formatKey(key)} = ${formatValue(item, depth + 1)}`
+    );
+    if (entries.length > MAX_SHOWN_ITEMS) items.push("...");
+    return `{ ${items.join(", ")} }`;
+  }
+  return String(value);
+}
+
+function formatKey(key: string): string {
+  return /^[A-Za-z0-9_-]+$/.test(key) ? key : JSON.stringify(key);
+}
+
+function joinKeyPath(parent: string, key: string): string {
+  return parent === "" ? formatKey(key) : `${parent}.${formatKey(key)}`;
+}
+
+function camelCase(key: string): string {
+  return key.replace(/_([a-z0-9])/g, (_, letter: string) => letter.toUpperCase());
+}
+
+function isTable(value: unknown): value is Record<string, unknown> {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) return false;
+  const prototype = Object.getPrototypeOf(value);
+  return prototype === null || prototype === Object.prototype;
+}
+
+/**
+ * The candidate nearest to `word` by edit distance (transpositions count as one edit, the
+ * commonest typo), if it is close enough to be what was meant rather than a different word.
+ */
+function closestMatch(word: string, candidates: readonly string[]): string | undefined {
+  const limit = Math.max(2, Math.floor(word.length / 3));
+  let best: string | undefined;
+  let bestDistance = Infinity;
+  for (const candidate of candidates) {
+    const distance = editDistance(word.toLowerCase(), candidate.toLowerCase());
+    if (distance < bestDistance) {
+      best = candidate;
+      bestDistance = distance;
+    }
+  }
+  return bestDistance <= limit ? best : undefined;
+}
+
+/** Optimal string alignment distance: Levenshtein plus adjacent transpositions. */
+function editDistance(a: string, b: string): number {
+  let previous2: number[] = [];
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      let distance = Math.min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
+        distance = Math.min(distance, previous2[j - 2] + 1);
+      }
+      current.push(distance);
+    }
+    previous2 = previous;
+    previous = current;
+  }
+  return previous[b.length];
+}
