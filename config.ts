@@ -18,7 +18,7 @@
  * {@linkcode ConfigError}, so a running proxy can reject a bad reload, log every mistake at once
  * and keep its previous configuration.
  *
- * ```ts ignore
+ * ```ts
  * import { applyConfig, loadConfig } from "@zerocopy/splice/config";
  *
  * applyConfig(await loadConfig("proxy.toml"));
@@ -109,9 +109,38 @@ const MAX_LISTED_ISSUES = 20;
  * ```
  */
 export class ConfigError extends Error {
-  /** The file the configuration came from, `undefined` when it was given as text. */
+  /**
+   * The file the configuration came from, `undefined` when it was given as text.
+   *
+   * @example
+   * ```ts
+   * import { ConfigError, parseConfig } from "@zerocopy/splice/config";
+   *
+   * try {
+   *   parseConfig("splice_pipe_capacity_bytes = true", { path: "proxy.toml" });
+   * } catch (error) {
+   *   if (!(error instanceof ConfigError)) throw error;
+   *   console.log(error.path); // "proxy.toml"
+   * }
+   * ```
+   */
   readonly path: string | undefined;
-  /** Every problem found, in file order; never empty. */
+  /**
+   * Every problem found, in file order; never empty.
+   *
+   * @example List the key paths to fix
+   * ```ts
+   * import { ConfigError, parseConfig } from "@zerocopy/splice/config";
+   *
+   * try {
+   *   parseConfig("splice_pipe_capacity_bytes = 1.5\nlisten = 8080");
+   * } catch (error) {
+   *   if (!(error instanceof ConfigError)) throw error;
+   *   console.log(error.issues.map((issue) => issue.keyPath));
+   *   // ["splice_pipe_capacity_bytes", "listen"]
+   * }
+   * ```
+   */
   readonly issues: readonly ConfigIssue[];
 
   /**
@@ -121,6 +150,21 @@ export class ConfigError extends Error {
    * @param issues the problems, at least one
    * @param options `path` of the file, `operation` that failed (`"parse"` by default: checking
    * counts as parsing) and `cause`
+   *
+   * @example Report a check of your own in the same shape
+   * ```ts
+   * import { ConfigError } from "@zerocopy/splice/config";
+   *
+   * const keyPath = "splice_pipe_capacity_bytes";
+   * const error = new ConfigError([{
+   *   keyPath,
+   *   value: 4194304,
+   *   message: `${keyPath} = 4194304: above /proc/sys/fs/pipe-max-size (1048576)`,
+   * }], { path: "proxy.toml", operation: "apply" });
+   * console.log(error.message);
+   * // Cannot apply config "proxy.toml": splice_pipe_capacity_bytes = 4194304: above
+   * // /proc/sys/fs/pipe-max-size (1048576)
+   * ```
    */
   constructor(
     issues: readonly ConfigIssue[],

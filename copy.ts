@@ -9,13 +9,48 @@
  * @module
  */
 
-/** The read half a copy needs: `Deno.Conn` and any `Deno.Reader`-like object fit. */
+/**
+ * The read half a copy needs: `Deno.Conn` and any `Deno.Reader`-like object fit.
+ *
+ * @example A source of one chunk, written to standard output
+ * ```ts
+ * import { copy, type CopySource } from "@zerocopy/splice";
+ *
+ * const chunks = [new TextEncoder().encode("hello\n")];
+ * const source: CopySource = {
+ *   read(buffer) {
+ *     const chunk = chunks.shift();
+ *     if (chunk === undefined) return Promise.resolve(null); // end of input
+ *     buffer.set(chunk); // fits: the default buffer holds 64 KiB
+ *     return Promise.resolve(chunk.byteLength);
+ *   },
+ * };
+ * await copy(source, Deno.stdout); // prints "hello"
+ * ```
+ */
 export interface CopySource {
   /** Reads into `buffer`; resolves to the byte count, or `null` at end of input. */
   read(buffer: Uint8Array): Promise<number | null>;
 }
 
-/** The write half a copy needs: `Deno.Conn` fits. */
+/**
+ * The write half a copy needs: `Deno.Conn` fits.
+ *
+ * @example Collect standard input in memory
+ * ```ts
+ * import { copy, type CopyDestination } from "@zerocopy/splice";
+ *
+ * const chunks: Uint8Array[] = [];
+ * const destination: CopyDestination = {
+ *   write(buffer) {
+ *     chunks.push(buffer.slice()); // copy it: the buffer is reused for the next read
+ *     return Promise.resolve(buffer.byteLength);
+ *   },
+ * };
+ * const { bytes } = await copy(Deno.stdin, destination);
+ * console.log(`${bytes} bytes in ${chunks.length} chunks`);
+ * ```
+ */
 export interface CopyDestination {
   /** Writes part of `buffer`; resolves to the byte count written. */
   write(buffer: Uint8Array): Promise<number>;
@@ -23,7 +58,17 @@ export interface CopyDestination {
   closeWrite?(): Promise<void>;
 }
 
-/** Options for {@linkcode copy}. */
+/**
+ * Options for {@linkcode copy}.
+ *
+ * @example `cat` with a 16 KiB buffer
+ * ```ts
+ * import { copy, type CopyOptions } from "@zerocopy/splice";
+ *
+ * const options: CopyOptions = { buffer: new Uint8Array(16 * 1024), closeWrite: false };
+ * await copy(Deno.stdin, Deno.stdout, options);
+ * ```
+ */
 export interface CopyOptions {
   /**
    * The buffer to copy through, reused for every chunk; default a new 64 KiB buffer. Never
@@ -34,7 +79,19 @@ export interface CopyOptions {
   closeWrite?: boolean;
 }
 
-/** How one direction of a copy ended. */
+/**
+ * How one direction of a copy ended.
+ *
+ * @example
+ * ```ts
+ * import { copy, type CopyResult } from "@zerocopy/splice";
+ *
+ * const result: CopyResult = await copy(Deno.stdin, Deno.stdout);
+ * if (result.status === "error") {
+ *   console.error(`copy failed after ${result.bytes} bytes:`, result.error);
+ * }
+ * ```
+ */
 export interface CopyResult {
   /** Bytes read from the source and fully written to the destination. */
   bytes: number;
@@ -47,7 +104,19 @@ export interface CopyResult {
   error?: unknown;
 }
 
-/** Default copy buffer size: large enough that a bulk stream costs few reads, as in Go. */
+/**
+ * Default copy buffer size: large enough that a bulk stream costs few reads, as in Go.
+ *
+ * @example
+ * ```ts
+ * import { copy, COPY_BUFFER_SIZE } from "@zerocopy/splice";
+ *
+ * console.log(COPY_BUFFER_SIZE); // 65536
+ * // One buffer reused by copies that run one after the other, never at the same time.
+ * const buffer = new Uint8Array(COPY_BUFFER_SIZE);
+ * await copy(Deno.stdin, Deno.stdout, { buffer });
+ * ```
+ */
 export const COPY_BUFFER_SIZE = 64 * 1024;
 
 /**
@@ -61,15 +130,14 @@ export const COPY_BUFFER_SIZE = 64 * 1024;
  * @returns the bytes copied and how the copy ended
  *
  * @example Forward a request and keep reading the reply
- * ```ts ignore
+ * ```ts
  * import { copy } from "@zerocopy/splice";
  *
- * const client = await listener.accept();
- * const backend = await Deno.connect({ hostname: "127.0.0.1", port: 9000 });
+ * using listener = Deno.listen({ hostname: "127.0.0.1", port: 8080 });
+ * using client = await listener.accept();
+ * using backend = await Deno.connect({ hostname: "127.0.0.1", port: 9000 });
  * const [up, down] = await Promise.all([copy(client, backend), copy(backend, client)]);
  * console.log(`${up.bytes} bytes up, ${down.bytes} bytes down`);
- * client.close();
- * backend.close();
  * ```
  */
 export async function copy(
@@ -99,7 +167,24 @@ export async function copy(
   }
 }
 
-/** Options for {@linkcode copyBidirectional}. */
+/**
+ * Options for {@linkcode copyBidirectional}.
+ *
+ * @example Give up on a connection after a minute
+ * ```ts
+ * import { copyBidirectional, type CopyBidirectionalOptions } from "@zerocopy/splice";
+ *
+ * using listener = Deno.listen({ hostname: "127.0.0.1", port: 8080 });
+ * const client = await listener.accept();
+ * const backend = await Deno.connect({ hostname: "127.0.0.1", port: 9000 });
+ * const options: CopyBidirectionalOptions = {
+ *   signal: AbortSignal.timeout(60_000),
+ *   bufferSize: 16 * 1024,
+ * };
+ * const { aborted } = await copyBidirectional(client, backend, options);
+ * console.log(aborted ? "timed out" : "both sides finished");
+ * ```
+ */
 export interface CopyBidirectionalOptions {
   /** Ends both directions and closes both connections. */
   signal?: AbortSignal;
@@ -107,7 +192,21 @@ export interface CopyBidirectionalOptions {
   bufferSize?: number;
 }
 
-/** The outcome of {@linkcode copyBidirectional}. */
+/**
+ * The outcome of {@linkcode copyBidirectional}.
+ *
+ * @example
+ * ```ts
+ * import { copyBidirectional, type CopyBidirectionalResult } from "@zerocopy/splice";
+ *
+ * using listener = Deno.listen({ hostname: "127.0.0.1", port: 8080 });
+ * const client = await listener.accept();
+ * const backend = await Deno.connect({ hostname: "127.0.0.1", port: 9000 });
+ * const result: CopyBidirectionalResult = await copyBidirectional(client, backend);
+ * console.log(`up ${result.aToB.bytes} (${result.aToB.status})`);
+ * console.log(`down ${result.bToA.bytes} (${result.bToA.status})`);
+ * ```
+ */
 export interface CopyBidirectionalResult {
   /** `a` -> `b`. */
   aToB: CopyResult;
@@ -117,7 +216,17 @@ export interface CopyBidirectionalResult {
   aborted: boolean;
 }
 
-/** A connection both ends of which {@linkcode copyBidirectional} drives and closes. */
+/**
+ * A connection both ends of which {@linkcode copyBidirectional} drives and closes.
+ *
+ * @example `Deno.TcpConn` and `Deno.UnixConn` fit
+ * ```ts
+ * import type { DuplexConn } from "@zerocopy/splice";
+ *
+ * const conn: DuplexConn = await Deno.connect({ hostname: "127.0.0.1", port: 9000 });
+ * conn.close();
+ * ```
+ */
 export interface DuplexConn extends CopySource, CopyDestination {
   /** Closes the connection. */
   close(): void;
@@ -137,7 +246,7 @@ export interface DuplexConn extends CopySource, CopyDestination {
  * @returns the bytes each way and how each direction ended
  *
  * @example A userspace TCP proxy
- * ```ts ignore
+ * ```ts
  * import { copyBidirectional } from "@zerocopy/splice";
  *
  * for await (const client of Deno.listen({ hostname: "127.0.0.1", port: 8080 })) {

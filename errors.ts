@@ -21,11 +21,38 @@ import { errnoDescription, errnoName } from "./ffi/errno.ts";
  * ```
  */
 export class SyscallError extends Error {
-  /** The errno value, e.g. `9`. */
+  /**
+   * The errno value, e.g. `9`.
+   *
+   * @example
+   * ```ts
+   * import { SyscallError } from "@zerocopy/splice";
+   *
+   * console.log(new SyscallError("splice", 9).errno); // 9
+   * ```
+   */
   readonly errno: number;
-  /** The errno name, e.g. `"EBADF"`. */
+  /**
+   * The errno name, e.g. `"EBADF"`.
+   *
+   * @example
+   * ```ts
+   * import { SyscallError } from "@zerocopy/splice";
+   *
+   * console.log(new SyscallError("splice", 9).code); // "EBADF"
+   * ```
+   */
   readonly code: string;
-  /** The failing system call, e.g. `"splice"`. */
+  /**
+   * The failing system call, e.g. `"splice"`.
+   *
+   * @example
+   * ```ts
+   * import { SyscallError } from "@zerocopy/splice";
+   *
+   * console.log(new SyscallError("splice", 9).syscall); // "splice"
+   * ```
+   */
   readonly syscall: string;
 
   /**
@@ -34,6 +61,15 @@ export class SyscallError extends Error {
    * @param syscall the failing system call
    * @param errno the errno value it left
    * @param options `cause` and a `detail` appended to the message
+   *
+   * @example
+   * ```ts
+   * import { SyscallError } from "@zerocopy/splice";
+   *
+   * const error = new SyscallError("fcntl", 1, { detail: "F_SETPIPE_SZ" });
+   * console.log(error.message);
+   * // "fcntl failed: EPERM (errno 1): Operation not permitted (F_SETPIPE_SZ)"
+   * ```
    */
   constructor(syscall: string, errno: number, options?: { detail?: string; cause?: unknown }) {
     const code = errnoName(errno);

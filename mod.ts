@@ -40,3 +40,12 @@ export {
 } from "./copy.ts";
 export { SyscallError } from "./errors.ts";
 export { spliceAvailable } from "./availability.ts";
+export {
+  relay,
+  type RelayEnd,
+  type RelayEndpoint,
+  type RelayMode,
+  type RelayOptions,
+  type RelayResult,
+  shutdownRelayEngine,
+} from "./relay.ts";

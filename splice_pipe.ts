@@ -101,7 +101,18 @@ export function validateCapacity(value: number, name: string): void {
   }
 }
 
-/** Options for {@linkcode SplicePipe.create}. */
+/**
+ * Options for {@linkcode SplicePipe.create}.
+ *
+ * @example
+ * ```ts
+ * import { SplicePipe, type SplicePipeOptions } from "@zerocopy/splice";
+ *
+ * const options: SplicePipeOptions = { capacity: 256 * 1024 };
+ * using pipe = SplicePipe.create(options);
+ * console.log(pipe?.capacity); // 262144 if granted; undefined where splice is unavailable
+ * ```
+ */
 export interface SplicePipeOptions {
   /**
    * Capacity to request for these two pipes, overriding {@linkcode setPipeCapacity}; `0` or
@@ -124,32 +135,101 @@ export interface SplicePipeOptions {
  * They may exceed `capacity`: on loopback the kernel moves whole GRO segments by reference, so
  * a pipe can hold more than its nominal size.
  *
- * @example Move bytes from one socket to another
- * ```ts ignore
+ * @example Echo bytes back to their sender without copying them
+ * ```ts
  * import { SplicePipe, spliceIn, spliceOut } from "@zerocopy/splice";
+ *
+ * // A loopback connection: what `client` writes arrives on `conn`.
+ * using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * using client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+ * using conn = await listener.accept();
+ * await client.write(new TextEncoder().encode("ping"));
  *
  * using pipe = SplicePipe.create();
  * if (pipe) {
- *   const [moved, status] = spliceIn(source, pipe.inPipe[1], pipe.capacity);
+ *   // socket -> pipe ("would-block" instead if the bytes have not arrived yet)
+ *   const [moved, status] = spliceIn(conn, pipe.inPipe[1], pipe.capacity - pipe.inPipePending);
  *   if (status === "moved") pipe.inPipePending += moved;
- *   const [sent] = spliceOut(pipe.inPipe[0], destination, pipe.inPipePending);
+ *   // pipe -> socket
+ *   const [sent] = spliceOut(pipe.inPipe[0], conn, pipe.inPipePending);
  *   pipe.inPipePending -= sent;
+ *   console.log(moved, sent, pipe.inPipePending); // 4 4 0
  * }
  * ```
  */
 export class SplicePipe {
-  /** Frontend -> backend pipe: `[readEnd, writeEnd]`. */
+  /**
+   * Frontend -> backend pipe: `[readEnd, writeEnd]`.
+   *
+   * @example
+   * ```ts
+   * import { SplicePipe } from "@zerocopy/splice";
+   *
+   * using pipe = SplicePipe.create();
+   * if (pipe) {
+   *   // spliceIn(frontend, writeEnd, ...), then spliceOut(readEnd, backend, ...)
+   *   const [readEnd, writeEnd] = pipe.inPipe;
+   *   console.log(readEnd, writeEnd); // two fd numbers
+   * }
+   * ```
+   */
   readonly inPipe: readonly [readEnd: number, writeEnd: number];
-  /** Backend -> frontend pipe: `[readEnd, writeEnd]`. */
+  /**
+   * Backend -> frontend pipe: `[readEnd, writeEnd]`.
+   *
+   * @example
+   * ```ts
+   * import { SplicePipe } from "@zerocopy/splice";
+   *
+   * using pipe = SplicePipe.create();
+   * if (pipe) {
+   *   // spliceIn(backend, writeEnd, ...), then spliceOut(readEnd, frontend, ...)
+   *   const [readEnd, writeEnd] = pipe.outPipe;
+   *   console.log(readEnd, writeEnd); // two fd numbers
+   * }
+   * ```
+   */
   readonly outPipe: readonly [readEnd: number, writeEnd: number];
-  /** Bytes spliced into `inPipe` and not yet out of it (kept by the caller). */
+  /**
+   * Bytes spliced into `inPipe` and not yet out of it (kept by the caller).
+   *
+   * @example The room left for spliceIn
+   * ```ts
+   * import { SplicePipe } from "@zerocopy/splice";
+   *
+   * using pipe = SplicePipe.create();
+   * if (pipe) {
+   *   const room = pipe.capacity - pipe.inPipePending;
+   *   console.log(room === pipe.capacity); // true: a new pipe is empty
+   * }
+   * ```
+   */
   inPipePending = 0;
-  /** Bytes spliced into `outPipe` and not yet out of it (kept by the caller). */
+  /**
+   * Bytes spliced into `outPipe` and not yet out of it (kept by the caller).
+   *
+   * @example Close only when nothing would be discarded
+   * ```ts
+   * import { SplicePipe } from "@zerocopy/splice";
+   *
+   * const pipe = SplicePipe.create();
+   * if (pipe && pipe.inPipePending === 0 && pipe.outPipePending === 0) pipe.close();
+   * ```
+   */
   outPipePending = 0;
   /**
    * The capacity the kernel granted, the smaller of the two pipes: pass it as `len` to
    * {@linkcode spliceIn}. It can differ from the request (rounded up to a power-of-two number
    * of pages, or the kernel's size kept when a resize was refused).
+   *
+   * @example
+   * ```ts
+   * import { SplicePipe } from "@zerocopy/splice";
+   *
+   * using pipe = SplicePipe.create({ capacity: 100_000 });
+   * // 131072 on 4 KiB pages: 25 pages rounded up to a power of two (undefined without splice)
+   * console.log(pipe?.capacity);
+   * ```
    */
   readonly capacity: number;
   #closed = false;
@@ -241,7 +321,21 @@ export class SplicePipe {
     closeFd(this.outPipe[1]);
   }
 
-  /** Calls {@linkcode SplicePipe.close}, for `using`. */
+  /**
+   * Calls {@linkcode SplicePipe.close}, for `using`.
+   *
+   * @example
+   * ```ts
+   * import { SplicePipe } from "@zerocopy/splice";
+   *
+   * let kept: SplicePipe | null;
+   * {
+   *   using pipe = SplicePipe.create();
+   *   kept = pipe;
+   * } // pipe[Symbol.dispose]() runs here
+   * console.log(kept?.closed); // true (undefined where splice is unavailable)
+   * ```
+   */
   [Symbol.dispose](): void {
     this.close();
   }
@@ -269,13 +363,19 @@ export type SpliceStatus = "moved" | "would-block" | "end" | "error";
 
 /**
  * The result of {@linkcode spliceIn} and {@linkcode spliceOut}: `[bytesMoved, status, errno]`.
- * `errno` is 0 unless `status` is `"error"`; `errnoName()` gives its name.
+ * `errno` is 0 unless `status` is `"error"`; a {@linkcode SyscallError} built from it gives its
+ * name and description.
  *
  * @example
- * ```ts ignore
- * import { spliceIn, type SpliceResult } from "@zerocopy/splice";
+ * ```ts
+ * import { type SpliceResult, SyscallError } from "@zerocopy/splice";
  *
- * const [moved, status, errno]: SpliceResult = spliceIn(socket, pipe.inPipe[1], pipe.capacity);
+ * function describe([moved, status, errno]: SpliceResult): string {
+ *   return status === "error" ? new SyscallError("splice", errno).message : `${status} ${moved}`;
+ * }
+ * console.log(describe([4, "moved", 0])); // "moved 4"
+ * console.log(describe([0, "error", 104]));
+ * // "splice failed: ECONNRESET (errno 104): Connection reset by peer"
  * ```
  */
 export type SpliceResult = readonly [bytesMoved: number, status: SpliceStatus, errno: number];
@@ -300,13 +400,20 @@ const END: SpliceResult = Object.freeze([0, "end", 0] as const);
  * @throws {TypeError} when splice is unavailable, or the fd of a conn cannot be found
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { SplicePipe, spliceIn } from "@zerocopy/splice";
  *
- * const pipe = SplicePipe.create()!;
- * const [moved, status] = spliceIn(conn, pipe.inPipe[1], pipe.capacity - pipe.inPipePending);
- * if (status === "moved") pipe.inPipePending += moved;
- * else if (status === "end") console.log("peer finished sending");
+ * using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * using client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+ * using conn = await listener.accept();
+ * await client.write(new TextEncoder().encode("hello"));
+ *
+ * using pipe = SplicePipe.create();
+ * if (pipe) {
+ *   const [moved, status] = spliceIn(conn, pipe.inPipe[1], pipe.capacity - pipe.inPipePending);
+ *   if (status === "moved") pipe.inPipePending += moved; // 5
+ *   else if (status === "end") console.log("peer finished sending");
+ * }
  * ```
  */
 export function spliceIn(
@@ -333,12 +440,22 @@ export function spliceIn(
  * @throws {TypeError} when splice is unavailable, or the fd of a conn cannot be found
  *
  * @example
- * ```ts ignore
- * import { spliceOut } from "@zerocopy/splice";
+ * ```ts
+ * import { SplicePipe, spliceIn, spliceOut } from "@zerocopy/splice";
  *
- * const [sent, status, errno] = spliceOut(pipe.inPipe[0], conn, pipe.inPipePending);
- * pipe.inPipePending -= sent;
- * if (status === "error") console.error(`backend write failed, errno ${errno}`);
+ * using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * using client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+ * using conn = await listener.accept();
+ * await client.write(new TextEncoder().encode("hello"));
+ *
+ * using pipe = SplicePipe.create();
+ * if (pipe) {
+ *   pipe.inPipePending += spliceIn(conn, pipe.inPipe[1], pipe.capacity)[0];
+ *   // Send the bytes back: the client can read "hello" now.
+ *   const [sent, status, errno] = spliceOut(pipe.inPipe[0], conn, pipe.inPipePending);
+ *   pipe.inPipePending -= sent;
+ *   if (status === "error") console.error(`write failed, errno ${errno}`);
+ * }
  * ```
  */
 export function spliceOut(

@@ -49,3 +49,34 @@ export const AF_UNIX = 1;
 export const AF_INET = 2;
 /** IPv6. */
 export const AF_INET6 = 10;
+
+/** `epoll_create1` / `eventfd` flag: close-on-exec. */
+export const EPOLL_CLOEXEC = O_CLOEXEC;
+/** `eventfd` flag: non-blocking reads and writes. */
+export const EFD_NONBLOCK = O_NONBLOCK;
+/** `eventfd` flag: close-on-exec. */
+export const EFD_CLOEXEC = O_CLOEXEC;
+/** `epoll_ctl` operations. */
+export const EPOLL_CTL_ADD = 1;
+/** Remove an fd from the interest list. */
+export const EPOLL_CTL_DEL = 2;
+/** Readable (or end of input, or error). */
+export const EPOLLIN = 0x001;
+/** Writable. */
+export const EPOLLOUT = 0x004;
+/** Error pending on the socket; always reported. */
+export const EPOLLERR = 0x008;
+/** Both directions hung up; always reported. */
+export const EPOLLHUP = 0x010;
+/** The peer shut down its sending side. */
+export const EPOLLRDHUP = 0x2000;
+/** Edge-triggered: one report per change, so an fd is drained until EAGAIN. */
+export const EPOLLET = 1 << 31;
+
+/**
+ * `struct epoll_event` layout: `{ uint32_t events; epoll_data_t data; }`. x86_64 declares it
+ * packed (12 bytes, data at offset 4); aarch64 uses natural alignment (16 bytes, data at 8).
+ */
+export const EPOLL_EVENT_SIZE = Deno.build.arch === "x86_64" ? 12 : 16;
+/** Offset of `data` inside `struct epoll_event`. */
+export const EPOLL_DATA_OFFSET = Deno.build.arch === "x86_64" ? 4 : 8;

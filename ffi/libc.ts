@@ -106,6 +106,39 @@ const SYMBOLS = {
     // stall the event loop. errno cannot be read after it (another thread ran it).
     nonblocking: true,
   },
+  epoll_create1: {
+    parameters: [
+      "i32", // int flags
+    ],
+    result: "i32", // int
+  },
+  epoll_ctl: {
+    parameters: [
+      "i32", // int epfd
+      "i32", // int op
+      "i32", // int fd
+      "buffer", // struct epoll_event *event
+    ],
+    result: "i32", // int
+  },
+  epoll_wait: {
+    // Synchronous on purpose: only the relay engine's Worker calls it, and blocking that thread
+    // is the point (no event-loop hop between readiness and the splice).
+    parameters: [
+      "i32", // int epfd
+      "buffer", // struct epoll_event *events
+      "i32", // int maxevents
+      "i32", // int timeout (ms, -1: forever)
+    ],
+    result: "i32", // int
+  },
+  eventfd: {
+    parameters: [
+      "u32", // unsigned int initval
+      "i32", // int flags
+    ],
+    result: "i32", // int
+  },
   __errno_location: {
     parameters: [],
     result: "pointer", // int *

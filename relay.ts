@@ -1,0 +1,378 @@
+/**
+ * `relay()`: hand over two connections and the bytes flow both ways inside the kernel until
+ * both sides are done, with half-close, backpressure, idle timeout and abort handled.
+ *
+ * @module
+ */
+
+import { F_GETFL, F_SETFL, O_NONBLOCK } from "./ffi/constants.ts";
+import { errnoName } from "./ffi/errno.ts";
+import { ffiAvailable, libc } from "./ffi/libc.ts";
+import { closeFd } from "./ffi/pipe.ts";
+import { socketFd } from "./ffi/socket_fd.ts";
+import { SyscallError } from "./errors.ts";
+import { copyBidirectional, type DuplexConn } from "./copy.ts";
+import { requestedPipeCapacity, validateCapacity } from "./splice_pipe.ts";
+import { engine, stopEngine } from "./_engine.ts";
+import {
+  END_ABORTED,
+  END_DONE,
+  END_IDLE,
+  END_RESET,
+  type EngineResult,
+  MODE_AUTO,
+  MODE_COPY,
+  MODE_SPLICE,
+  SYSCALLS,
+} from "./_engine_protocol.ts";
+
+/** One end of a relay: a Deno TCP or Unix connection, or a raw connected socket fd. */
+export type RelayEndpoint = Deno.TcpConn | Deno.UnixConn | number;
+
+/**
+ * How bytes move:
+ * - `"auto"` (default): per direction, small messages are copied through a reused buffer and
+ *   bulk transfers are spliced, switching as the traffic changes (like HAProxy's splice-auto);
+ * - `"splice"`: always splice (copy only when no pipe can be had);
+ * - `"copy"`: never splice; bytes are copied by the engine's `read`/`write` loop.
+ *
+ * @example
+ * ```ts
+ * import type { RelayMode } from "@zerocopy/splice";
+ *
+ * const mode: RelayMode = "auto";
+ * ```
+ */
+export type RelayMode = "auto" | "splice" | "copy";
+
+/** Options for {@linkcode relay}. */
+export interface RelayOptions {
+  /** Ends the relay and closes both ends; the result's `end` is `"aborted"`. */
+  signal?: AbortSignal;
+  /** Ends the relay after this many ms without a byte moving either way; 0 or absent: never. */
+  idleTimeout?: number;
+  /** Splice, copy, or choose per direction; default `"auto"`. */
+  mode?: RelayMode;
+  /** Pipe capacity for this relay; default the process-wide `setPipeCapacity()` value. */
+  pipeCapacity?: number;
+  /**
+   * Bytes the application already read and that must reach the other side before anything
+   * else: `toB` was read from `a` (e.g. a parsed request head), `toA` from `b`.
+   */
+  initialData?: { toA?: Uint8Array; toB?: Uint8Array };
+}
+
+/**
+ * How a relay ended:
+ * - `"done"`: both sides finished sending and every byte was delivered;
+ * - `"reset"`: a peer reset the connection or went away while bytes were owed to it;
+ * - `"idle-timeout"`, `"aborted"`: ended on the option of that name;
+ * - `"error"`: another failure; `error` says which syscall and errno.
+ *
+ * @example
+ * ```ts
+ * import type { RelayEnd } from "@zerocopy/splice";
+ *
+ * const clean: RelayEnd = "done";
+ * ```
+ */
+export type RelayEnd = "done" | "reset" | "idle-timeout" | "aborted" | "error";
+
+/**
+ * The outcome of {@linkcode relay}.
+ *
+ * @example
+ * ```ts ignore
+ * const result = await relay(client, backend);
+ * console.log(`${result.aToB} up, ${result.bToA} down, ${result.end} via ${result.mode}`);
+ * ```
+ */
+export interface RelayResult {
+  /** Bytes delivered from `a` to `b` (not counting `initialData`). */
+  aToB: number;
+  /** Bytes delivered from `b` to `a`. */
+  bToA: number;
+  /** Of those, the bytes moved by splice (both directions). */
+  splicedBytes: number;
+  /**
+   * The path used: `"splice"` when any byte was spliced, `"copy"` when the engine copied them
+   * all, `"fallback"` for the userspace copy loop used without FFI.
+   */
+  mode: "splice" | "copy" | "fallback";
+  /** How it ended. */
+  end: RelayEnd;
+  /** Which side failed, for `"reset"` and `"error"`. */
+  side?: "a" | "b";
+  /** The failure, for `"reset"` and `"error"`: a {@linkcode SyscallError} where one is known. */
+  error?: Error;
+}
+
+const MODES: Record<RelayMode, number> = {
+  auto: MODE_AUTO,
+  splice: MODE_SPLICE,
+  copy: MODE_COPY,
+};
+const ENDS: Record<number, RelayEnd> = {
+  [END_DONE]: "done",
+  [END_RESET]: "reset",
+  [END_IDLE]: "idle-timeout",
+  [END_ABORTED]: "aborted",
+};
+
+/**
+ * Relays bytes both ways between `a` and `b` until both have finished, then closes both.
+ *
+ * With `--allow-ffi` on Linux, a single engine Worker moves the bytes with `splice(2)` (or a
+ * libc copy for small messages), so neither the bytes nor the readiness events touch the main
+ * thread. End of input on one side is forwarded as a shutdown of the other side's sending half
+ * once every byte in flight has been delivered, and the other direction keeps flowing. A
+ * slow reader stops the reads on the other side (backpressure, no spinning). Without FFI the
+ * userspace copy loop does the same job, more slowly.
+ *
+ * Ownership: the relay takes `a` and `b` and closes both when it ends, whatever the end. Do not
+ * read, write or close them meanwhile. Deno conns are closed with `close()`, raw fds with
+ * `close(2)`.
+ *
+ * @param a one side, e.g. the accepted client
+ * @param b the other, e.g. the backend from `Deno.connect`
+ * @param options abort signal, idle timeout, mode, pipe capacity, bytes already read
+ * @returns bytes moved each way, the path used and how it ended; it rejects only on misuse
+ * @throws {TypeError} when `a` and `b` are the same, or a raw fd is given without FFI
+ * @throws {RangeError} when an option is out of range
+ *
+ * @example A TCP proxy
+ * ```ts ignore
+ * import { relay } from "@zerocopy/splice";
+ *
+ * for await (const client of Deno.listen({ hostname: "127.0.0.1", port: 8080 })) {
+ *   Deno.connect({ hostname: "127.0.0.1", port: 9000 })
+ *     .then((backend) => relay(client, backend, { idleTimeout: 60_000 }))
+ *     .then((r) => console.log(`${r.aToB} up, ${r.bToA} down: ${r.end}`))
+ *     .catch(() => client.close());
+ * }
+ * ```
+ */
+export async function relay(
+  a: RelayEndpoint,
+  b: RelayEndpoint,
+  options?: RelayOptions,
+): Promise<RelayResult> {
+  if (a === b) throw new TypeError("Cannot relay a connection to itself");
+  const mode = options?.mode ?? "auto";
+  if (!(mode in MODES)) {
+    throw new TypeError(`Invalid relay mode "${mode}": expected "auto", "splice" or "copy"`);
+  }
+  const idleTimeout = options?.idleTimeout ?? 0;
+  if (!Number.isInteger(idleTimeout) || idleTimeout < 0 || idleTimeout > 2 ** 31 - 1) {
+    throw new RangeError(`Invalid idleTimeout: ${idleTimeout} (expected whole ms >= 0)`);
+  }
+  const capacity = options?.pipeCapacity ?? 0;
+  validateCapacity(capacity, "pipeCapacity");
+
+  if (!ffiAvailable()) {
+    if (typeof a === "number" || typeof b === "number") {
+      closeEndpoint(a);
+      closeEndpoint(b);
+      throw new TypeError("Cannot relay raw fds without FFI: run with --allow-ffi on Linux");
+    }
+    return await fallbackRelay(a, b, options, idleTimeout);
+  }
+
+  let fdA: number;
+  let fdB: number;
+  try {
+    await writeInitialData(a, options?.initialData?.toA);
+    await writeInitialData(b, options?.initialData?.toB);
+    fdA = endpointFd(a);
+    fdB = endpointFd(b);
+  } catch (error) {
+    closeEndpoint(a);
+    closeEndpoint(b);
+    if (error instanceof TypeError) throw error;
+    return failedBeforeStart(error);
+  }
+
+  const signal = options?.signal;
+  if (signal?.aborted) {
+    closeEndpoint(a);
+    closeEndpoint(b);
+    return { aToB: 0, bToA: 0, splicedBytes: 0, mode: "copy", end: "aborted" };
+  }
+  const running = engine();
+  const ended = new Promise<EngineResult>((resolve) => {
+    const id = running.add({
+      fdA,
+      fdB,
+      mode: MODES[mode],
+      idleMs: idleTimeout,
+      capacity: capacity || requestedPipeCapacity(),
+    }, resolve);
+    signal?.addEventListener("abort", () => running.abort(id), { once: true });
+  });
+  const result = await ended;
+  // The engine deregistered both fds before reporting: closing them now is safe.
+  closeEndpoint(a);
+  closeEndpoint(b);
+  return toRelayResult(result);
+}
+
+function toRelayResult(result: EngineResult): RelayResult {
+  const [, aToB, bToA, splicedAToB, splicedBToA, endCode, code, syscall, side] = result;
+  const splicedBytes = splicedAToB + splicedBToA;
+  const out: RelayResult = {
+    aToB,
+    bToA,
+    splicedBytes,
+    mode: splicedBytes > 0 ? "splice" : "copy",
+    end: ENDS[endCode] ?? "error",
+  };
+  if (out.end === "reset" || out.end === "error") {
+    if (side !== -1) out.side = side === 0 ? "a" : "b";
+    out.error = code !== 0
+      ? new SyscallError(SYSCALLS[syscall] || "relay", code, {
+        detail: `side ${out.side ?? "?"}`,
+      })
+      : new Error("The relay engine stopped unexpectedly");
+  }
+  return out;
+}
+
+function failedBeforeStart(error: unknown): RelayResult {
+  return {
+    aToB: 0,
+    bToA: 0,
+    splicedBytes: 0,
+    mode: "copy",
+    end: "error",
+    error: error instanceof Error ? error : new Error(String(error)),
+  };
+}
+
+/** The fd of an endpoint, made non-blocking: the engine must never block in a syscall. */
+function endpointFd(endpoint: RelayEndpoint): number {
+  const fd = socketFd(endpoint);
+  if (typeof endpoint === "number") {
+    if (!Number.isInteger(fd) || fd < 0) {
+      throw new TypeError(`Invalid fd ${fd}: expected a non-negative integer`);
+    }
+    const symbols = libc();
+    const flags = symbols.fcntl(fd, F_GETFL, 0);
+    if (flags < 0 || symbols.fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+      throw new TypeError(`Invalid fd ${fd}: ${errnoName(9)} or not a socket`);
+    }
+  }
+  return fd;
+}
+
+async function writeInitialData(
+  endpoint: RelayEndpoint,
+  bytes: Uint8Array | undefined,
+): Promise<void> {
+  if (!bytes || bytes.byteLength === 0) return;
+  if (typeof endpoint === "number") {
+    throw new TypeError("initialData needs Deno connections, not raw fds: write it yourself first");
+  }
+  for (let written = 0; written < bytes.byteLength;) {
+    written += await endpoint.write(bytes.subarray(written));
+  }
+}
+
+function closeEndpoint(endpoint: RelayEndpoint): void {
+  if (typeof endpoint === "number") {
+    if (ffiAvailable()) closeFd(endpoint);
+    return;
+  }
+  try {
+    endpoint.close();
+  } catch {
+    // Already closed: nothing more to release.
+  }
+}
+
+/** The userspace path: Deno reads and writes, same result shape and half-close semantics. */
+async function fallbackRelay(
+  a: Deno.TcpConn | Deno.UnixConn,
+  b: Deno.TcpConn | Deno.UnixConn,
+  options: RelayOptions | undefined,
+  idleTimeout: number,
+): Promise<RelayResult> {
+  try {
+    await writeInitialData(a, options?.initialData?.toA);
+    await writeInitialData(b, options?.initialData?.toB);
+  } catch (error) {
+    closeEndpoint(a);
+    closeEndpoint(b);
+    return { ...failedBeforeStart(error), mode: "fallback" };
+  }
+  const controller = new AbortController();
+  const outer = options?.signal;
+  const onAbort = (): void => controller.abort();
+  outer?.addEventListener("abort", onAbort, { once: true });
+  let idled = false;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let lastActivity = Date.now();
+  const watched = (conn: Deno.TcpConn | Deno.UnixConn): DuplexConn => ({
+    read: async (buffer) => {
+      const n = await conn.read(buffer);
+      lastActivity = Date.now();
+      return n;
+    },
+    write: (buffer) => conn.write(buffer),
+    closeWrite: () => conn.closeWrite(),
+    close: () => conn.close(),
+  });
+  if (idleTimeout > 0) {
+    const check = (): void => {
+      const left = lastActivity + idleTimeout - Date.now();
+      if (left > 0) {
+        timer = setTimeout(check, left);
+        return;
+      }
+      idled = true;
+      controller.abort();
+    };
+    timer = setTimeout(check, idleTimeout);
+  }
+  try {
+    const result = await copyBidirectional(watched(a), watched(b), { signal: controller.signal });
+    const failed = [result.aToB, result.bToA].find((r) => r.status === "error");
+    const out: RelayResult = {
+      aToB: result.aToB.bytes,
+      bToA: result.bToA.bytes,
+      splicedBytes: 0,
+      mode: "fallback",
+      end: idled ? "idle-timeout" : result.aborted ? "aborted" : failed ? "reset" : "done",
+    };
+    if (out.end === "reset" && failed) {
+      out.side = failed === result.aToB ? "b" : "a";
+      out.error = failed.error instanceof Error ? failed.error : new Error(String(failed.error));
+      if (!isResetError(failed.error)) out.end = "error";
+    }
+    return out;
+  } finally {
+    clearTimeout(timer);
+    outer?.removeEventListener("abort", onAbort);
+  }
+}
+
+function isResetError(error: unknown): boolean {
+  return error instanceof Deno.errors.ConnectionReset || error instanceof Deno.errors.BrokenPipe ||
+    error instanceof Deno.errors.ConnectionAborted;
+}
+
+/**
+ * Stops the relay engine's Worker once no relay runs, and resolves when it has released its
+ * pipes and epoll instance. The engine restarts on the next {@linkcode relay}. Call it at the
+ * end of tests (Deno's sanitizers see the Worker) or before exit; otherwise the Worker stops by
+ * itself a second after the last relay ends.
+ *
+ * @example
+ * ```ts
+ * import { shutdownRelayEngine } from "@zerocopy/splice";
+ *
+ * await shutdownRelayEngine();
+ * ```
+ */
+export function shutdownRelayEngine(): Promise<void> {
+  return stopEngine();
+}
