@@ -165,7 +165,7 @@ class Engine {
       if (this.#waiting.size === 0 && !this.#stopping) this.#beginStop();
     }, LINGER_MS);
     // The linger must never be what keeps a finished program alive.
-    Deno.unrefTimer(this.#linger as number);
+    Deno.unrefTimer(Number(this.#linger));
   }
 
   #fatal(message: string): void {

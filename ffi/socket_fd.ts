@@ -19,7 +19,16 @@
 import { AF_INET, AF_INET6, AF_UNIX, SO_TYPE, SOCK_STREAM, SOL_SOCKET } from "./constants.ts";
 import { libc } from "./libc.ts";
 
-/** A socket the module can splice: a raw fd or a Deno stream connection. */
+/**
+ * A socket the module can splice: a raw fd or a Deno stream connection.
+ *
+ * @example
+ * ```ts
+ * import type { SocketLike } from "@zerocopy/splice";
+ *
+ * const fd: SocketLike = 3;
+ * ```
+ */
 export type SocketLike = number | Deno.TcpConn | Deno.UnixConn | Deno.Conn;
 
 const FD_SYMBOL_DESCRIPTION = "Deno.internal.fd";
