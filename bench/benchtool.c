@@ -1,0 +1,203 @@
+// Small load tools for bench/run.ts, compiled by it with the system cc. Loopback only.
+//
+//   benchtool echo PORT                       echo server, one thread per connection
+//   benchtool pingpong PORT COUNT SIZE        one connection, COUNT round trips of SIZE bytes;
+//                                             prints p50 p99 p999 in microseconds
+//   benchtool churn PORT THREADS SECONDS SIZE each thread: connect, send SIZE, read SIZE back,
+//                                             close; prints connections per second
+//   benchtool idle PORT COUNT                 opens COUNT connections, prints "ready", holds
+//                                             them until stdin closes
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int dial(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+    close(fd);
+    return -1;
+  }
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  return fd;
+}
+
+static int read_full(int fd, char *buf, size_t len) {
+  size_t got = 0;
+  while (got < len) {
+    ssize_t n = read(fd, buf + got, len - got);
+    if (n <= 0) return -1;
+    got += n;
+  }
+  return 0;
+}
+
+static int write_full(int fd, const char *buf, size_t len) {
+  size_t put = 0;
+  while (put < len) {
+    ssize_t n = write(fd, buf + put, len - put);
+    if (n <= 0) return -1;
+    put += n;
+  }
+  return 0;
+}
+
+static void *echo_conn(void *arg) {
+  int fd = (int)(long)arg;
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  char buf[65536];
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n <= 0) break;
+    if (write_full(fd, buf, n) != 0) break;
+  }
+  close(fd);
+  return NULL;
+}
+
+static int echo_server(int port) {
+  int ls = socket(AF_INET, SOCK_STREAM, 0);
+  int one = 1;
+  setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (bind(ls, (struct sockaddr *)&addr, sizeof addr) != 0 || listen(ls, 4096) != 0) {
+    perror("echo: bind/listen");
+    return 1;
+  }
+  printf("ready\n");
+  fflush(stdout);
+  for (;;) {
+    int fd = accept(ls, NULL, NULL);
+    if (fd < 0) continue;
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    if (pthread_create(&t, &attr, echo_conn, (void *)(long)fd) != 0) close(fd);
+    pthread_attr_destroy(&attr);
+  }
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+static int pingpong(int port, int count, int size) {
+  int fd = dial(port);
+  if (fd < 0) {
+    perror("pingpong: connect");
+    return 1;
+  }
+  char *buf = calloc(1, size);
+  double *lat = calloc(count, sizeof(double));
+  for (int i = 0; i < count + 100; i++) {
+    double t0 = now_s();
+    if (write_full(fd, buf, size) != 0 || read_full(fd, buf, size) != 0) {
+      fprintf(stderr, "pingpong: connection lost at %d\n", i);
+      return 1;
+    }
+    if (i >= 100) lat[i - 100] = (now_s() - t0) * 1e6;  // first 100 warm up
+  }
+  qsort(lat, count, sizeof(double), cmp_double);
+  printf("%.2f %.2f %.2f\n", lat[count / 2], lat[(int)(count * 0.99)], lat[(int)(count * 0.999)]);
+  close(fd);
+  return 0;
+}
+
+struct churn_arg {
+  int port, size;
+  double until;
+  long done, failed;
+};
+
+static void *churn_thread(void *p) {
+  struct churn_arg *a = p;
+  char *buf = calloc(1, a->size);
+  while (now_s() < a->until) {
+    int fd = dial(a->port);
+    if (fd < 0) {
+      a->failed++;
+      continue;
+    }
+    if (write_full(fd, buf, a->size) == 0 && read_full(fd, buf, a->size) == 0) a->done++;
+    else a->failed++;
+    close(fd);
+  }
+  return NULL;
+}
+
+static int churn(int port, int threads, double seconds, int size) {
+  pthread_t t[256];
+  struct churn_arg args[256];
+  if (threads > 256) threads = 256;
+  double start = now_s();
+  for (int i = 0; i < threads; i++) {
+    args[i] = (struct churn_arg){.port = port, .size = size, .until = start + seconds};
+    pthread_create(&t[i], NULL, churn_thread, &args[i]);
+  }
+  long done = 0, failed = 0;
+  for (int i = 0; i < threads; i++) {
+    pthread_join(t[i], NULL);
+    done += args[i].done;
+    failed += args[i].failed;
+  }
+  printf("%.1f %ld\n", done / (now_s() - start), failed);
+  return 0;
+}
+
+static int idle(int port, int count) {
+  int *fds = calloc(count, sizeof(int));
+  char byte = 'x';
+  for (int i = 0; i < count; i++) {
+    fds[i] = dial(port);
+    if (fds[i] < 0) {
+      perror("idle: connect");
+      return 1;
+    }
+    // One round trip proves the connection is relayed end to end.
+    if (write_full(fds[i], &byte, 1) != 0 || read_full(fds[i], &byte, 1) != 0) {
+      fprintf(stderr, "idle: no echo on connection %d\n", i);
+      return 1;
+    }
+  }
+  printf("ready\n");
+  fflush(stdout);
+  char c;
+  while (read(0, &c, 1) > 0) {
+  }
+  for (int i = 0; i < count; i++) close(fds[i]);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc >= 3 && strcmp(argv[1], "echo") == 0) return echo_server(atoi(argv[2]));
+  if (argc >= 5 && strcmp(argv[1], "pingpong") == 0)
+    return pingpong(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]));
+  if (argc >= 6 && strcmp(argv[1], "churn") == 0)
+    return churn(atoi(argv[2]), atoi(argv[3]), atof(argv[4]), atoi(argv[5]));
+  if (argc >= 4 && strcmp(argv[1], "idle") == 0) return idle(atoi(argv[2]), atoi(argv[3]));
+  fprintf(stderr, "usage: see the comment at the top of benchtool.c\n");
+  return 2;
+}

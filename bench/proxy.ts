@@ -1,0 +1,29 @@
+// deno-lint-ignore-file no-console -- a benchmark process: printing is its interface
+/**
+ * A TCP proxy for the benchmark: `deno run -A bench/proxy.ts IMPL LISTEN_PORT BACKEND_PORT`.
+ * IMPL is `relay` (this module), `pipeto` (Deno streams) or `copy` (a Deno read/write loop).
+ * Prints "ready" once listening.
+ *
+ * @module
+ */
+
+import { copyBidirectional, relay } from "../mod.ts";
+
+const [impl, listenPort, backendPort] = Deno.args;
+const listener = Deno.listen({ hostname: "127.0.0.1", port: Number(listenPort) });
+console.log("ready");
+
+function serve(client: Deno.TcpConn): void {
+  Deno.connect({ hostname: "127.0.0.1", port: Number(backendPort) }).then((backend) => {
+    if (impl === "relay") {
+      relay(client, backend).catch((error) => console.error(error));
+    } else if (impl === "copy") {
+      copyBidirectional(client, backend).catch((error) => console.error(error));
+    } else {
+      client.readable.pipeTo(backend.writable).catch(() => {});
+      backend.readable.pipeTo(client.writable).catch(() => {});
+    }
+  }, () => client.close());
+}
+
+for await (const client of listener) serve(client);

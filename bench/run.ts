@@ -1,0 +1,292 @@
+// deno-lint-ignore-file no-console -- a benchmark CLI: printing is its job
+/**
+ * The benchmark: the relay proxy against a direct connection, Deno `readable.pipeTo` and a
+ * Deno read/write loop, interleaved in one run, as ratios. External load generators (iperf3,
+ * bench/benchtool.c) so that JS is not the bottleneck of the measurement.
+ *
+ *     deno task bench [--rounds N] [--only bulk1,bulk8,pingpong,churn,idle]
+ *
+ * Needs root for `apt-get install iperf3` when it is missing, and `cc`.
+ *
+ * @module
+ */
+
+const ROOT = new URL("../", import.meta.url).pathname;
+const BUILD = `${ROOT}bench/.build`;
+const TOOL = `${BUILD}/benchtool`;
+const IMPLS = ["direct", "relay", "pipeto", "copy"] as const;
+type Impl = typeof IMPLS[number];
+const CLOCK_TICKS = 100;
+
+function arg(name: string, fallback: string): string {
+  const i = Deno.args.indexOf(name);
+  return i === -1 ? fallback : Deno.args[i + 1];
+}
+const ROUNDS = Number(arg("--rounds", "3"));
+const ONLY = arg("--only", "bulk1,bulk8,pingpong,churn,idle").split(",");
+
+async function run(cmd: string, args: string[]): Promise<string> {
+  const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
+  if (!out.success) {
+    throw new Error(`${cmd} ${args.join(" ")} failed: ${new TextDecoder().decode(out.stderr)}`);
+  }
+  return new TextDecoder().decode(out.stdout);
+}
+
+async function ensureTools(): Promise<void> {
+  try {
+    await run("iperf3", ["--version"]);
+  } catch {
+    console.log("installing iperf3 (apt-get)");
+    await run("apt-get", ["install", "-y", "iperf3"]);
+  }
+  await Deno.mkdir(BUILD, { recursive: true });
+  await run("cc", ["-O2", "-pthread", "-o", TOOL, `${ROOT}bench/benchtool.c`]);
+}
+
+interface Proc {
+  child: Deno.ChildProcess;
+  pid: number;
+  stop(): Promise<void>;
+}
+
+/** Starts a process and waits for it to print "ready". */
+async function start(cmd: string, args: string[], stdin = false): Promise<Proc> {
+  const child = new Deno.Command(cmd, {
+    args,
+    stdout: "piped",
+    stderr: "inherit",
+    stdin: stdin ? "piped" : "null",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let seen = "";
+  const deadline = Date.now() + 15_000;
+  while (!seen.includes("ready")) {
+    if (Date.now() > deadline) throw new Error(`${cmd} did not start`);
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`${cmd} exited before ready`);
+    seen += value;
+  }
+  (async () => {
+    while (!(await reader.read()).done) { /* drain */ }
+  })().catch(() => {});
+  return {
+    child,
+    pid: child.pid,
+    async stop(): Promise<void> {
+      try {
+        if (stdin) await child.stdin.close();
+        child.kill("SIGTERM");
+      } catch { /* already gone */ }
+      await child.status;
+    },
+  };
+}
+
+function cpuSeconds(pid: number): number {
+  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+}
+
+function pssKiB(pid: number): number {
+  const text = Deno.readTextFileSync(`/proc/${pid}/smaps_rollup`);
+  return Number(/^Pss:\s+(\d+)/m.exec(text)?.[1] ?? NaN);
+}
+
+let nextPort = 21_000 + Math.floor(Math.random() * 1000) * 10;
+
+async function withProxy<T>(
+  impl: Impl,
+  backendPort: number,
+  body: (port: number, pid: number | null) => Promise<T>,
+): Promise<T> {
+  if (impl === "direct") return await body(backendPort, null);
+  const port = nextPort++;
+  const proxy = await start(Deno.execPath(), [
+    "run",
+    "-A",
+    `${ROOT}bench/proxy.ts`,
+    impl,
+    String(port),
+    String(backendPort),
+  ]);
+  try {
+    return await body(port, proxy.pid);
+  } finally {
+    await proxy.stop();
+  }
+}
+
+interface Sample {
+  value: number;
+  cpuPerGiB?: number;
+  extra?: number[];
+}
+
+async function bulk(impl: Impl, iperfPort: number, streams: number): Promise<Sample> {
+  return await withProxy(impl, iperfPort, async (port, pid) => {
+    const cpu0 = pid ? cpuSeconds(pid) : 0;
+    const json = JSON.parse(
+      await run("iperf3", [
+        "-c",
+        "127.0.0.1",
+        "-p",
+        String(port),
+        "-t",
+        "4",
+        "-P",
+        String(streams),
+        "-J",
+      ]),
+    );
+    const cpu = pid ? cpuSeconds(pid) - cpu0 : 0;
+    const received = json.end.sum_received;
+    return {
+      value: received.bits_per_second / 8 / 2 ** 20,
+      cpuPerGiB: pid ? cpu / (received.bytes / 2 ** 30) : undefined,
+    };
+  });
+}
+
+async function pingpong(impl: Impl, echoPort: number): Promise<Sample> {
+  return await withProxy(impl, echoPort, async (port) => {
+    const [p50, p99, p999] = (await run(TOOL, ["pingpong", String(port), "20000", "64"]))
+      .trim().split(" ").map(Number);
+    return { value: p50, extra: [p99, p999] };
+  });
+}
+
+async function churn(impl: Impl, echoPort: number): Promise<Sample> {
+  return await withProxy(impl, echoPort, async (port) => {
+    const [rate, failed] = (await run(TOOL, ["churn", String(port), "8", "3", "1024"]))
+      .trim().split(" ").map(Number);
+    return { value: rate, extra: [failed] };
+  });
+}
+
+async function idle(impl: Impl, echoPort: number): Promise<Sample> {
+  return await withProxy(impl, echoPort, async (port, pid) => {
+    if (!pid) return { value: 0 };
+    // Warm up the proxy's paths (engine Worker, pools) before the baseline.
+    const warm = await start(TOOL, ["idle", String(port), "10"], true);
+    await warm.stop();
+    await new Promise((r) => setTimeout(r, 300));
+    const before = pssKiB(pid);
+    const holder = await start(TOOL, ["idle", String(port), "1000"], true);
+    try {
+      await new Promise((r) => setTimeout(r, 500));
+      const cpu0 = cpuSeconds(pid);
+      await new Promise((r) => setTimeout(r, 3000));
+      const cpu = cpuSeconds(pid) - cpu0;
+      const after = pssKiB(pid);
+      return { value: (after - before) / 1000, extra: [cpu / 3 * 100] };
+    } finally {
+      await holder.stop();
+    }
+  });
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)];
+}
+
+async function main(): Promise<void> {
+  await ensureTools();
+  const echoPort = nextPort++;
+  const iperfPort = nextPort++;
+  const echo = await start(TOOL, ["echo", String(echoPort)]);
+  const iperf = new Deno.Command("iperf3", {
+    args: ["-s", "-p", String(iperfPort)],
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  await new Promise((r) => setTimeout(r, 300));
+  const results: Record<string, Record<Impl, Sample[]>> = {};
+  const rows: Array<[string, (impl: Impl) => Promise<Sample>]> = [
+    ["bulk1", (impl) => bulk(impl, iperfPort, 1)],
+    ["bulk8", (impl) => bulk(impl, iperfPort, 8)],
+    ["pingpong", (impl) => pingpong(impl, echoPort)],
+    ["churn", (impl) => churn(impl, echoPort)],
+    ["idle", (impl) => idle(impl, echoPort)],
+  ];
+  try {
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const [name, measure] of rows) {
+        if (!ONLY.includes(name)) continue;
+        results[name] ??= { direct: [], relay: [], pipeto: [], copy: [] };
+        for (const impl of IMPLS) {
+          if (name === "idle" && impl === "direct") continue;
+          const sample = await measure(impl);
+          results[name][impl].push(sample);
+          console.log(`round ${round + 1} ${name} ${impl}: ${JSON.stringify(sample)}`);
+        }
+      }
+    }
+  } finally {
+    await echo.stop();
+    iperf.kill("SIGTERM");
+    await iperf.status;
+  }
+  report(results);
+}
+
+function report(results: Record<string, Record<Impl, Sample[]>>): void {
+  const med = (name: string, impl: Impl, pick: (s: Sample) => number | undefined): number =>
+    median(results[name][impl].map(pick).filter((v): v is number => v !== undefined));
+  const lines: string[] = [];
+  lines.push(`Medians of ${ROUNDS} interleaved rounds; x = ratio to direct (or to pipeTo).`);
+  for (const name of ["bulk1", "bulk8"]) {
+    if (!results[name]) continue;
+    const direct = med(name, "direct", (s) => s.value);
+    for (const impl of IMPLS) {
+      const mib = med(name, impl, (s) => s.value);
+      const cpu = impl === "direct" ? NaN : med(name, impl, (s) => s.cpuPerGiB);
+      const cpuPipe = med(name, "pipeto", (s) => s.cpuPerGiB);
+      lines.push(
+        `${name} ${impl.padEnd(6)} ${mib.toFixed(0).padStart(6)} MiB/s  ${
+          (mib / direct).toFixed(2)
+        }x direct` +
+          (impl === "direct"
+            ? ""
+            : `  CPU ${cpu.toFixed(3)} s/GiB = ${(cpu / cpuPipe).toFixed(2)}x pipeTo`),
+      );
+    }
+  }
+  if (results.pingpong) {
+    const d = [0, 1, 2].map((i) =>
+      med("pingpong", "direct", (s) => i === 0 ? s.value : s.extra![i - 1])
+    );
+    for (const impl of IMPLS) {
+      const v = [0, 1, 2].map((i) =>
+        med("pingpong", impl, (s) => i === 0 ? s.value : s.extra![i - 1])
+      );
+      lines.push(
+        `pingpong ${impl.padEnd(6)} p50 ${v[0].toFixed(1)} us (${(v[0] / d[0]).toFixed(2)}x)  ` +
+          `p99 ${v[1].toFixed(1)} us (${(v[1] / d[1]).toFixed(2)}x)  p99.9 ${v[2].toFixed(1)} us`,
+      );
+    }
+  }
+  if (results.churn) {
+    const direct = med("churn", "direct", (s) => s.value);
+    for (const impl of IMPLS) {
+      const rate = med("churn", impl, (s) => s.value);
+      lines.push(
+        `churn ${impl.padEnd(6)} ${rate.toFixed(0).padStart(6)} conn/s  ${
+          (rate / direct).toFixed(2)
+        }x direct`,
+      );
+    }
+  }
+  if (results.idle) {
+    for (const impl of IMPLS.filter((i) => i !== "direct")) {
+      const kib = med("idle", impl, (s) => s.value);
+      const cpu = med("idle", impl, (s) => s.extra?.[0]);
+      lines.push(`idle ${impl.padEnd(6)} ${kib.toFixed(1)} KiB PSS/conn  CPU ${cpu.toFixed(2)}%`);
+    }
+  }
+  console.log("\n" + lines.join("\n"));
+}
+
+if (import.meta.main) await main();
