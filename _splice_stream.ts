@@ -41,7 +41,9 @@ export async function spliceStream(
   let sourceDone = false;
   for (;;) {
     let progressed = false;
-    if (!sourceDone && pipe.inPipePending < pipe.capacity) {
+    // Only an empty pipe is read into: a pipe fills by segments, not bytes, so "pending below
+    // capacity" does not mean there is room, and polling the source then would spin.
+    if (!sourceDone && pipe.inPipePending === 0) {
       const [moved, status, errno] = spliceIn(sourceFd, writeEnd, pipe.capacity);
       if (status === "moved") {
         pipe.inPipePending += moved;
@@ -68,7 +70,7 @@ export async function spliceStream(
     if (Date.now() > deadline) throw new Error("spliceStream: timed out");
     // struct pollfd { int fd; short events; short revents; } x2
     let count = 0;
-    if (!sourceDone && pipe.inPipePending < pipe.capacity) {
+    if (!sourceDone && pipe.inPipePending === 0) {
       view.setInt32(count * 8, sourceFd, true);
       view.setInt16(count * 8 + 4, POLLIN, true);
       count++;

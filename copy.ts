@@ -121,8 +121,9 @@ export const COPY_BUFFER_SIZE = 64 * 1024;
 
 /**
  * Copies `source` to `destination` until end of input, then shuts down the destination's
- * sending side only, so the other direction of the connection keeps flowing. Never rejects:
- * a failure is reported in the result with the bytes delivered before it.
+ * sending side only, so the other direction of the connection keeps flowing. Rejects only on
+ * misuse (an empty buffer); a connection failure is reported in the result, with the bytes
+ * delivered before it.
  *
  * @param source where bytes come from, e.g. a `Deno.Conn`
  * @param destination where they go, e.g. a `Deno.Conn`
@@ -238,7 +239,8 @@ export interface DuplexConn extends CopySource, CopyDestination {
  * half) while the other direction keeps flowing. When one direction fails (a reset, a broken
  * pipe), both connections are closed at once, so the other direction cannot hang.
  *
- * Takes ownership of `a` and `b`: both are closed when the promise settles. Never rejects.
+ * Takes ownership of `a` and `b`: both are closed when the promise settles, also when it
+ * rejects on misuse (a bad `bufferSize`); it never rejects for a connection failure.
  *
  * @param a one connection, e.g. the accepted client
  * @param b the other, e.g. the backend
@@ -262,6 +264,13 @@ export async function copyBidirectional(
 ): Promise<CopyBidirectionalResult> {
   const size = options?.bufferSize ?? COPY_BUFFER_SIZE;
   if (!Number.isInteger(size) || size <= 0) {
+    for (const conn of [a, b]) {
+      try {
+        conn.close();
+      } catch {
+        // Already closed.
+      }
+    }
     throw new RangeError(`Invalid bufferSize: ${size} (expected a positive whole number)`);
   }
   let closed = false;

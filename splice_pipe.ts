@@ -345,8 +345,10 @@ export class SplicePipe {
  * What a splice call did:
  * - `"moved"`: bytes moved (possibly 0 when `len` was 0);
  * - `"would-block"`: nothing to move now; for {@linkcode spliceIn} either the socket has no
- *   data or the pipe is full (compare the pending count with the capacity to tell which), for
- *   {@linkcode spliceOut} the socket's send buffer is full or the pipe is empty;
+ *   data or the pipe is full, for {@linkcode spliceOut} the socket's send buffer is full or the
+ *   pipe is empty. A pipe is full when its slots (16 by default, one per segment) are used up,
+ *   whatever its byte count, so small segments fill it long before `capacity` bytes: only an
+ *   empty pipe (pending 0) makes a would-block from {@linkcode spliceIn} mean "no data";
  * - `"end"`: end of input: the peer shut down its sending side ({@linkcode spliceIn}), or the
  *   pipe is empty and its write end closed ({@linkcode spliceOut});
  * - `"error"`: the call failed; the result's third element holds the errno.
@@ -388,12 +390,15 @@ const END: SpliceResult = Object.freeze([0, "end", 0] as const);
  * Moves up to `len` bytes from a socket into a pipe's write end, without blocking. Never throws
  * on the data path: failures come back as `"error"` with the errno.
  *
- * Pass the free room of the pipe, normally {@linkcode SplicePipe.capacity} minus the pending
- * bytes, and add the bytes moved to the pending count.
+ * Pass {@linkcode SplicePipe.capacity} and add the bytes moved to the pending count. The
+ * simplest sound loop reads only into an empty pipe (as Go and tokio-splice do); see
+ * {@linkcode SpliceStatus} for why. A `len` of 0 or less moves nothing; a fractional one is
+ * truncated.
  *
  * @param source the socket to read: a raw fd, or a `Deno.TcpConn`/`Deno.UnixConn` (its fd is
- * found once and remembered; the conn must stay open while it is used here, and nothing else
- * may read it meanwhile)
+ * found once, then checked against the conn's addresses on each call, so a closed conn gives
+ * `EBADF` rather than reaching whoever reused its fd number; nothing else may read it meanwhile;
+ * pass the raw fd in hot loops to save that check)
  * @param pipeWriteEnd the write end of a pipe, e.g. `pipe.inPipe[1]`
  * @param len the most bytes to move; a `bigint` saves a conversion on hot loops
  * @returns `[bytesMoved, status, errno]`; `len` 0 returns `[0, "moved", 0]` without a syscall
@@ -476,9 +481,16 @@ function socketFdChecked(socket: SocketLike): number {
 }
 
 function splice(from: number, to: number, len: number | bigint): SpliceResult {
-  // A zero length would return 0, which reads as end of input: answer without a syscall.
-  if (len === 0 || len === 0n) return ZERO_MOVED;
-  const size = typeof len === "bigint" ? len : BigInt(len);
+  // Zero (or a negative room, when a pipe holds more than its nominal capacity) moves nothing;
+  // a zero-length splice would return 0, which reads as end of input, so no syscall is made.
+  let size: bigint;
+  if (typeof len === "bigint") {
+    if (len <= 0n) return ZERO_MOVED;
+    size = len;
+  } else {
+    if (!(len >= 1)) return ZERO_MOVED;
+    size = BigInt(Math.floor(len));
+  }
   const symbols = libc();
   for (;;) {
     const moved = symbols.splice(from, null, to, null, size, SPLICE_FLAGS);

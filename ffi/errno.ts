@@ -22,6 +22,8 @@ export const ENFILE = 23;
 export const EMFILE = 24;
 /** Broken pipe: the peer will not read any more. */
 export const EPIPE = 32;
+/** The socket is not connected (its peer is gone). */
+export const ENOTCONN = 107;
 /** Connection reset by peer. */
 export const ECONNRESET = 104;
 

@@ -9,15 +9,17 @@
  *    the kernel hands out the lowest free number and connections made in a row sit side by side;
  *    it needs no read permission on `/proc`, and costs one syscall per closed or foreign fd.
  *
- * A TCP connection is unique by its address pair. Unix stream sockets from `Deno.connect` can
- * share both addresses (many clients of one path); such a conn is refused with a `TypeError`
- * rather than guessed.
+ * A TCP connection is unique by its address pair. Unix stream sockets cannot be told apart when
+ * several share both addresses (many clients of one path, from `accept` or `Deno.connect`:
+ * Deno 2.9 carries no internal fd on Unix conns); such a conn is refused with a `TypeError`
+ * rather than guessed, and the raw fd is the supported route.
  *
  * @module
  */
 
 import { AF_INET, AF_INET6, AF_UNIX, SO_TYPE, SOCK_STREAM, SOL_SOCKET } from "./constants.ts";
-import { libc } from "./libc.ts";
+import { ENOTCONN } from "./errno.ts";
+import { errno, libc } from "./libc.ts";
 
 /**
  * A socket the module can splice: a raw fd or a Deno stream connection.
@@ -46,19 +48,28 @@ const INT_OPT = new Int32Array(1);
 const INT_LEN = new Uint32Array(1);
 
 /**
- * The fd of `socket`. Numbers pass through unchecked (the syscall reports a bad one); a conn is
- * resolved once and remembered for its lifetime.
+ * The fd of `socket`. Numbers pass through unchecked (the syscall reports a bad one). A conn is
+ * resolved once, and its remembered fd is checked against the conn's addresses on every later
+ * call: after `close()` the number is reused at once by the next socket or pipe, and bytes must
+ * never reach that stranger. A conn that no longer owns its fd yields -1, which the syscall
+ * reports as `EBADF`. The check costs two syscalls; hot loops pass the raw fd instead.
  *
  * @throws {TypeError} when the conn's fd cannot be found, or cannot be told apart from another
  */
 export function socketFd(socket: SocketLike): number {
   if (typeof socket === "number") return socket;
   const known = resolved.get(socket);
-  if (known !== undefined) return known;
+  if (known !== undefined) {
+    return matches(known, socket.localAddr as StreamAddr, socket.remoteAddr as StreamAddr, true)
+      ? known
+      : -1;
+  }
   const fd = findFd(socket);
   resolved.set(socket, fd);
   return fd;
 }
+
+type StreamAddr = Deno.NetAddr | Deno.UnixAddr;
 
 function findFd(conn: Deno.Conn): number {
   const local = conn.localAddr;
@@ -68,8 +79,10 @@ function findFd(conn: Deno.Conn): number {
       `Cannot splice a connection of transport "${local.transport}": expected "tcp" or "unix"`,
     );
   }
+  // A peer that already reset leaves the socket without a peer address: the internal fd is
+  // trusted on its local address alone then, rather than scanning for what cannot match.
   const internal = internalFd(conn);
-  if (internal !== undefined && matches(internal, local, remote)) return internal;
+  if (internal !== undefined && matches(internal, local, remote, true)) return internal;
 
   if (isUnixAddr(local) && isUnixAddr(remote)) return findUnixFd(local, remote);
 
@@ -95,7 +108,8 @@ function findUnixFd(local: Deno.UnixAddr, remote: Deno.UnixAddr): number {
     if (found !== -1) {
       throw new TypeError(
         `Cannot tell apart the Unix connections to "${remote.path || local.path}": ` +
-          "several sockets share its addresses; pass a raw fd, or a conn from Listener.accept()",
+          "several sockets share its addresses and Deno exposes no fd for Unix conns; pass the " +
+          "raw fd",
       );
     }
     found = fd;
@@ -129,18 +143,28 @@ function isUnixAddr(addr: Deno.NetAddr | Deno.UnixAddr): addr is Deno.UnixAddr {
   return addr.transport === "unix" || addr.transport === "unixpacket";
 }
 
+/**
+ * Whether `fd` is a stream socket with these addresses. `disconnected` also accepts a socket
+ * whose peer is gone (`ENOTCONN` from getpeername): splicing it fails cleanly, and a stranger
+ * that reused the number has a peer of its own or a different local address.
+ */
 function matches(
   fd: number,
   local: Deno.NetAddr | Deno.UnixAddr,
   remote: Deno.NetAddr | Deno.UnixAddr,
+  disconnected = false,
 ): boolean {
+  if (fd < 0) return false;
   const symbols = libc();
   SOCKLEN[0] = SOCKADDR.byteLength;
   if (symbols.getsockname(fd, SOCKADDR, SOCKLEN) !== 0) return false;
   if (!addrEquals(local, SOCKLEN[0])) return false;
   SOCKLEN[0] = SOCKADDR.byteLength;
-  if (symbols.getpeername(fd, SOCKADDR, SOCKLEN) !== 0) return false;
-  if (!addrEquals(remote, SOCKLEN[0])) return false;
+  if (symbols.getpeername(fd, SOCKADDR, SOCKLEN) !== 0) {
+    if (!disconnected || errno() !== ENOTCONN) return false;
+  } else if (!addrEquals(remote, SOCKLEN[0])) {
+    return false;
+  }
   INT_LEN[0] = 4;
   return symbols.getsockopt(fd, SOL_SOCKET, SO_TYPE, INT_OPT, INT_LEN) === 0 &&
     INT_OPT[0] === SOCK_STREAM;
