@@ -58,6 +58,7 @@ class Engine {
   #linger: ReturnType<typeof setTimeout> | undefined;
   #stopping = false;
   #onStopped: Array<() => void> = [];
+  #released = false;
 
   constructor(maxPipes: number) {
     const eventFd = libc().eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -111,8 +112,17 @@ class Engine {
     });
   }
 
+  /** Resolves when the Worker has stopped and the eventfd is closed. */
+  get stopped(): Promise<void> {
+    return new Promise((resolve) => {
+      if (this.#released) resolve();
+      else this.#onStopped.push(resolve);
+    });
+  }
+
   #beginStop(): void {
     this.#stopping = true;
+    draining.add(this);
     if (current === this) current = null;
     this.#send(Int32Array.of(OP_STOP));
   }
@@ -179,6 +189,9 @@ class Engine {
   }
 
   #release(): void {
+    if (this.#released) return;
+    this.#released = true;
+    draining.delete(this);
     if (this.#linger !== undefined) clearTimeout(this.#linger);
     this.#worker.terminate();
     closeFd(this.#eventFd);
@@ -187,6 +200,8 @@ class Engine {
 }
 
 let current: Engine | null = null;
+/** Engines told to stop whose Worker has not yet released everything. */
+const draining = new Set<Engine>();
 let fatalMessage = "";
 let maxPipesSetting = DEFAULT_MAX_PIPES;
 
@@ -202,9 +217,9 @@ export function setMaxPipes(count: number): void {
 }
 
 /** Stops the running engine when it is idle; resolves at once when none runs. */
-export function stopEngine(): Promise<void> {
+export async function stopEngine(): Promise<void> {
   const running = current;
-  return running ? running.stop() : Promise.resolve();
+  await Promise.all([running?.stop(), ...[...draining].map((engine) => engine.stopped)]);
 }
 
 /** Why the last engine died, for the error of relays it took with it. */
