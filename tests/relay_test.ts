@@ -309,7 +309,10 @@ Deno.test("1 GiB each way at the same time: SHA-256 equal both ways, counts exac
 
 // --- 2. half-close -----------------------------------------------------------------------------
 
-async function halfCloseThroughRelay(mode: RelayMode, finisherIs: "client" | "server") {
+async function halfCloseThroughRelay(
+  mode: RelayMode,
+  finisherIs: "client" | "server",
+): Promise<void> {
   const before = await fdBaseline();
   const proxied = await throughRelay({ mode });
   const { client, server } = proxied;
@@ -365,7 +368,10 @@ for (const mode of MODES) {
  * kernel answer with RST (Deno has no SO_LINGER 0). The relay must end promptly as a reset of
  * the closing side and close the streaming peer's conn too.
  */
-async function resetMidTransfer(mode: RelayMode, resetter: "client" | "server") {
+async function resetMidTransfer(
+  mode: RelayMode,
+  resetter: "client" | "server",
+): Promise<void> {
   const before = await fdBaseline();
   const proxied = await throughRelay({ mode });
   const { client, server } = proxied;
