@@ -9,9 +9,10 @@
 
 import { EFD_CLOEXEC, EFD_NONBLOCK } from "./ffi/constants.ts";
 import { errno, libc } from "./ffi/libc.ts";
-import { closeFd } from "./ffi/pipe.ts";
+import { closeFd, openPipe } from "./ffi/pipe.ts";
 import { SyscallError } from "./errors.ts";
 import {
+  END_FATAL,
   type EngineResult,
   HEAD,
   OP_ABORT,
@@ -183,7 +184,7 @@ class Engine {
     this.#stopping = true;
     const failed = [...this.#waiting.values()];
     this.#waiting.clear();
-    for (const settle of failed) settle([0, 0, 0, 0, 0, -1, 0, 0, -1]);
+    for (const settle of failed) settle([0, 0, 0, 0, 0, END_FATAL, 0, 0, -1]);
     fatalMessage = message;
     this.#release();
   }
@@ -205,10 +206,39 @@ const draining = new Set<Engine>();
 let fatalMessage = "";
 let maxPipesSetting = DEFAULT_MAX_PIPES;
 
-/** The running engine, started on first use. */
-export function engine(): Engine {
-  if (current === null || !current.accepting) current = new Engine(maxPipesSetting);
+/** fds a new Worker and its engine need at start-up (thread, runtime, module load, epoll). */
+const START_FDS = 32;
+
+/**
+ * The running engine, started on first use; `null` when it cannot start. Starting a Worker
+ * with the fd table full makes Deno panic (a thread that cannot create its runtime), which no
+ * caller could catch, so free fds are proved first by opening and closing pipes.
+ */
+export function engine(): Engine | null {
+  if (current !== null && current.accepting) return current;
+  if (!fdsToSpare(START_FDS)) return null;
+  try {
+    current = new Engine(maxPipesSetting);
+  } catch (error) {
+    fatalMessage = error instanceof Error ? error.message : String(error);
+    return null;
+  }
   return current;
+}
+
+function fdsToSpare(count: number): boolean {
+  const opened: number[] = [];
+  let ok = true;
+  while (opened.length < count) {
+    const fds = openPipe();
+    if (typeof fds === "number") {
+      ok = false;
+      break;
+    }
+    opened.push(fds[0], fds[1]);
+  }
+  for (const fd of opened) closeFd(fd);
+  return ok;
 }
 
 /** Sets the pool bound for engines started from now on. */

@@ -45,9 +45,19 @@ export const END_ERROR = 2;
 export const END_IDLE = 3;
 /** Ended on request (abort signal). */
 export const END_ABORTED = 4;
+/** The engine died (its Worker failed); reported on the main thread only. */
+export const END_FATAL = -1;
 
 /** Syscalls named in results. */
-export const SYSCALLS = ["", "splice", "read", "write", "shutdown", "epoll_ctl"] as const;
+export const SYSCALLS = [
+  "",
+  "splice",
+  "read",
+  "write",
+  "shutdown",
+  "epoll_ctl",
+  "getsockopt",
+] as const;
 
 /**
  * One finished relay: `[id, aToB, bToA, splicedAToB, splicedBToA, end, errno, syscall, side]`

@@ -24,6 +24,8 @@ import {
   EPOLLOUT,
   EPOLLRDHUP,
   SHUT_WR,
+  SO_ERROR,
+  SOL_SOCKET,
   SPLICE_FLAGS,
 } from "./ffi/constants.ts";
 import { EAGAIN, ECONNRESET, EINTR, EPIPE } from "./ffi/errno.ts";
@@ -69,6 +71,7 @@ const SYSCALL_SPLICE = 1;
 const SYSCALL_READ = 2;
 const SYSCALL_WRITE = 3;
 const SYSCALL_EPOLL_CTL = 5;
+const SYSCALL_GETSOCKOPT = 6;
 
 interface Pipe {
   readEnd: number;
@@ -270,6 +273,10 @@ function run(init: WorkerInit): void {
       const side = (token & 1) === 0 ? relay.a : relay.b;
       if (flags & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) side.readable = true;
       if (flags & (EPOLLOUT | EPOLLHUP | EPOLLERR)) side.writable = true;
+      // A side that already sent its FIN is never read again, so a reset after it would go
+      // unnoticed; its pending error says so. An open side is left to its next read, which
+      // delivers the bytes still queued before reporting the error.
+      if ((flags & EPOLLERR) !== 0 && side.state === "eof") pendingError(relay, side);
       service(epfd, relay);
     }
     if (again.size > 0) {
@@ -340,6 +347,15 @@ function shutdownSide(side: Side): void {
   side.shutDown = true;
   // ENOTCONN here means the peer is already gone; the other direction will report it.
   symbols.shutdown(side.fd, SHUT_WR);
+}
+
+const errorValue = new Int32Array(1);
+const errorLength = new Uint32Array(1);
+
+function pendingError(relay: Relay, side: Side): void {
+  errorLength[0] = 4;
+  const ok = symbols.getsockopt(side.fd, SOL_SOCKET, SO_ERROR, errorValue, errorLength) === 0;
+  if (ok && errorValue[0] !== 0) fail(relay, side, errorValue[0], SYSCALL_GETSOCKOPT);
 }
 
 function fail(relay: Relay, side: Side, code: number, syscall: number): void {

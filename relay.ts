@@ -13,10 +13,11 @@ import { socketFd } from "./ffi/socket_fd.ts";
 import { SyscallError } from "./errors.ts";
 import { copyBidirectional, type DuplexConn } from "./copy.ts";
 import { requestedPipeCapacity, validateCapacity } from "./splice_pipe.ts";
-import { engine, stopEngine } from "./_engine.ts";
+import { engine, lastFatal, stopEngine } from "./_engine.ts";
 import {
   END_ABORTED,
   END_DONE,
+  END_FATAL,
   END_IDLE,
   END_RESET,
   type EngineResult,
@@ -159,7 +160,7 @@ export async function relay(
 ): Promise<RelayResult> {
   if (a === b) throw new TypeError("Cannot relay a connection to itself");
   const mode = options?.mode ?? "auto";
-  if (!(mode in MODES)) {
+  if (typeof mode !== "string" || !Object.hasOwn(MODES, mode)) {
     throw new TypeError(`Invalid relay mode "${mode}": expected "auto", "splice" or "copy"`);
   }
   const idleTimeout = options?.idleTimeout ?? 0;
@@ -175,7 +176,15 @@ export async function relay(
       closeEndpoint(b);
       throw new TypeError("Cannot relay raw fds without FFI: run with --allow-ffi on Linux");
     }
-    return await fallbackRelay(a, b, options, idleTimeout);
+    try {
+      await writeInitialData(a, options?.initialData?.toA);
+      await writeInitialData(b, options?.initialData?.toB);
+    } catch (error) {
+      closeEndpoint(a);
+      closeEndpoint(b);
+      return { ...failedBeforeStart(error), mode: "fallback" };
+    }
+    return await fallbackRelay(a, b, options?.signal, idleTimeout);
   }
 
   let fdA: number;
@@ -199,21 +208,47 @@ export async function relay(
     return { aToB: 0, bToA: 0, splicedBytes: 0, mode: "copy", end: "aborted" };
   }
   const running = engine();
-  const ended = new Promise<EngineResult>((resolve) => {
+  // No engine (it could not start: too few fds for a Worker): Deno conns still get the
+  // userspace loop, which needs no fd of its own.
+  if (running === null) return await withoutEngine(a, b, signal, idleTimeout);
+  let onAbort: (() => void) | undefined;
+  const result = await new Promise<EngineResult>((resolve) => {
     const id = running.add({
       fdA,
       fdB,
-      mode: MODES[mode],
+      mode: MODES[mode as RelayMode],
       idleMs: idleTimeout,
       capacity: capacity || requestedPipeCapacity(),
     }, resolve);
-    signal?.addEventListener("abort", () => running.abort(id), { once: true });
+    onAbort = () => running.abort(id);
+    signal?.addEventListener("abort", onAbort, { once: true });
   });
-  const result = await ended;
+  if (onAbort) signal?.removeEventListener("abort", onAbort);
+  // The engine died before moving a byte (e.g. its Worker could not load): nothing was lost,
+  // so the conns can still take the userspace loop.
+  if (result[5] === END_FATAL && result[1] === 0 && result[2] === 0) {
+    return await withoutEngine(a, b, signal, idleTimeout);
+  }
   // The engine deregistered both fds before reporting: closing them now is safe.
   closeEndpoint(a);
   closeEndpoint(b);
   return toRelayResult(result);
+}
+
+async function withoutEngine(
+  a: RelayEndpoint,
+  b: RelayEndpoint,
+  signal: AbortSignal | undefined,
+  idleTimeout: number,
+): Promise<RelayResult> {
+  if (typeof a === "number" || typeof b === "number") {
+    closeEndpoint(a);
+    closeEndpoint(b);
+    return failedBeforeStart(
+      new Error(`The relay engine could not start (${lastFatal() || "too few free fds"})`),
+    );
+  }
+  return await fallbackRelay(a, b, signal, idleTimeout);
 }
 
 function toRelayResult(result: EngineResult): RelayResult {
@@ -293,21 +328,14 @@ function closeEndpoint(endpoint: RelayEndpoint): void {
 async function fallbackRelay(
   a: Deno.TcpConn | Deno.UnixConn,
   b: Deno.TcpConn | Deno.UnixConn,
-  options: RelayOptions | undefined,
+  outer: AbortSignal | undefined,
   idleTimeout: number,
 ): Promise<RelayResult> {
-  try {
-    await writeInitialData(a, options?.initialData?.toA);
-    await writeInitialData(b, options?.initialData?.toB);
-  } catch (error) {
-    closeEndpoint(a);
-    closeEndpoint(b);
-    return { ...failedBeforeStart(error), mode: "fallback" };
-  }
   const controller = new AbortController();
-  const outer = options?.signal;
   const onAbort = (): void => controller.abort();
-  outer?.addEventListener("abort", onAbort, { once: true });
+  // An already aborted signal fires no event: abort the copy up front.
+  if (outer?.aborted) controller.abort();
+  else outer?.addEventListener("abort", onAbort, { once: true });
   let idled = false;
   let timer: ReturnType<typeof setTimeout> | undefined;
   let lastActivity = Date.now();
