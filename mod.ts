@@ -42,6 +42,7 @@ export { SyscallError } from "./errors.ts";
 export { spliceAvailable } from "./availability.ts";
 export {
   relay,
+  RELAY_PIPE_CAPACITY,
   type RelayEnd,
   type RelayEndpoint,
   type RelayMode,

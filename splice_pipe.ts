@@ -88,6 +88,11 @@ export function requestedPipeCapacity(): number {
   return capacityOverride ?? DEFAULT_SPLICE_PIPE_CAPACITY;
 }
 
+/** The capacity set by {@linkcode setPipeCapacity}, or `null` while none was set. */
+export function pipeCapacityOverride(): number | null {
+  return capacityOverride;
+}
+
 /** Throws a `RangeError` naming `value` unless it is a valid pipe capacity. */
 export function validateCapacity(value: number, name: string): void {
   if (

@@ -15,8 +15,11 @@ console.log("ready");
 
 function serve(client: Deno.TcpConn): void {
   Deno.connect({ hostname: "127.0.0.1", port: Number(backendPort) }).then((backend) => {
-    if (impl === "relay") {
-      relay(client, backend).catch((error) => console.error(error));
+    if (impl.startsWith("relay")) {
+      // relay, or relay:MODE (auto, splice, copy) to compare the engine's paths.
+      const mode = (impl.split(":")[1] ?? "auto") as "auto" | "splice" | "copy";
+      const pipeCapacity = Number(Deno.env.get("SPLICE_BENCH_PIPE") ?? 0);
+      relay(client, backend, { mode, pipeCapacity }).catch((error) => console.error(error));
     } else if (impl === "copy") {
       copyBidirectional(client, backend).catch((error) => console.error(error));
     } else {

@@ -132,6 +132,14 @@ const SYMBOLS = {
     ],
     result: "i32", // int
   },
+  readlink: {
+    parameters: [
+      "buffer", // const char *pathname (NUL-terminated)
+      "buffer", // char *buf
+      "usize", // size_t bufsiz
+    ],
+    result: "isize", // ssize_t
+  },
   eventfd: {
     parameters: [
       "u32", // unsigned int initval
