@@ -5,8 +5,9 @@
 //                                             prints p50 p99 p999 in microseconds
 //   benchtool churn PORT THREADS SECONDS SIZE each thread: connect, send SIZE, read SIZE back,
 //                                             close; prints connections per second
-//   benchtool idle PORT COUNT                 opens COUNT connections, prints "ready", holds
-//                                             them until stdin closes
+//   benchtool idle PORT COUNT [noecho]        opens COUNT connections (each proved by a 1-byte
+//                                             echo unless noecho), prints "ready", holds them
+//                                             until stdin closes
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -167,7 +168,7 @@ static int churn(int port, int threads, double seconds, int size) {
   return 0;
 }
 
-static int idle(int port, int count) {
+static int idle(int port, int count, int echo) {
   int *fds = calloc(count, sizeof(int));
   char byte = 'x';
   for (int i = 0; i < count; i++) {
@@ -177,7 +178,7 @@ static int idle(int port, int count) {
       return 1;
     }
     // One round trip proves the connection is relayed end to end.
-    if (write_full(fds[i], &byte, 1) != 0 || read_full(fds[i], &byte, 1) != 0) {
+    if (echo && (write_full(fds[i], &byte, 1) != 0 || read_full(fds[i], &byte, 1) != 0)) {
       fprintf(stderr, "idle: no echo on connection %d\n", i);
       return 1;
     }
@@ -197,7 +198,8 @@ int main(int argc, char **argv) {
     return pingpong(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]));
   if (argc >= 6 && strcmp(argv[1], "churn") == 0)
     return churn(atoi(argv[2]), atoi(argv[3]), atof(argv[4]), atoi(argv[5]));
-  if (argc >= 4 && strcmp(argv[1], "idle") == 0) return idle(atoi(argv[2]), atoi(argv[3]));
+  if (argc >= 4 && strcmp(argv[1], "idle") == 0)
+    return idle(atoi(argv[2]), atoi(argv[3]), !(argc >= 5 && strcmp(argv[4], "noecho") == 0));
   fprintf(stderr, "usage: see the comment at the top of benchtool.c\n");
   return 2;
 }

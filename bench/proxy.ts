@@ -13,6 +13,8 @@ const [impl, listenPort, backendPort] = Deno.args;
 const listener = Deno.listen({ hostname: "127.0.0.1", port: Number(listenPort) });
 console.log("ready");
 
+const held: Deno.TcpConn[] = [];
+
 function serve(client: Deno.TcpConn): void {
   Deno.connect({ hostname: "127.0.0.1", port: Number(backendPort) }).then((backend) => {
     if (impl.startsWith("relay")) {
@@ -20,6 +22,9 @@ function serve(client: Deno.TcpConn): void {
       const mode = (impl.split(":")[1] ?? "auto") as "auto" | "splice" | "copy";
       const pipeCapacity = Number(Deno.env.get("SPLICE_BENCH_PIPE") ?? 0);
       relay(client, backend, { mode, pipeCapacity }).catch((error) => console.error(error));
+    } else if (impl === "hold") {
+      // Accept and connect, move nothing: Deno's own cost of two open conns, for reference.
+      held.push(client, backend);
     } else if (impl === "copy") {
       copyBidirectional(client, backend).catch((error) => console.error(error));
     } else {

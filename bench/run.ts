@@ -15,7 +15,9 @@ const ROOT = new URL("../", import.meta.url).pathname;
 const BUILD = `${ROOT}bench/.build`;
 const TOOL = `${BUILD}/benchtool`;
 const IMPLS = ["direct", "relay", "pipeto", "copy"] as const;
-type Impl = typeof IMPLS[number];
+/** `hold` accepts and connects but moves nothing: Deno's own floor for two open conns. */
+type Impl = typeof IMPLS[number] | "hold";
+const IDLE_IMPLS: Impl[] = ["hold", "relay", "pipeto", "copy"];
 const CLOCK_TICKS = 100;
 
 function arg(name: string, fallback: string): string {
@@ -169,11 +171,12 @@ async function idle(impl: Impl, echoPort: number): Promise<Sample> {
   return await withProxy(impl, echoPort, async (port, pid) => {
     if (!pid) return { value: 0 };
     // Warm up the proxy's paths (engine Worker, pools) before the baseline.
-    const warm = await start(TOOL, ["idle", String(port), "10"], true);
+    const echo = impl === "hold" ? ["noecho"] : [];
+    const warm = await start(TOOL, ["idle", String(port), "10", ...echo], true);
     await warm.stop();
     await new Promise((r) => setTimeout(r, 300));
     const before = pssKiB(pid);
-    const holder = await start(TOOL, ["idle", String(port), "1000"], true);
+    const holder = await start(TOOL, ["idle", String(port), "1000", ...echo], true);
     try {
       await new Promise((r) => setTimeout(r, 500));
       const cpu0 = cpuSeconds(pid);
@@ -215,9 +218,8 @@ async function main(): Promise<void> {
     for (let round = 0; round < ROUNDS; round++) {
       for (const [name, measure] of rows) {
         if (!ONLY.includes(name)) continue;
-        results[name] ??= { direct: [], relay: [], pipeto: [], copy: [] };
-        for (const impl of IMPLS) {
-          if (name === "idle" && impl === "direct") continue;
+        results[name] ??= { direct: [], relay: [], pipeto: [], copy: [], hold: [] };
+        for (const impl of name === "idle" ? IDLE_IMPLS : IMPLS) {
           const sample = await measure(impl);
           results[name][impl].push(sample);
           console.log(`round ${round + 1} ${name} ${impl}: ${JSON.stringify(sample)}`);
@@ -280,7 +282,7 @@ function report(results: Record<string, Record<Impl, Sample[]>>): void {
     }
   }
   if (results.idle) {
-    for (const impl of IMPLS.filter((i) => i !== "direct")) {
+    for (const impl of IDLE_IMPLS) {
       const kib = med("idle", impl, (s) => s.value);
       const cpu = med("idle", impl, (s) => s.extra?.[0]);
       lines.push(`idle ${impl.padEnd(6)} ${kib.toFixed(1)} KiB PSS/conn  CPU ${cpu.toFixed(2)}%`);
