@@ -21,7 +21,10 @@ function serve(client: Deno.TcpConn): void {
       // relay, or relay:MODE (auto, splice, copy) to compare the engine's paths.
       const mode = (impl.split(":")[1] ?? "auto") as "auto" | "splice" | "copy";
       const pipeCapacity = Number(Deno.env.get("SPLICE_BENCH_PIPE") ?? 0);
-      relay(client, backend, { mode, pipeCapacity }).catch((error) => console.error(error));
+      relay(client, backend, { mode, pipeCapacity }).then((result) => {
+        // Only the unusual ends: a benchmark that loses a connection must say why.
+        if (result.end !== "done" && result.end !== "reset") console.error("relay ended:", result);
+      }, (error) => console.error(error));
     } else if (impl === "hold") {
       // Accept and connect, move nothing: Deno's own cost of two open conns, for reference.
       held.push(client, backend);
