@@ -24,13 +24,14 @@ import {
   EPOLLOUT,
   EPOLLRDHUP,
   SHUT_WR,
+  SIOCOUTQ,
   SO_ERROR,
   SOL_SOCKET,
   SPLICE_FLAGS,
 } from "./ffi/constants.ts";
 import { EAGAIN, ECONNRESET, EINTR, EPIPE } from "./ffi/errno.ts";
 import { closeFd, openPipe, resizePipe } from "./ffi/pipe.ts";
-import { decideRelay, type SideState } from "./_relay_state.ts";
+import { decideRelay, type ReadState } from "./_relay_state.ts";
 import {
   END_ABORTED,
   END_DONE,
@@ -61,6 +62,12 @@ const SPLICE_PROMOTE_BYTES = 16 * 1024;
 const SPLICE_SMALL_BYTES = 4 * 1024;
 /** Consecutive small splices after which an `auto` direction returns to copying. */
 const SPLICE_DEMOTE_AFTER = 2;
+/**
+ * How long a relay that can deliver nothing more keeps a side open while its peer has not
+ * acknowledged what was sent to it (see `decideRelay`): closing earlier could send a reset
+ * that destroys those bytes.
+ */
+const LINGER_MS = 5_000;
 /** Chunks a direction may move before other relays get a turn. */
 const ROUNDS_PER_TURN = 32;
 const MAX_EVENTS = 256;
@@ -80,11 +87,19 @@ interface Pipe {
 }
 
 class Side {
-  state: SideState = "open";
+  /** What reading this side has given. */
+  state: ReadState = "open";
+  /** Set when a write to it failed: its peer takes no more bytes. */
+  writeFailed = false;
+  /** Edge-triggered readiness not yet used up (cleared by EAGAIN). */
   readable = false;
   writable = false;
   shutDown = false;
   constructor(readonly fd: number) {}
+  /** Whether bytes can still be delivered to it. */
+  takesBytes(): boolean {
+    return !this.writeFailed && this.state !== "broken";
+  }
 }
 
 class Direction {
@@ -115,6 +130,8 @@ class Relay {
   errno = 0;
   syscall = 0;
   brokenSide = -1;
+  /** When a lingering relay (draining a side after a failure) is ended anyway; 0: not yet. */
+  lingerUntil = 0;
   constructor(
     readonly id: number,
     fdA: number,
@@ -307,7 +324,7 @@ function addRelay(epfd: number, ring: Int32Array, base: number): void {
   for (const [side, token] of [[relay.a, id * 2], [relay.b, id * 2 + 1]] as const) {
     const code = epollControl(epfd, EPOLL_CTL_ADD, side.fd, token);
     if (code !== 0) {
-      fail(relay, side, code, SYSCALL_EPOLL_CTL);
+      failRead(relay, side, code, SYSCALL_EPOLL_CTL);
     }
   }
   if (relay.idleMs > 0) {
@@ -319,28 +336,43 @@ function addRelay(epfd: number, ring: Int32Array, base: number): void {
 
 /** Pumps both directions, applies the relay decision, and ends the relay when it says so. */
 function service(epfd: number, relay: Relay): void {
-  if (relay.a.state !== "broken" && relay.b.state !== "broken") {
-    pump(relay, relay.aToB);
-    pump(relay, relay.bToA);
-  }
+  pump(relay, relay.aToB);
+  pump(relay, relay.bToA);
+  const { a, b } = relay;
   const decision = decideRelay(
-    relay.a.state,
-    relay.b.state,
+    { read: a.state, writable: !a.writeFailed },
+    { read: b.state, writable: !b.writeFailed },
     relay.aToB.inFlight(),
     relay.bToA.inFlight(),
   );
-  if (decision.shutdownB && !relay.b.shutDown) shutdownSide(relay.b);
-  if (decision.shutdownA && !relay.a.shutDown) shutdownSide(relay.a);
+  if (decision.shutdownB && !b.shutDown) shutdownSide(b);
+  if (decision.shutdownA && !a.shutDown) shutdownSide(a);
   if (!decision.open) {
-    const broken = relay.brokenSide !== -1 || relay.a.state === "broken" ||
-      relay.b.state === "broken";
-    const end = !broken
-      ? END_DONE
-      : relay.errno === ECONNRESET || relay.errno === EPIPE
-      ? END_RESET
-      : END_ERROR;
-    finish(epfd, relay, end);
+    finish(epfd, relay, endOf(relay));
+  } else if (decision.lingering) {
+    // What a close could destroy is what the drained sides' peers have not acknowledged yet.
+    // Once their send queues are empty, closing loses nothing; EPOLLOUT edges as acks arrive
+    // bring the relay back here, and the linger timeout bounds the wait.
+    if ((!decision.discardA || unacked(a) === 0) && (!decision.discardB || unacked(b) === 0)) {
+      finish(epfd, relay, endOf(relay));
+    } else if (relay.lingerUntil === 0) {
+      relay.lingerUntil = now + LINGER_MS;
+      withTimeout.add(relay);
+      nextCheck = Math.min(nextCheck, relay.lingerUntil);
+    }
   }
+}
+
+const queued = new Int32Array(1);
+
+/** Bytes sent to `side` and not yet acknowledged by its peer; 0 when unknown. */
+function unacked(side: Side): number {
+  return symbols.ioctl(side.fd, SIOCOUTQ, queued) === 0 ? queued[0] : 0;
+}
+
+function endOf(relay: Relay): number {
+  if (relay.brokenSide === -1) return END_DONE;
+  return relay.errno === ECONNRESET || relay.errno === EPIPE ? END_RESET : END_ERROR;
 }
 
 function shutdownSide(side: Side): void {
@@ -355,11 +387,23 @@ const errorLength = new Uint32Array(1);
 function pendingError(relay: Relay, side: Side): void {
   errorLength[0] = 4;
   const ok = symbols.getsockopt(side.fd, SOL_SOCKET, SO_ERROR, errorValue, errorLength) === 0;
-  if (ok && errorValue[0] !== 0) fail(relay, side, errorValue[0], SYSCALL_GETSOCKOPT);
+  if (ok && errorValue[0] !== 0) failRead(relay, side, errorValue[0], SYSCALL_GETSOCKOPT);
 }
 
-function fail(relay: Relay, side: Side, code: number, syscall: number): void {
+/** A read (or the socket itself) failed: nothing more comes from it, nothing goes to it. */
+function failRead(relay: Relay, side: Side, code: number, syscall: number): void {
   side.state = "broken";
+  record(relay, side, code, syscall);
+}
+
+/** A write failed: its peer takes no more bytes, but may still have bytes for us to read. */
+function failWrite(relay: Relay, side: Side, code: number, syscall: number): void {
+  side.writeFailed = true;
+  record(relay, side, code, syscall);
+}
+
+/** The first failure is the one reported. */
+function record(relay: Relay, side: Side, code: number, syscall: number): void {
   if (relay.brokenSide === -1) {
     relay.brokenSide = side === relay.a ? 0 : 1;
     relay.errno = code;
@@ -370,6 +414,12 @@ function fail(relay: Relay, side: Side, code: number, syscall: number): void {
 /** Moves bytes one way until a side would block, the turn ends, or the source finished. */
 function pump(relay: Relay, dir: Direction): void {
   const { from, to } = dir;
+  if (!to.takesBytes()) {
+    dropInFlight(relay, dir);
+    // Bytes that can go nowhere are still read, so the source is not closed with unread data.
+    if (from.state === "open") discard(relay, from);
+    return;
+  }
   for (let round = 0;; round++) {
     // Deliver what is in flight before reading more: only an empty pipe is read into, which
     // makes EAGAIN from splice unambiguous (the socket is empty, not the pipe full).
@@ -398,7 +448,7 @@ function pump(relay: Relay, dir: Direction): void {
           return;
         }
         if (code === EINTR) continue;
-        return fail(relay, to, code, SYSCALL_SPLICE);
+        return failWrite(relay, to, code, SYSCALL_SPLICE);
       }
     }
     if (dir.leftover !== null) {
@@ -418,7 +468,7 @@ function pump(relay: Relay, dir: Direction): void {
           return;
         }
         if (code === EINTR) continue;
-        return fail(relay, to, code, SYSCALL_WRITE);
+        return failWrite(relay, to, code, SYSCALL_WRITE);
       }
     }
     // Nothing in flight. A pipe is held only while bytes are in it.
@@ -465,7 +515,7 @@ function pump(relay: Relay, dir: Direction): void {
         continue; // releases the idle pipe above
       }
       if (code === EINTR) continue;
-      return fail(relay, from, code, SYSCALL_SPLICE);
+      return failRead(relay, from, code, SYSCALL_SPLICE);
     }
     const got = symbols.read(from.fd, copyBuffer, copyBufferSize);
     if (got > 0n) {
@@ -487,7 +537,7 @@ function pump(relay: Relay, dir: Direction): void {
         return;
       }
       if (code === EINTR) continue;
-      return fail(relay, to, code, SYSCALL_WRITE);
+      return failWrite(relay, to, code, SYSCALL_WRITE);
     }
     if (got === 0n) {
       from.state = "eof";
@@ -499,7 +549,34 @@ function pump(relay: Relay, dir: Direction): void {
       return;
     }
     if (code === EINTR) continue;
-    return fail(relay, from, code, SYSCALL_READ);
+    return failRead(relay, from, code, SYSCALL_READ);
+  }
+}
+
+/** Drops what is in flight toward a side that takes no more bytes; such a pipe is destroyed. */
+function dropInFlight(relay: Relay, dir: Direction): void {
+  if (dir.pipe !== null) releasePipe(dir.pipe, relay.capacity, dir.pending);
+  dir.pipe = null;
+  dir.pending = 0;
+  dir.leftover = null;
+}
+
+/** Reads `side` and drops the bytes, until it would block, ends or fails. */
+function discard(relay: Relay, side: Side): void {
+  for (let round = 0; side.readable && side.state === "open"; round++) {
+    if (round >= ROUNDS_PER_TURN) {
+      again.add(relay);
+      return;
+    }
+    const got = symbols.read(side.fd, copyBuffer, copyBufferSize);
+    if (got > 0n) continue;
+    if (got === 0n) {
+      side.state = "eof";
+      return;
+    }
+    const code = errno();
+    if (code === EAGAIN) side.readable = false;
+    else if (code !== EINTR) failRead(relay, side, code, SYSCALL_READ);
   }
 }
 
@@ -549,9 +626,16 @@ function expireIdle(epfd: number): void {
   if (now < nextCheck) return;
   nextCheck = Infinity;
   for (const relay of [...withTimeout]) {
-    const deadline = relay.lastActive + relay.idleMs;
-    if (now >= deadline) finish(epfd, relay, END_IDLE);
-    else nextCheck = Math.min(nextCheck, deadline);
+    if (relay.lingerUntil !== 0 && now >= relay.lingerUntil) {
+      finish(epfd, relay, endOf(relay));
+      continue;
+    }
+    const idleAt = relay.idleMs > 0 ? relay.lastActive + relay.idleMs : Infinity;
+    if (now >= idleAt) {
+      finish(epfd, relay, END_IDLE);
+      continue;
+    }
+    nextCheck = Math.min(nextCheck, idleAt, relay.lingerUntil || Infinity);
   }
 }
 

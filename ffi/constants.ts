@@ -80,3 +80,6 @@ export const EPOLLET = 1 << 31;
 export const EPOLL_EVENT_SIZE = Deno.build.arch === "x86_64" ? 12 : 16;
 /** Offset of `data` inside `struct epoll_event`. */
 export const EPOLL_DATA_OFFSET = Deno.build.arch === "x86_64" ? 4 : 8;
+
+/** `ioctl` request: bytes in a socket's send queue not yet acknowledged by the peer. */
+export const SIOCOUTQ = 0x5411n;

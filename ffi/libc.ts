@@ -132,6 +132,15 @@ const SYMBOLS = {
     ],
     result: "i32", // int
   },
+  ioctl: {
+    // Variadic; the requests used here take an int *, passed like a fixed pointer argument.
+    parameters: [
+      "i32", // int fd
+      "u64", // unsigned long request
+      "buffer", // int *argp
+    ],
+    result: "i32", // int
+  },
   readlink: {
     parameters: [
       "buffer", // const char *pathname (NUL-terminated)

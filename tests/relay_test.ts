@@ -450,6 +450,56 @@ for (const mode of MODES) {
 }
 
 /**
+ * The backend answers before reading the whole upload and closes, so its kernel resets the
+ * connection. The reply it sent before must still reach the client in full: the relay keeps
+ * delivering it, drains the client's upload instead of closing on it (which would reset the
+ * client and destroy the reply bytes still in flight), and closes once the client has
+ * acknowledged everything.
+ */
+for (const mode of MODES) {
+  Deno.test(`reset (${mode}): a backend that replies then resets; the client gets every byte relayed`, async () => {
+    const before = await fdBaseline();
+    const proxied = await throughRelay({ mode });
+    const { client, server } = proxied;
+    try {
+      // Small enough to sit in socket buffers while the client does not read yet.
+      const REPLY = 1 * MiB;
+      // An upload the backend never reads, still going when it resets.
+      const upload = sendPattern(client, 64 * MiB, 8).then(() => "sent", (e) => e.name);
+      await within(readExactly(server, 1), 5_000, "the upload to start");
+      const replyHash = await within(sendPattern(server, REPLY, 21), 10_000, "the reply");
+      server.close(); // unread upload: the kernel sends RST
+      const hash = createHash("sha256");
+      let received = 0;
+      const buffer = new Uint8Array(64 * KiB);
+      const readAll = (async () => {
+        try {
+          for (;;) {
+            const n = await client.read(buffer);
+            if (n === null) return "eof";
+            hash.update(buffer.subarray(0, n));
+            received += n;
+          }
+        } catch (error) {
+          return (error as Error).name;
+        }
+      })();
+      const result = await within(proxied.relayed, 10_000, "the relay to end");
+      await within(readAll, 10_000, "the client's reads to end");
+      assert.ok(result.end === "reset" || result.end === "error", `end ${result.end}`);
+      assert.equal(result.side, "b");
+      assert.ok(result.bToA > 0, "some reply was relayed");
+      assert.equal(received, result.bToA, "every reply byte the relay counted reached the client");
+      if (result.bToA === REPLY) assert.equal(hash.digest("hex"), replyHash);
+      await within(upload, 10_000, "the upload to stop");
+    } finally {
+      proxied.close();
+      await engineStoppedAndFdsBack(before);
+    }
+  });
+}
+
+/**
  * Regression test (was a bug). The client sends a request and half-closes; the backend answers 64 KiB and then
  * stays idle with the connection open (keep-alive). The client closes without reading the
  * answer, so its kernel sends RST. The relay's `a` socket is now dead (EPOLLERR/EPOLLHUP), but
