@@ -102,6 +102,11 @@ export interface CopyResult {
   status: "end" | "error";
   /** The failure, when `status` is `"error"`. */
   error?: unknown;
+  /**
+   * Which side failed, when `status` is `"error"`: `"read"` (the source), `"write"` (the
+   * destination takes no more bytes) or `"closeWrite"` (the shutdown at end of input).
+   */
+  failedOn?: "read" | "write" | "closeWrite";
 }
 
 /**
@@ -151,20 +156,24 @@ export async function copy(
     throw new TypeError("Cannot copy through an empty buffer: pass a non-empty Uint8Array");
   }
   let bytes = 0;
+  let stage: "read" | "write" | "closeWrite" = "read";
   try {
     for (;;) {
+      stage = "read";
       const read = await source.read(buffer);
       if (read === null) break;
+      stage = "write";
       let written = 0;
       while (written < read) {
         written += await destination.write(buffer.subarray(written, read));
       }
       bytes += read;
     }
+    stage = "closeWrite";
     if (options?.closeWrite !== false) await destination.closeWrite?.();
     return { bytes, status: "end" };
   } catch (error) {
-    return { bytes, status: "error", error };
+    return { bytes, status: "error", error, failedOn: stage };
   }
 }
 
@@ -237,7 +246,10 @@ export interface DuplexConn extends CopySource, CopyDestination {
  * Copies both ways between `a` and `b` until each direction has ended, then closes both. A
  * half-close travels across (end of input on one side shuts down the other side's sending
  * half) while the other direction keeps flowing. When one direction fails (a reset, a broken
- * pipe), both connections are closed at once, so the other direction cannot hang.
+ * pipe), the other goes on delivering what its peer already sent, and a source whose bytes can
+ * no longer be written is read and the bytes dropped, so that it is not closed with unread data
+ * (a reset that would destroy what its peer has not read yet); both are closed at the latest
+ * {@linkcode COPY_LINGER_MS} after the failure, so nothing hangs.
  *
  * Takes ownership of `a` and `b`: both are closed when the promise settles, also when it
  * rejects on misuse (a bad `bufferSize`); it never rejects for a connection failure.
@@ -294,16 +306,47 @@ export async function copyBidirectional(
   if (signal?.aborted) onAbort();
   signal?.addEventListener("abort", onAbort, { once: true });
 
+  let linger: ReturnType<typeof setTimeout> | undefined;
   const direction = async (from: DuplexConn, to: DuplexConn): Promise<CopyResult> => {
-    const result = await copy(from, to, { buffer: new Uint8Array(size) });
-    if (result.status === "error") closeBoth();
+    const buffer = new Uint8Array(size);
+    const result = await copy(from, to, { buffer });
+    if (result.status === "error") {
+      // Bound what follows a failure: the other direction may wait on a peer that is silent.
+      linger ??= setTimeout(closeBoth, COPY_LINGER_MS);
+      if (result.failedOn === "write") await discard(from, buffer);
+    }
     return result;
   };
   try {
     const [aToB, bToA] = await Promise.all([direction(a, b), direction(b, a)]);
     return { aToB, bToA, aborted };
   } finally {
+    clearTimeout(linger);
     signal?.removeEventListener("abort", onAbort);
     closeBoth();
+  }
+}
+
+/**
+ * How long {@linkcode copyBidirectional} keeps going after a failure: the other direction
+ * delivers what its peer already sent, and a stranded source is drained, for at most this long.
+ *
+ * @example
+ * ```ts
+ * import { COPY_LINGER_MS } from "@zerocopy/splice";
+ *
+ * console.log(COPY_LINGER_MS); // 2000
+ * ```
+ */
+export const COPY_LINGER_MS = 2_000;
+
+/** Reads `source` to its end (or a failure, or its close) and drops the bytes. */
+async function discard(source: CopySource, buffer: Uint8Array): Promise<void> {
+  try {
+    while ((await source.read(buffer)) !== null) {
+      // dropped: the destination takes no more bytes
+    }
+  } catch {
+    // Closed by the linger or failed: either way there is nothing left to read.
   }
 }

@@ -29,6 +29,7 @@ export {
 export {
   copy,
   COPY_BUFFER_SIZE,
+  COPY_LINGER_MS,
   copyBidirectional,
   type CopyBidirectionalOptions,
   type CopyBidirectionalResult,

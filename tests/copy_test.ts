@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import assert from "node:assert/strict";
 import { copy, copyBidirectional } from "../mod.ts";
 import { closeQuietly, receiveAll, runDeno, sendPattern, tcpPair } from "./_helpers.ts";
@@ -152,3 +153,49 @@ Deno.test("without --allow-ffi: mod.ts imports, nothing prompts, the copy loop m
   assert.equal(report.replyIntact, true);
   assert.deepEqual(report.counted, [2_000_000, 3_000_000]);
 });
+
+Deno.test("copyBidirectional: a backend that replies then resets; the client gets every byte copied", async () => {
+  const left = await tcpPair(); // client <-> proxy's a
+  const right = await tcpPair(); // proxy's b <-> backend
+  const relayed = copyBidirectional(left.server, right.client);
+  const client = left.client;
+  const backend = right.server;
+  try {
+    const upload = sendPattern(client, 64 * 1024 * 1024, 8).catch(() => "");
+    const first = new Uint8Array(1);
+    assert.equal(await backend.read(first), 1);
+    const replyHash = await sendPattern(backend, 1024 * 1024, 21);
+    backend.close(); // the upload is unread: the kernel resets the connection
+    const reply = await receiveAllTolerant(client);
+    const result = await relayed;
+    assert.equal(result.aToB.status, "error");
+    assert.equal(result.aToB.failedOn, "write");
+    assert.ok(result.bToA.bytes > 0);
+    assert.equal(reply.bytes, result.bToA.bytes, "every byte copied reached the client");
+    if (reply.bytes === 1024 * 1024) assert.equal(reply.sha256, replyHash);
+    await upload;
+  } finally {
+    closeQuietly(client);
+    closeQuietly(backend);
+  }
+});
+
+/** Like receiveAll, but a reset after the data ends the read instead of failing it. */
+async function receiveAllTolerant(
+  conn: Deno.TcpConn,
+): Promise<{ bytes: number; sha256: string }> {
+  const hash = createHash("sha256");
+  const buffer = new Uint8Array(64 * 1024);
+  let bytes = 0;
+  try {
+    for (;;) {
+      const n = await conn.read(buffer);
+      if (n === null) break;
+      hash.update(buffer.subarray(0, n));
+      bytes += n;
+    }
+  } catch {
+    // reset after the last byte: what arrived is what counts
+  }
+  return { bytes, sha256: hash.digest("hex") };
+}
