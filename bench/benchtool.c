@@ -5,15 +5,20 @@
 //                                             prints p50 p99 p999 in microseconds
 //   benchtool churn PORT THREADS SECONDS SIZE each thread: connect, send SIZE, read SIZE back,
 //                                             close; prints connections per second
+//   benchtool spliceproxy PORT BACKEND        reference floor: a C proxy, two threads per
+//                                             connection, each a blocking splice loop through a
+//                                             1 MiB pipe (what Go's io.Copy does), no event loop
 //   benchtool idle PORT COUNT [noecho]        opens COUNT connections (each proved by a 1-byte
 //                                             echo unless noecho), prints "ready", holds them
 //                                             until stdin closes
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -192,7 +197,84 @@ static int idle(int port, int count, int echo) {
   return 0;
 }
 
+struct splice_arg {
+  int from, to;
+};
+
+static void *splice_half(void *p) {
+  struct splice_arg *a = p;
+  int pipefd[2];
+  if (pipe(pipefd) != 0) return NULL;
+  fcntl(pipefd[0], F_SETPIPE_SZ, 1 << 20);
+  for (;;) {
+    ssize_t n = splice(a->from, NULL, pipefd[1], NULL, 1 << 20, SPLICE_F_MOVE);
+    if (n <= 0) break;
+    while (n > 0) {
+      ssize_t m = splice(pipefd[0], NULL, a->to, NULL, n, SPLICE_F_MOVE);
+      if (m <= 0) goto out;
+      n -= m;
+    }
+  }
+out:
+  shutdown(a->to, SHUT_WR);
+  close(pipefd[0]);
+  close(pipefd[1]);
+  return NULL;
+}
+
+static void *splice_conn(void *p) {
+  int *fds = p;
+  struct splice_arg up = {fds[0], fds[1]}, down = {fds[1], fds[0]};
+  pthread_t t;
+  pthread_create(&t, NULL, splice_half, &up);
+  splice_half(&down);
+  pthread_join(t, NULL);
+  close(fds[0]);
+  close(fds[1]);
+  free(fds);
+  return NULL;
+}
+
+static int splice_proxy(int port, int backend) {
+  int ls = socket(AF_INET, SOCK_STREAM, 0);
+  int one = 1;
+  setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (bind(ls, (struct sockaddr *)&addr, sizeof addr) != 0 || listen(ls, 4096) != 0) {
+    perror("spliceproxy: bind/listen");
+    return 1;
+  }
+  printf("ready\n");
+  fflush(stdout);
+  for (;;) {
+    int fd = accept(ls, NULL, NULL);
+    if (fd < 0) continue;
+    int up = dial(backend);
+    if (up < 0) {
+      close(fd);
+      continue;
+    }
+    int *fds = malloc(2 * sizeof(int));
+    fds[0] = fd;
+    fds[1] = up;
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&t, &attr, splice_conn, fds) != 0) {
+      close(fd);
+      close(up);
+      free(fds);
+    }
+    pthread_attr_destroy(&attr);
+  }
+}
+
 int main(int argc, char **argv) {
+  signal(SIGPIPE, SIG_IGN);  // a peer gone mid-write is an error return, not the end of us
+  if (argc >= 4 && strcmp(argv[1], "spliceproxy") == 0)
+    return splice_proxy(atoi(argv[2]), atoi(argv[3]));
   if (argc >= 3 && strcmp(argv[1], "echo") == 0) return echo_server(atoi(argv[2]));
   if (argc >= 5 && strcmp(argv[1], "pingpong") == 0)
     return pingpong(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]));

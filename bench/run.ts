@@ -15,8 +15,13 @@ const ROOT = new URL("../", import.meta.url).pathname;
 const BUILD = `${ROOT}bench/.build`;
 const TOOL = `${BUILD}/benchtool`;
 const IMPLS = ["direct", "relay", "pipeto", "copy"] as const;
-/** `hold` accepts and connects but moves nothing: Deno's own floor for two open conns. */
-type Impl = typeof IMPLS[number] | "hold";
+/**
+ * `hold` accepts and connects but moves nothing: Deno's own floor for two open conns.
+ * `csplice` is a C proxy, a blocking splice loop per direction (bench/benchtool.c): the
+ * kernel's floor for a splice relay on this machine, for the bulk rows.
+ */
+type Impl = typeof IMPLS[number] | "hold" | "csplice";
+const BULK_IMPLS: Impl[] = [...IMPLS, "csplice"];
 const IDLE_IMPLS: Impl[] = ["hold", "relay", "pipeto", "copy"];
 const CLOCK_TICKS = 100;
 
@@ -105,14 +110,16 @@ async function withProxy<T>(
 ): Promise<T> {
   if (impl === "direct") return await body(backendPort, null);
   const port = nextPort++;
-  const proxy = await start(Deno.execPath(), [
-    "run",
-    "-A",
-    `${ROOT}bench/proxy.ts`,
-    impl,
-    String(port),
-    String(backendPort),
-  ]);
+  const proxy = impl === "csplice"
+    ? await start(TOOL, ["spliceproxy", String(port), String(backendPort)])
+    : await start(Deno.execPath(), [
+      "run",
+      "-A",
+      `${ROOT}bench/proxy.ts`,
+      impl,
+      String(port),
+      String(backendPort),
+    ]);
   try {
     return await body(port, proxy.pid);
   } finally {
@@ -218,8 +225,9 @@ async function main(): Promise<void> {
     for (let round = 0; round < ROUNDS; round++) {
       for (const [name, measure] of rows) {
         if (!ONLY.includes(name)) continue;
-        results[name] ??= { direct: [], relay: [], pipeto: [], copy: [], hold: [] };
-        for (const impl of name === "idle" ? IDLE_IMPLS : IMPLS) {
+        results[name] ??= { direct: [], relay: [], pipeto: [], copy: [], hold: [], csplice: [] };
+        const impls = name === "idle" ? IDLE_IMPLS : name.startsWith("bulk") ? BULK_IMPLS : IMPLS;
+        for (const impl of impls) {
           const sample = await measure(impl);
           results[name][impl].push(sample);
           console.log(`round ${round + 1} ${name} ${impl}: ${JSON.stringify(sample)}`);
@@ -242,7 +250,7 @@ function report(results: Record<string, Record<Impl, Sample[]>>): void {
   for (const name of ["bulk1", "bulk8"]) {
     if (!results[name]) continue;
     const direct = med(name, "direct", (s) => s.value);
-    for (const impl of IMPLS) {
+    for (const impl of BULK_IMPLS) {
       const mib = med(name, impl, (s) => s.value);
       const cpu = impl === "direct" ? NaN : med(name, impl, (s) => s.cpuPerGiB);
       const cpuPipe = med(name, "pipeto", (s) => s.cpuPerGiB);
