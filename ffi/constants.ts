@@ -83,3 +83,6 @@ export const EPOLL_DATA_OFFSET = Deno.build.arch === "x86_64" ? 4 : 8;
 
 /** `ioctl` request: bytes in a socket's send queue not yet acknowledged by the peer. */
 export const SIOCOUTQ = 0x5411n;
+
+/** `getrlimit` resource: the number of fds (the highest fd number plus one). */
+export const RLIMIT_NOFILE = 7;

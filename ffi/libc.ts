@@ -132,6 +132,13 @@ const SYMBOLS = {
     ],
     result: "i32", // int
   },
+  getrlimit: {
+    parameters: [
+      "i32", // int resource
+      "buffer", // struct rlimit *rlim ({ rlim_t rlim_cur, rlim_max }: two u64)
+    ],
+    result: "i32", // int
+  },
   ioctl: {
     // Variadic; the requests used here take an int *, passed like a fixed pointer argument.
     parameters: [

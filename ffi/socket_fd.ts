@@ -17,7 +17,15 @@
  * @module
  */
 
-import { AF_INET, AF_INET6, AF_UNIX, SO_TYPE, SOCK_STREAM, SOL_SOCKET } from "./constants.ts";
+import {
+  AF_INET,
+  AF_INET6,
+  AF_UNIX,
+  RLIMIT_NOFILE,
+  SO_TYPE,
+  SOCK_STREAM,
+  SOL_SOCKET,
+} from "./constants.ts";
 import { ENOTCONN } from "./errno.ts";
 import { errno, libc } from "./libc.ts";
 
@@ -34,8 +42,8 @@ import { errno, libc } from "./libc.ts";
 export type SocketLike = number | Deno.TcpConn | Deno.UnixConn | Deno.Conn;
 
 const FD_SYMBOL_DESCRIPTION = "Deno.internal.fd";
-/** The highest fd number probed when no hint finds the socket. */
-const MAX_PROBED_FD = 65_536;
+/** The search bound when the fd limit cannot be read. */
+const FALLBACK_MAX_FD = 65_536;
 
 const resolved = new WeakMap<object, number>();
 let fdSymbol: symbol | null | undefined;
@@ -87,7 +95,7 @@ function findFd(conn: Deno.Conn): number {
   if (isUnixAddr(local) && isUnixAddr(remote)) return findUnixFd(local, remote);
 
   // Outward from the last hit: hint, hint+1, hint-1, hint+2, ...
-  const limit = MAX_PROBED_FD;
+  const limit = maxFd();
   for (let step = 0; step <= limit; step++) {
     const above = lastFound + step;
     const below = lastFound - step;
@@ -103,7 +111,7 @@ function findFd(conn: Deno.Conn): number {
 
 function findUnixFd(local: Deno.UnixAddr, remote: Deno.UnixAddr): number {
   let found = -1;
-  for (let fd = 0; fd <= MAX_PROBED_FD; fd++) {
+  for (let fd = 0, limit = maxFd(); fd <= limit; fd++) {
     if (!matches(fd, local, remote)) continue;
     if (found !== -1) {
       throw new TypeError(
@@ -120,6 +128,15 @@ function findUnixFd(local: Deno.UnixAddr, remote: Deno.UnixAddr): number {
     );
   }
   return found;
+}
+
+const RLIMIT = new BigUint64Array(2);
+
+/** The highest fd number this process can hold: the soft `RLIMIT_NOFILE`, minus one. */
+function maxFd(): number {
+  if (libc().getrlimit(RLIMIT_NOFILE, new Uint8Array(RLIMIT.buffer)) !== 0) return FALLBACK_MAX_FD;
+  // RLIM_INFINITY or absurd values: the kernel caps fds at fs.nr_open (1,048,576 by default).
+  return Number(RLIMIT[0] > 1_048_576n ? 1_048_576n : RLIMIT[0]) - 1;
 }
 
 function internalFd(conn: object): number | undefined {

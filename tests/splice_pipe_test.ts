@@ -308,9 +308,11 @@ Deno.test("close() and using release all four fds; close is idempotent", () => {
 });
 
 Deno.test("create() returns null without leaking when fds run out", async () => {
+  const LIMIT = 131;
   const result = await runDeno(
     `
       import { SplicePipe } from "ROOT/mod.ts";
+      const LIMIT = ${LIMIT};
       const count = () => [...Deno.readDirSync("/proc/self/fd")].length;
       const before = count();
       const pipes = [];
@@ -321,17 +323,33 @@ Deno.test("create() returns null without leaking when fds run out", async () => 
         pipes.push(pipe);
       }
       const during = count();
+      // Exactly two fds free: the first pipe of a SplicePipe fits, the second cannot, the case
+      // where create() must close what it already opened.
+      pipes.pop().close();
+      const padding = [];
+      const free = () => LIMIT - (count() - 1); // count() holds one fd while it lists
+      while (free() > 2) padding.push(Deno.openSync("/dev/null"));
+      const twoFree = free();
+      const beforePartial = count();
+      const partial = SplicePipe.create();
+      const afterPartial = count();
+      for (const file of padding) file.close();
       for (const pipe of pipes) pipe.close();
-      console.log(JSON.stringify({ failed, created: pipes.length, before, during, after: count() }));
+      console.log(JSON.stringify({
+        failed, created: pipes.length + 1, before, during, after: count(),
+        twoFree, partial: partial === null, beforePartial, afterPartial,
+      }));
     `,
     ["--allow-all"],
-    // Low enough that 200 pipe pairs cannot fit; odd so that one pair of a SplicePipe fits and
-    // the second cannot, the case where create() must close what it already opened.
-    { prefix: ["bash", "-c", 'ulimit -n 131 && exec "$@"', "bash"] },
+    // Low enough that 200 pipe pairs cannot fit.
+    { prefix: ["bash", "-c", `ulimit -n ${LIMIT} && exec "$@"`, "bash"] },
   );
   assert.equal(result.code, 0, result.stderr);
   const report = JSON.parse(result.stdout);
   assert.equal(report.failed, true);
+  assert.equal(report.twoFree, 2);
+  assert.equal(report.partial, true, "create() with two fds free returns null");
+  assert.equal(report.afterPartial, report.beforePartial, "and leaks neither of them");
   assert.ok(report.created > 0);
   assert.equal(report.during, report.before + 4 * report.created);
   assert.equal(report.after, report.before);
