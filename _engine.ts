@@ -10,9 +10,11 @@
 import { EFD_CLOEXEC, EFD_NONBLOCK } from "./ffi/constants.ts";
 import { errno, libc } from "./ffi/libc.ts";
 import { closeFd, openPipe } from "./ffi/pipe.ts";
+import { leaveDenoReactor } from "./_deno_reactor.ts";
 import { SyscallError } from "./errors.ts";
 import {
   END_FATAL,
+  END_NOT_STARTED,
   type EngineResult,
   HEAD,
   OP_ABORT,
@@ -60,6 +62,9 @@ class Engine {
   #stopping = false;
   #onStopped: Array<() => void> = [];
   #released = false;
+  #started = false;
+  /** fds of Deno conns handed over before the Worker started, to take out of Deno's epoll. */
+  #reactorFds: number[] = [];
 
   constructor(maxPipes: number) {
     const eventFd = libc().eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -67,7 +72,7 @@ class Engine {
     this.#eventFd = eventFd;
     const buffer = new SharedArrayBuffer(RING_BYTES);
     this.#ring = new Int32Array(buffer);
-    this.#worker = new Worker(new URL("./_engine_worker.ts", import.meta.url), {
+    this.#worker = new Worker(WORKER_URL, {
       type: "module",
       name: "splice relay engine",
     });
@@ -85,8 +90,14 @@ class Engine {
     return !this.#stopping;
   }
 
-  /** Hands a relay to the Worker; `settle` runs once, when it ends. Returns its id. */
-  add(relay: EngineRelay, settle: Settle): number {
+  /**
+   * Hands a relay to the Worker; `settle` runs once, when it ends. Returns its id.
+   * `denoFds` (the fds of Deno conns) leave Deno's own epoll once the Worker runs: before, a
+   * Worker that fails to start must leave the conns usable by the copy loop.
+   */
+  add(relay: EngineRelay, settle: Settle, denoFds: number[]): number {
+    if (this.#started) { for (const fd of denoFds) leaveDenoReactor(fd); }
+    else this.#reactorFds.push(...denoFds);
     const id = this.#nextId;
     this.#nextId = this.#nextId >= MAX_ID ? 1 : this.#nextId + 1;
     this.#waiting.set(id, settle);
@@ -138,9 +149,10 @@ class Engine {
     const ring = this.#ring;
     let tail = Atomics.load(ring, TAIL);
     let sent = 0;
-    while (this.#queue.length > 0 && tail - Atomics.load(ring, HEAD) < RING_SLOTS) {
+    // Counters wrap at 2^31: the difference is taken modulo 2^32, the slot by masking.
+    while (this.#queue.length > 0 && ((tail - Atomics.load(ring, HEAD)) | 0) < RING_SLOTS) {
       const command = this.#queue.shift()!;
-      ring.set(command, SLOTS_START + (tail % RING_SLOTS) * SLOT_INTS);
+      ring.set(command, SLOTS_START + (tail & (RING_SLOTS - 1)) * SLOT_INTS);
       tail = (tail + 1) | 0;
       sent++;
     }
@@ -153,7 +165,10 @@ class Engine {
   }
 
   #receive(message: WorkerMessage): void {
-    if (message.type === "ended") {
+    if (message.type === "started") {
+      this.#started = true;
+      for (const fd of this.#reactorFds.splice(0)) leaveDenoReactor(fd);
+    } else if (message.type === "ended") {
       for (const result of message.results) {
         const settle = this.#waiting.get(result[0]);
         if (!settle) continue;
@@ -184,7 +199,8 @@ class Engine {
     this.#stopping = true;
     const failed = [...this.#waiting.values()];
     this.#waiting.clear();
-    for (const settle of failed) settle([0, 0, 0, 0, 0, END_FATAL, 0, 0, -1]);
+    const end = this.#started ? END_FATAL : END_NOT_STARTED;
+    for (const settle of failed) settle([0, 0, 0, 0, 0, end, 0, 0, -1]);
     fatalMessage = message;
     this.#release();
   }
@@ -216,6 +232,7 @@ const START_FDS = 32;
  */
 export function engine(): Engine | null {
   if (current !== null && current.accepting) return current;
+  if (!workerLoadable()) return null;
   if (!fdsToSpare(START_FDS)) return null;
   try {
     current = new Engine(maxPipesSetting);
@@ -224,6 +241,28 @@ export function engine(): Engine | null {
     return null;
   }
   return current;
+}
+
+const WORKER_URL = new URL("./_engine_worker.ts", import.meta.url);
+let warnedUnreadable = false;
+
+/**
+ * A Worker from a local file needs read permission for it; without, it would fail after the
+ * relay was handed over. Checked up front (never prompting), and said once.
+ */
+function workerLoadable(): boolean {
+  if (WORKER_URL.protocol !== "file:") return true;
+  const state = Deno.permissions.querySync({ name: "read", path: WORKER_URL }).state;
+  if (state === "granted") return true;
+  if (!warnedUnreadable) {
+    warnedUnreadable = true;
+    // deno-lint-ignore no-console
+    console.warn(
+      `splice: the relay engine needs read access to ${WORKER_URL.pathname} (--allow-read); ` +
+        "relaying with the userspace copy loop instead.",
+    );
+  }
+  return false;
 }
 
 function fdsToSpare(count: number): boolean {

@@ -45,8 +45,10 @@ export const END_ERROR = 2;
 export const END_IDLE = 3;
 /** Ended on request (abort signal). */
 export const END_ABORTED = 4;
-/** The engine died (its Worker failed); reported on the main thread only. */
+/** The engine died after it started (its Worker failed); reported on the main thread only. */
 export const END_FATAL = -1;
+/** The engine died before it started: the relay never reached it, nothing was moved. */
+export const END_NOT_STARTED = -2;
 
 /** Syscalls named in results. */
 export const SYSCALLS = [
@@ -77,6 +79,7 @@ export type EngineResult = [
 
 /** Messages from the Worker. */
 export type WorkerMessage =
+  | { type: "started" }
   | { type: "ended"; results: EngineResult[] }
   | { type: "stopped" }
   | { type: "fatal"; message: string };

@@ -68,6 +68,8 @@ const SPLICE_DEMOTE_AFTER = 2;
  * that destroys those bytes.
  */
 const LINGER_MS = 5_000;
+/** How often a lingering relay looks at its peers' unacknowledged bytes. */
+const LINGER_RECHECK_MS = 20;
 /** Chunks a direction may move before other relays get a turn. */
 const ROUNDS_PER_TURN = 32;
 const MAX_EVENTS = 256;
@@ -218,7 +220,7 @@ const relays = new Map<number, Relay>();
 const withTimeout = new Set<Relay>();
 const again = new Set<Relay>();
 let finished: EngineResult[] = [];
-let now = Date.now();
+let now = performance.now();
 
 function post(message: WorkerMessage): void {
   self.postMessage(message);
@@ -236,16 +238,31 @@ function run(init: WorkerInit): void {
   const ring = new Int32Array(init.ring);
   const epfd = symbols.epoll_create1(EPOLL_CLOEXEC);
   if (epfd < 0) throw new Error(`epoll_create1 failed with errno ${errno()}`);
-  epollControl(epfd, EPOLL_CTL_ADD, init.eventFd, WAKE_TOKEN);
+  try {
+    epollControl(epfd, EPOLL_CTL_ADD, init.eventFd, WAKE_TOKEN);
+    post({ type: "started" });
+    loop(epfd, ring, init.eventFd);
+  } finally {
+    // Also on a crash: fds opened through FFI outlive the Worker unless closed here.
+    for (const relay of relays.values()) {
+      for (const dir of [relay.aToB, relay.bToA]) {
+        if (dir.pipe !== null) releasePipe(dir.pipe, relay.capacity, 1);
+      }
+    }
+    closePool();
+    closeFd(epfd);
+  }
+}
 
+function loop(epfd: number, ring: Int32Array, eventFd: number): void {
   let stopping = false;
   for (;;) {
-    now = Date.now();
+    now = performance.now();
     // Commands first: new relays, aborts, stop.
     let head = Atomics.load(ring, HEAD);
     const tail = Atomics.load(ring, TAIL);
     while (head !== tail) {
-      const base = SLOTS_START + (head % RING_SLOTS) * SLOT_INTS;
+      const base = SLOTS_START + (head & (RING_SLOTS - 1)) * SLOT_INTS;
       const op = ring[base];
       if (op === OP_ADD) {
         addRelay(epfd, ring, base);
@@ -263,7 +280,7 @@ function run(init: WorkerInit): void {
 
     let timeout = -1;
     if (again.size > 0) timeout = 0;
-    else if (withTimeout.size > 0) timeout = idleWait();
+    else if (withTimeout.size > 0) timeout = Math.ceil(idleWait()); // epoll takes whole ms: round up, never spin
     // Announce the sleep, then look at the ring once more: the main thread publishes its
     // command before it reads SLEEPING, so one of the two sides always sees the other.
     Atomics.store(ring, SLEEPING, 1);
@@ -275,14 +292,14 @@ function run(init: WorkerInit): void {
       if (code === EINTR) continue;
       throw new Error(`epoll_wait failed with errno ${code}`);
     }
-    now = Date.now();
+    now = performance.now();
 
     for (let i = 0; i < count; i++) {
       const offset = i * EPOLL_EVENT_SIZE;
       const flags = eventsView.getUint32(offset, true);
       const token = eventsView.getUint32(offset + EPOLL_DATA_OFFSET, true);
       if (token === WAKE_TOKEN) {
-        symbols.read(init.eventFd, wakeBuffer, 8n);
+        symbols.read(eventFd, wakeBuffer, 8n);
         continue;
       }
       const relay = relays.get(token >>> 1);
@@ -304,8 +321,6 @@ function run(init: WorkerInit): void {
     if (withTimeout.size > 0) expireIdle(epfd);
     flushResults();
   }
-  closePool();
-  closeFd(epfd);
 }
 
 function addRelay(epfd: number, ring: Int32Array, base: number): void {
@@ -355,10 +370,11 @@ function service(epfd: number, relay: Relay): void {
     // bring the relay back here, and the linger timeout bounds the wait.
     if ((!decision.discardA || unacked(a) === 0) && (!decision.discardB || unacked(b) === 0)) {
       finish(epfd, relay, endOf(relay));
-    } else if (relay.lingerUntil === 0) {
-      relay.lingerUntil = now + LINGER_MS;
+    } else {
+      // Acks raise no epoll event unless a send had filled the buffer: look again shortly.
+      if (relay.lingerUntil === 0) relay.lingerUntil = now + LINGER_MS;
       withTimeout.add(relay);
-      nextCheck = Math.min(nextCheck, relay.lingerUntil);
+      nextCheck = Math.min(nextCheck, now + LINGER_RECHECK_MS, relay.lingerUntil);
     }
   }
 }
@@ -626,9 +642,14 @@ function expireIdle(epfd: number): void {
   if (now < nextCheck) return;
   nextCheck = Infinity;
   for (const relay of [...withTimeout]) {
-    if (relay.lingerUntil !== 0 && now >= relay.lingerUntil) {
-      finish(epfd, relay, endOf(relay));
-      continue;
+    if (relay.lingerUntil !== 0) {
+      if (now >= relay.lingerUntil) {
+        finish(epfd, relay, endOf(relay));
+        continue;
+      }
+      service(epfd, relay); // ends it once nothing is left unacknowledged
+      if (!relays.has(relay.id)) continue;
+      nextCheck = Math.min(nextCheck, now + LINGER_RECHECK_MS);
     }
     const idleAt = relay.idleMs > 0 ? relay.lastActive + relay.idleMs : Infinity;
     if (now >= idleAt) {

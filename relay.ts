@@ -14,12 +14,12 @@ import { SyscallError } from "./errors.ts";
 import { copyBidirectional, type DuplexConn } from "./copy.ts";
 import { pipeCapacityOverride, validateCapacity } from "./splice_pipe.ts";
 import { engine, lastFatal, stopEngine } from "./_engine.ts";
-import { findDenoReactors, leaveDenoReactor } from "./_deno_reactor.ts";
+import { findDenoReactors } from "./_deno_reactor.ts";
 import {
   END_ABORTED,
   END_DONE,
-  END_FATAL,
   END_IDLE,
+  END_NOT_STARTED,
   END_RESET,
   type EngineResult,
   MODE_AUTO,
@@ -233,24 +233,27 @@ export async function relay(
   // No engine (it could not start: too few fds for a Worker): Deno conns still get the
   // userspace loop, which needs no fd of its own.
   if (running === null) return await withoutEngine(a, b, signal, idleTimeout);
-  if (typeof a !== "number") leaveDenoReactor(fdA);
-  if (typeof b !== "number") leaveDenoReactor(fdB);
+  const denoFds = [a, b].flatMap((end, i) => typeof end === "number" ? [] : [i === 0 ? fdA : fdB]);
   let onAbort: (() => void) | undefined;
   const result = await new Promise<EngineResult>((resolve) => {
-    const id = running.add({
-      fdA,
-      fdB,
-      mode: MODES[mode as RelayMode],
-      idleMs: idleTimeout,
-      capacity: capacity || (pipeCapacityOverride() ?? RELAY_PIPE_CAPACITY),
-    }, resolve);
+    const id = running.add(
+      {
+        fdA,
+        fdB,
+        mode: MODES[mode as RelayMode],
+        idleMs: idleTimeout,
+        capacity: capacity || (pipeCapacityOverride() ?? RELAY_PIPE_CAPACITY),
+      },
+      resolve,
+      denoFds,
+    );
     onAbort = () => running.abort(id);
     signal?.addEventListener("abort", onAbort, { once: true });
   });
   if (onAbort) signal?.removeEventListener("abort", onAbort);
-  // The engine died before moving a byte (e.g. its Worker could not load): nothing was lost,
-  // so the conns can still take the userspace loop.
-  if (result[5] === END_FATAL && result[1] === 0 && result[2] === 0) {
+  // The engine died before it started (e.g. its Worker could not load): the relay never
+  // reached it and the conns are still in Deno's hands, so the userspace loop can take them.
+  if (result[5] === END_NOT_STARTED) {
     return await withoutEngine(a, b, signal, idleTimeout);
   }
   // The engine deregistered both fds before reporting: closing them now is safe.
@@ -291,7 +294,9 @@ function toRelayResult(result: EngineResult): RelayResult {
       ? new SyscallError(SYSCALLS[syscall] || "relay", code, {
         detail: `side ${out.side ?? "?"}`,
       })
-      : new Error("The relay engine stopped unexpectedly");
+      : new Error(
+        `The relay engine stopped unexpectedly (${lastFatal()}); the byte counts are unknown`,
+      );
   }
   return out;
 }
@@ -396,7 +401,9 @@ async function fallbackRelay(
       end: idled ? "idle-timeout" : result.aborted ? "aborted" : failed ? "reset" : "done",
     };
     if (out.end === "reset" && failed) {
-      out.side = failed === result.aToB ? "b" : "a";
+      // A read failure is the source's, a write failure the destination's.
+      const source = failed === result.aToB ? "a" : "b";
+      out.side = failed.failedOn === "read" ? source : source === "a" ? "b" : "a";
       out.error = failed.error instanceof Error ? failed.error : new Error(String(failed.error));
       if (!isResetError(failed.error)) out.end = "error";
     }

@@ -1339,3 +1339,42 @@ Deno.test("misuse: a raw fd with initialData is refused with TypeError and both 
     await engineStoppedAndFdsBack(before);
   }
 });
+
+Deno.test("without read access to the engine's module: one warning, the copy loop relays intact", async () => {
+  const result = await runDeno(
+    `
+      import { relay } from "ROOT/mod.ts";
+      import { receiveAll, sendPattern, tcpPair } from "ROOT/tests/_helpers.ts";
+      const results = [];
+      for (let i = 0; i < 2; i++) {
+        const left = await tcpPair();
+        const right = await tcpPair();
+        const relayed = relay(left.server, right.client);
+        const [sent, got, r] = await Promise.all([
+          sendPattern(left.client, 1_000_000, 4).then(async (h) => { await left.client.closeWrite(); return h; }),
+          right.server.closeWrite().then(() => receiveAll(right.server)),
+          relayed,
+        ]);
+        left.client.close();
+        right.server.close();
+        results.push({ intact: got.sha256 === sent && got.bytes === 1_000_000, mode: r.mode, end: r.end });
+      }
+      console.log(JSON.stringify(results));
+    `,
+    // Read access everywhere but the engine's own module file.
+    [
+      "--allow-ffi",
+      "--allow-net=127.0.0.1",
+      "--allow-read",
+      `--deny-read=${new URL("../_engine_worker.ts", import.meta.url).pathname}`,
+    ],
+  );
+  assert.equal(result.code, 0, result.stderr);
+  assert.deepEqual(JSON.parse(result.stdout), [
+    { intact: true, mode: "fallback", end: "done" },
+    { intact: true, mode: "fallback", end: "done" },
+  ]);
+  const warnings = result.stderr.trim().split("\n").filter((line) => line.includes("relay engine"));
+  assert.equal(warnings.length, 1, result.stderr);
+  assert.match(warnings[0], /--allow-read/);
+});
