@@ -80,18 +80,25 @@ static void *echo_conn(void *arg) {
   return NULL;
 }
 
-static int echo_server(int port) {
+/** Listens on 127.0.0.1:port and says "ready" on stdout; -1 on failure. */
+static int listen_ready(int port) {
   int ls = socket(AF_INET, SOCK_STREAM, 0);
   int one = 1;
   setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   if (bind(ls, (struct sockaddr *)&addr, sizeof addr) != 0 || listen(ls, 4096) != 0) {
-    perror("echo: bind/listen");
-    return 1;
+    perror("bind/listen");
+    return -1;
   }
   printf("ready\n");
   fflush(stdout);
+  return ls;
+}
+
+static int echo_server(int port) {
+  int ls = listen_ready(port);
+  if (ls < 0) return 1;
   for (;;) {
     int fd = accept(ls, NULL, NULL);
     if (fd < 0) continue;
@@ -236,17 +243,8 @@ static void *splice_conn(void *p) {
 }
 
 static int splice_proxy(int port, int backend) {
-  int ls = socket(AF_INET, SOCK_STREAM, 0);
-  int one = 1;
-  setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (bind(ls, (struct sockaddr *)&addr, sizeof addr) != 0 || listen(ls, 4096) != 0) {
-    perror("spliceproxy: bind/listen");
-    return 1;
-  }
-  printf("ready\n");
-  fflush(stdout);
+  int ls = listen_ready(port);
+  if (ls < 0) return 1;
   for (;;) {
     int fd = accept(ls, NULL, NULL);
     if (fd < 0) continue;
