@@ -191,35 +191,34 @@ export async function relay(
   const capacity = options?.pipeCapacity ?? 0;
   validateCapacity(capacity, "pipeCapacity");
 
-  if (!ffiAvailable()) {
-    if (typeof a === "number" || typeof b === "number") {
-      closeEndpoint(a);
-      closeEndpoint(b);
-      throw new TypeError("Cannot relay raw fds without FFI: run with --allow-ffi on Linux");
-    }
-    try {
-      await writeInitialData(a, options?.initialData?.toA);
-      await writeInitialData(b, options?.initialData?.toB);
-    } catch (error) {
-      closeEndpoint(a);
-      closeEndpoint(b);
-      return { ...failedBeforeStart(error), mode: "fallback" };
-    }
-    return await fallbackRelay(a, b, options?.signal, idleTimeout);
+  const kernel = ffiAvailable();
+  if (!kernel && (typeof a === "number" || typeof b === "number")) {
+    closeEndpoint(a);
+    closeEndpoint(b);
+    throw new TypeError("Cannot relay raw fds without FFI: run with --allow-ffi on Linux");
   }
-
-  let fdA: number;
-  let fdB: number;
+  let fdA = -1;
+  let fdB = -1;
   try {
     await writeInitialData(a, options?.initialData?.toA);
     await writeInitialData(b, options?.initialData?.toB);
-    fdA = endpointFd(a);
-    fdB = endpointFd(b);
+    if (kernel) {
+      fdA = endpointFd(a);
+      fdB = endpointFd(b);
+    }
   } catch (error) {
     closeEndpoint(a);
     closeEndpoint(b);
     if (error instanceof TypeError) throw error;
-    return failedBeforeStart(error);
+    return { ...failedBeforeStart(error), mode: kernel ? "copy" : "fallback" };
+  }
+  if (!kernel) {
+    return await fallbackRelay(
+      a as Deno.TcpConn | Deno.UnixConn,
+      b as Deno.TcpConn | Deno.UnixConn,
+      options?.signal,
+      idleTimeout,
+    );
   }
 
   const signal = options?.signal;
