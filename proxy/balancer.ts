@@ -1,0 +1,161 @@
+/**
+ * Backend choice for the TCP proxy: weighted round robin, weighted least connections and
+ * weighted random, with passive health (a backend whose connects keep failing is skipped for a
+ * while). Pure bookkeeping, no I/O, so that every policy is tested without sockets.
+ *
+ * @module
+ */
+
+/** How a cluster spreads connections over its backends. */
+export type LoadBalancing = "round_robin" | "least_connections" | "random";
+
+/** A backend as the balancer sees it. */
+export interface BalancedBackend {
+  /** `host:port`, the key of the backend. */
+  address: string;
+  /** Relative share of new connections; 0 takes none (drained). */
+  weight: number;
+}
+
+/** Passive health settings. */
+export interface HealthOptions {
+  /** Consecutive connect failures after which a backend is skipped. Default 3. */
+  failuresToEject?: number;
+  /** How long an ejected backend is skipped, in ms. Default 10,000. */
+  ejectMs?: number;
+}
+
+interface State {
+  backend: BalancedBackend;
+  /** Smooth weighted round robin's running score (nginx's algorithm). */
+  current: number;
+  active: number;
+  failures: number;
+  ejectedUntil: number;
+}
+
+const DEFAULT_FAILURES_TO_EJECT = 3;
+const DEFAULT_EJECT_MS = 10_000;
+
+/**
+ * Chooses backends for new connections and keeps the counts each policy needs. Call
+ * {@linkcode Balancer.pick} for each attempt, then exactly one of
+ * {@linkcode Balancer.connected} (then {@linkcode Balancer.released} when the connection ends)
+ * or {@linkcode Balancer.failed}.
+ *
+ * When every backend with weight is ejected, the least recently ejected one is tried anyway:
+ * a cluster never refuses a connection only because its health bookkeeping says so.
+ */
+export class Balancer {
+  readonly policy: LoadBalancing;
+  #states: State[];
+  #failuresToEject: number;
+  #ejectMs: number;
+  #random: () => number;
+
+  constructor(
+    backends: readonly BalancedBackend[],
+    policy: LoadBalancing,
+    options?: HealthOptions & { random?: () => number },
+  ) {
+    this.policy = policy;
+    this.#states = backends.map((backend) => ({
+      backend,
+      current: 0,
+      active: 0,
+      failures: 0,
+      ejectedUntil: 0,
+    }));
+    this.#failuresToEject = options?.failuresToEject ?? DEFAULT_FAILURES_TO_EJECT;
+    this.#ejectMs = options?.ejectMs ?? DEFAULT_EJECT_MS;
+    this.#random = options?.random ?? Math.random;
+  }
+
+  /**
+   * The backend for the next attempt, skipping `exclude` (those already tried for this
+   * connection) and, while others remain, ejected ones; `null` when none is left.
+   */
+  pick(now: number, exclude?: ReadonlySet<string>): BalancedBackend | null {
+    const usable = this.#states.filter((s) =>
+      s.backend.weight > 0 && !exclude?.has(s.backend.address)
+    );
+    if (usable.length === 0) return null;
+    const healthy = usable.filter((s) => s.ejectedUntil <= now);
+    const pool = healthy.length > 0
+      ? healthy
+      : [usable.reduce((a, b) => (a.ejectedUntil <= b.ejectedUntil ? a : b))];
+    return this.#choose(pool).backend;
+  }
+
+  #choose(pool: State[]): State {
+    if (this.policy === "least_connections") {
+      // Fewest active per unit of weight; ties go to the heavier backend, then list order.
+      return pool.reduce((best, s) => {
+        const lhs = s.active * best.backend.weight;
+        const rhs = best.active * s.backend.weight;
+        return lhs < rhs || (lhs === rhs && s.backend.weight > best.backend.weight) ? s : best;
+      });
+    }
+    if (this.policy === "random") {
+      const total = pool.reduce((sum, s) => sum + s.backend.weight, 0);
+      let ticket = this.#random() * total;
+      for (const s of pool) {
+        ticket -= s.backend.weight;
+        if (ticket < 0) return s;
+      }
+      return pool[pool.length - 1];
+    }
+    // Smooth weighted round robin: every backend gains its weight, the leader is picked and
+    // pays the total back. Spreads picks evenly in proportion to weight, without bursts.
+    let total = 0;
+    let best = pool[0];
+    for (const s of pool) {
+      s.current += s.backend.weight;
+      total += s.backend.weight;
+      if (s.current > best.current) best = s;
+    }
+    best.current -= total;
+    return best;
+  }
+
+  /** A connect to `address` succeeded: it counts as active and its failures are forgiven. */
+  connected(address: string): void {
+    const state = this.#find(address);
+    if (!state) return;
+    state.active++;
+    state.failures = 0;
+    state.ejectedUntil = 0;
+  }
+
+  /** A connection to `address` ended. */
+  released(address: string): void {
+    const state = this.#find(address);
+    if (state && state.active > 0) state.active--;
+  }
+
+  /**
+   * A connect to `address` failed (refused or timed out). Returns `true` when this failure
+   * ejected the backend, so that the caller can report it once.
+   */
+  failed(address: string, now: number): boolean {
+    const state = this.#find(address);
+    if (!state) return false;
+    state.failures++;
+    if (state.failures < this.#failuresToEject || state.ejectedUntil > now) return false;
+    state.ejectedUntil = now + this.#ejectMs;
+    return true;
+  }
+
+  /** Per backend: active connections and whether it is ejected at `now`. */
+  snapshot(now: number): Array<{ address: string; active: number; ejected: boolean }> {
+    return this.#states.map((s) => ({
+      address: s.backend.address,
+      active: s.active,
+      ejected: s.ejectedUntil > now,
+    }));
+  }
+
+  #find(address: string): State | undefined {
+    return this.#states.find((s) => s.backend.address === address);
+  }
+}
