@@ -3,18 +3,48 @@
  * {@linkcode parseConfig} checks text already in memory, {@linkcode applyConfig} puts a checked
  * {@linkcode Config} into effect.
  *
- * Every key is optional; an empty file is a valid configuration. Today the file holds one key:
+ * Every key is optional; an empty file is a valid configuration. The whole file, with each
+ * key's range and default:
  *
  * ```toml
  * # Capacity in bytes requested for each splice pipe, from 0 to 1073741824 (1 GiB).
  * # 0 or absent keeps the default of 65536. Values above /proc/sys/fs/pipe-max-size
  * # (1 MiB by default) need CAP_SYS_RESOURCE, or the kernel keeps its own size.
  * splice_pipe_capacity_bytes = 1048576
+ * connect_timeout_ms = 3000        # to a backend: 1 to 600000, default 3000
+ * idle_timeout_ms = 0              # 0 to 2147483647, default 0: no idle timeout
+ * drain_timeout_ms = 10000         # on shutdown and reload: 0 to 3600000, default 10000
+ * splice_mode = "auto"             # "auto" (default), "splice" or "copy"
+ * log_format = "text"              # "text" (default) or "json"
+ *
+ * [metrics]                        # optional: no metrics endpoint without it
+ * address = "127.0.0.1:9901"       # required
+ *
+ * [[listeners]]                    # any number, addresses unique
+ * protocol = "tcp"                 # only "tcp", the default
+ * address = "127.0.0.1:8080"       # required; port 0 picks any free port
+ * max_connections = 10000          # 1 to 1000000, default 10000
+ *
+ * [clusters.app]                   # any number; names of letters, digits, "_" and "-"
+ * protocol = "tcp"                 # only "tcp", the default
+ * load_balancing = "round_robin"   # "round_robin" (default), "least_connections", "random"
+ * # Required, at least one: each the address of a listener, claimed by one cluster only.
+ * frontends = [{ address = "127.0.0.1:8080" }]
+ * # Required, at least one, addresses unique in the cluster.
+ * backends = [
+ *   { address = "127.0.0.1:9000", weight = 100 },   # weight: 0 to 1000000, default 100;
+ *   { address = "[::1]:9001", weight = 0 },         # 0 drains the backend
+ * ]
  * ```
  *
+ * An address is `"host:port"`, with an IPv6 host in brackets (`"[::1]:8080"`), and a port from
+ * 1 to 65535 (0 as well in listener and frontend addresses). Addresses are compared after
+ * normalisation: host names lowercased, IPv6 in canonical form.
+ *
  * Keys are snake_case in the file and camelCase in {@linkcode Config}. The file is checked as a
- * whole: a wrong type, a value out of range or an unknown key (a typo, most of the time) is
- * reported with its key path, and all problems of a file come out in one
+ * whole: a wrong type, a value out of range, an unknown key or value (a typo, most of the time,
+ * for which the nearest known one is suggested), a frontend no listener has or an address used
+ * twice is reported with its key path and value, and all problems of a file come out in one
  * {@linkcode ConfigError}, so a running proxy can reject a bad reload, log every mistake at once
  * and keep its previous configuration.
  *
@@ -32,13 +62,26 @@ import { MAX_SPLICE_PIPE_CAPACITY, setPipeCapacity } from "./splice_pipe.ts";
 
 /**
  * A checked configuration, as returned by {@linkcode parseConfig} and {@linkcode loadConfig}.
+ * Keys are the file's keys in camelCase; absent keys have their defaults.
  *
  * @example
  * ```ts
  * import { type Config, parseConfig } from "@zerocopy/splice/config";
  *
- * const config: Config = parseConfig("splice_pipe_capacity_bytes = 1048576");
+ * const config: Config = parseConfig(`
+ * splice_pipe_capacity_bytes = 1048576
+ *
+ * [[listeners]]
+ * address = "127.0.0.1:8080"
+ *
+ * [clusters.app]
+ * frontends = [{ address = "127.0.0.1:8080" }]
+ * backends = [{ address = "127.0.0.1:9000" }]
+ * `);
  * console.log(config.splicePipeCapacityBytes); // 1048576
+ * console.log(config.connectTimeoutMs); // 3000
+ * console.log(config.listeners[0].address); // { hostname: "127.0.0.1", port: 8080 }
+ * console.log(config.clusters.app.backends[0].weight); // 100
  * ```
  */
 export interface Config {
@@ -47,6 +90,188 @@ export interface Config {
    * 1073741824. `0` (also when the key is absent) keeps the default of 65536.
    */
   readonly splicePipeCapacityBytes: number;
+  /** `connect_timeout_ms`: how long a connect to a backend may take, 1 to 600000; 3000. */
+  readonly connectTimeoutMs: number;
+  /**
+   * `idle_timeout_ms`: a connection with no traffic either way for this long is closed, 0 to
+   * 2147483647; `0`, the default, never closes one.
+   */
+  readonly idleTimeoutMs: number;
+  /**
+   * `drain_timeout_ms`: on shutdown or reload, how long open connections may run on before they
+   * are closed, 0 to 3600000; 10000.
+   */
+  readonly drainTimeoutMs: number;
+  /**
+   * `splice_mode`: how bytes are moved. `"auto"` (default) splices where the platform allows
+   * and copies elsewhere; `"splice"` and `"copy"` force one way.
+   */
+  readonly spliceMode: "auto" | "splice" | "copy";
+  /** `log_format`: `"text"` (default) or `"json"`, one object a line. */
+  readonly logFormat: "text" | "json";
+  /** `[metrics]`: the metrics endpoint; `undefined` (no endpoint) when the table is absent. */
+  readonly metrics?: MetricsConfig;
+  /** `[[listeners]]`: the addresses the proxy accepts connections on; empty when absent. */
+  readonly listeners: readonly ListenerConfig[];
+  /**
+   * `[clusters.<name>]`: the clusters by name (letters, digits, `_` and `-`); empty when
+   * absent.
+   */
+  readonly clusters: { readonly [name: string]: ClusterConfig };
+}
+
+/**
+ * A parsed `address = "host:port"`: the shape `Deno.listen` and `Deno.connect` take. The host
+ * name is lowercased and an IPv6 address, written `"[::1]:8080"` in the file, is given without
+ * brackets, in canonical form.
+ *
+ * @example
+ * ```ts
+ * import { parseConfig, type SocketAddress } from "@zerocopy/splice/config";
+ *
+ * const config = parseConfig('[metrics]\naddress = "[0:0::1]:9901"');
+ * const address: SocketAddress | undefined = config.metrics?.address;
+ * console.log(address); // { hostname: "::1", port: 9901 }
+ * ```
+ */
+export interface SocketAddress {
+  /** A host name, an IPv4 address or an IPv6 address (without brackets). */
+  readonly hostname: string;
+  /** 1 to 65535; 0 ("any free port") only in listener and frontend addresses. */
+  readonly port: number;
+}
+
+/**
+ * The `[metrics]` table.
+ *
+ * @example
+ * ```ts
+ * import { type MetricsConfig, parseConfig } from "@zerocopy/splice/config";
+ *
+ * const metrics: MetricsConfig | undefined =
+ *   parseConfig('[metrics]\naddress = "127.0.0.1:9901"').metrics;
+ * console.log(metrics?.address.port); // 9901
+ * ```
+ */
+export interface MetricsConfig {
+  /** `address` (required): where the metrics endpoint listens. */
+  readonly address: SocketAddress;
+}
+
+/**
+ * One `[[listeners]]` table: an address the proxy accepts connections on.
+ *
+ * @example
+ * ```ts
+ * import { type ListenerConfig, parseConfig } from "@zerocopy/splice/config";
+ *
+ * const [listener]: readonly ListenerConfig[] = parseConfig(`
+ * [[listeners]]
+ * address = "0.0.0.0:0"
+ * max_connections = 500
+ * `).listeners;
+ * console.log(listener);
+ * // { address: { hostname: "0.0.0.0", port: 0 }, maxConnections: 500, protocol: "tcp" }
+ * ```
+ */
+export interface ListenerConfig {
+  /** `protocol`: only `"tcp"`, the default. */
+  readonly protocol: "tcp";
+  /**
+   * `address` (required): unique among listeners; port 0 picks any free port. Cluster
+   * frontends name a listener by this address.
+   */
+  readonly address: SocketAddress;
+  /** `max_connections`: open connections beyond this are refused, 1 to 1000000; 10000. */
+  readonly maxConnections: number;
+}
+
+/**
+ * One `[clusters.<name>]` table: backends and the listeners whose connections they serve.
+ *
+ * @example
+ * ```ts
+ * import { type ClusterConfig, parseConfig } from "@zerocopy/splice/config";
+ *
+ * const config = parseConfig(`
+ * [[listeners]]
+ * address = "127.0.0.1:8080"
+ *
+ * [clusters.app]
+ * load_balancing = "least_connections"
+ * frontends = [{ address = "127.0.0.1:8080" }]
+ * backends = [{ address = "127.0.0.1:9000" }, { address = "127.0.0.1:9001", weight = 0 }]
+ * `);
+ * const app: ClusterConfig = config.clusters.app;
+ * console.log(app.loadBalancing, app.backends.map((backend) => backend.weight));
+ * // least_connections [100, 0]
+ * ```
+ */
+export interface ClusterConfig {
+  /** `protocol`: only `"tcp"`, the default. */
+  readonly protocol: "tcp";
+  /** `load_balancing`: how connections spread over backends; `"round_robin"` by default. */
+  readonly loadBalancing: "round_robin" | "least_connections" | "random";
+  /**
+   * `frontends` (required, at least one): the listeners this cluster serves. Each must be the
+   * address of a listener, and no two clusters may share one.
+   */
+  readonly frontends: readonly FrontendConfig[];
+  /** `backends` (required, at least one, addresses unique in the cluster): the servers. */
+  readonly backends: readonly BackendConfig[];
+}
+
+/**
+ * One entry of a cluster's `frontends`.
+ *
+ * @example
+ * ```ts
+ * import { type FrontendConfig, parseConfig } from "@zerocopy/splice/config";
+ *
+ * const config = parseConfig(`
+ * [[listeners]]
+ * address = "[::1]:8443"
+ *
+ * [clusters.tls]
+ * frontends = [{ address = "[::1]:8443" }]
+ * backends = [{ address = "10.0.0.5:443" }]
+ * `);
+ * const frontend: FrontendConfig = config.clusters.tls.frontends[0];
+ * console.log(frontend.address); // { hostname: "::1", port: 8443 }
+ * ```
+ */
+export interface FrontendConfig {
+  /** `address` (required): the address of one of the `[[listeners]]`, as written there. */
+  readonly address: SocketAddress;
+}
+
+/**
+ * One entry of a cluster's `backends`.
+ *
+ * @example
+ * ```ts
+ * import { type BackendConfig, parseConfig } from "@zerocopy/splice/config";
+ *
+ * const config = parseConfig(`
+ * [[listeners]]
+ * address = "127.0.0.1:8080"
+ *
+ * [clusters.app]
+ * frontends = [{ address = "127.0.0.1:8080" }]
+ * backends = [{ address = "app.internal:9000", weight = 0 }]
+ * `);
+ * const backend: BackendConfig = config.clusters.app.backends[0];
+ * console.log(backend); // { address: { hostname: "app.internal", port: 9000 }, weight: 0 }
+ * ```
+ */
+export interface BackendConfig {
+  /** `address` (required): where the backend listens; port 1 to 65535. */
+  readonly address: SocketAddress;
+  /**
+   * `weight`: the backend's share of new connections relative to the others, 0 to 1000000;
+   * 100. `0` drains it: it gets no new connections.
+   */
+  readonly weight: number;
 }
 
 /**
@@ -185,8 +410,9 @@ export class ConfigError extends Error {
  * @param text the TOML text
  * @param options `path` names the file in error messages
  * @returns the configuration, with defaults filled in
- * @throws {ConfigError} when the text is not valid TOML or breaks the schema; all problems are
- * reported at once
+ * @throws {ConfigError} when the text is not valid TOML, breaks the schema or its addresses do
+ * not fit together (a frontend without a listener, an address used twice); all problems are
+ * reported at once, those of single values first
  *
  * @example
  * ```ts
@@ -208,7 +434,8 @@ export class ConfigError extends Error {
  *   console.error(error.message);
  *   // Cannot parse config "proxy.toml": 2 problems:
  *   //   splice_pipe_capacity_bytes = "64k": expected an integer, got a string
- *   //   unknown key "listen" (known keys: splice_pipe_capacity_bytes)
+ *   //   unknown key "listen" (known keys: splice_pipe_capacity_bytes, connect_timeout_ms,
+ *   //   idle_timeout_ms, drain_timeout_ms, splice_mode, log_format, metrics, listeners, clusters)
  * }
  * ```
  */
@@ -227,6 +454,7 @@ export function parseConfig(text: string, options?: { path?: string }): Config {
   const output = validateTable(CONFIG_SCHEMA, document, "", issues) as SchemaOutput<
     typeof CONFIG_SCHEMA
   >;
+  if (isTable(document)) checkAddresses(document, issues);
   if (issues.length > 0) throw new ConfigError(issues, { path });
   const config: Config = output;
   return config;
@@ -270,7 +498,8 @@ export async function loadConfig(path: string | URL): Promise<Config> {
 }
 
 /**
- * Puts a configuration into effect for the whole process.
+ * Puts a configuration into effect for the whole process: today the splice pipe capacity. The
+ * other settings (listeners, clusters, timeouts...) are for the proxy that runs them.
  *
  * The splice pipe capacity is set once per process (see `setPipeCapacity`): the first
  * configuration with a non-zero `splicePipeCapacityBytes` fixes it, and later ones leave it
@@ -348,6 +577,16 @@ interface BooleanField {
   readonly required?: boolean;
 }
 
+/**
+ * A socket address, `"host:port"` or `"[ipv6]:port"`, parsed into a {@linkcode SocketAddress}.
+ * Port 0 ("any free port") only with `anyPort`.
+ */
+interface AddressField {
+  readonly kind: "address";
+  readonly anyPort?: boolean;
+  readonly required?: boolean;
+}
+
 /** A table with known keys, e.g. `[metrics]`. Absent: `undefined` unless required. */
 interface TableField {
   readonly kind: "table";
@@ -355,16 +594,25 @@ interface TableField {
   readonly required?: boolean;
 }
 
-/** An array, e.g. `[[listeners]]` or `backends = [{ ... }]`. Absent: empty. */
+/**
+ * An array, e.g. `[[listeners]]` or `backends = [{ ... }]`. Absent: empty unless required; at
+ * least `minItems` long.
+ */
 interface ArrayField {
   readonly kind: "array";
   readonly items: Field;
+  readonly required?: boolean;
+  readonly minItems?: number;
 }
 
-/** A table of user-named entries, e.g. `[clusters.<name>]`. Absent: empty. */
+/**
+ * A table of user-named entries, e.g. `[clusters.<name>]`. Absent: empty. Names must match
+ * `names.pattern`, which `names.rule` describes.
+ */
 interface MapField {
   readonly kind: "map";
   readonly values: Field;
+  readonly names?: { readonly pattern: RegExp; readonly rule: string };
 }
 
 type Field =
@@ -372,11 +620,14 @@ type Field =
   | StringField
   | EnumField
   | BooleanField
+  | AddressField
   | TableField
   | ArrayField
   | MapField;
 
 type FieldMap = { readonly [key: string]: Field };
+
+const TCP_ONLY = { kind: "enum", values: ["tcp"], default: "tcp" } as const;
 
 const CONFIG_SCHEMA = {
   kind: "table",
@@ -386,6 +637,63 @@ const CONFIG_SCHEMA = {
       min: 0,
       max: MAX_SPLICE_PIPE_CAPACITY,
       default: 0,
+    },
+    connect_timeout_ms: { kind: "integer", min: 1, max: 600_000, default: 3_000 },
+    idle_timeout_ms: { kind: "integer", min: 0, max: 2 ** 31 - 1, default: 0 },
+    drain_timeout_ms: { kind: "integer", min: 0, max: 3_600_000, default: 10_000 },
+    splice_mode: { kind: "enum", values: ["auto", "splice", "copy"], default: "auto" },
+    log_format: { kind: "enum", values: ["text", "json"], default: "text" },
+    metrics: {
+      kind: "table",
+      fields: { address: { kind: "address", required: true } },
+    },
+    listeners: {
+      kind: "array",
+      items: {
+        kind: "table",
+        fields: {
+          protocol: TCP_ONLY,
+          address: { kind: "address", anyPort: true, required: true },
+          max_connections: { kind: "integer", min: 1, max: 1_000_000, default: 10_000 },
+        },
+      },
+    },
+    clusters: {
+      kind: "map",
+      names: { pattern: /^[A-Za-z0-9_-]+$/, rule: 'letters, digits, "_" and "-"' },
+      values: {
+        kind: "table",
+        fields: {
+          protocol: TCP_ONLY,
+          load_balancing: {
+            kind: "enum",
+            values: ["round_robin", "least_connections", "random"],
+            default: "round_robin",
+          },
+          frontends: {
+            kind: "array",
+            required: true,
+            minItems: 1,
+            items: {
+              kind: "table",
+              // Port 0 too: a frontend names a listener, which may ask for any free port.
+              fields: { address: { kind: "address", anyPort: true, required: true } },
+            },
+          },
+          backends: {
+            kind: "array",
+            required: true,
+            minItems: 1,
+            items: {
+              kind: "table",
+              fields: {
+                address: { kind: "address", required: true },
+                weight: { kind: "integer", min: 0, max: 1_000_000, default: 100 },
+              },
+            },
+          },
+        },
+      },
     },
   },
 } as const satisfies TableField;
@@ -401,6 +709,7 @@ type SchemaOutput<F> = F extends { kind: "integer" } ? number
   : F extends { kind: "string" } ? string
   : F extends { kind: "enum"; values: readonly (infer V)[] } ? V
   : F extends { kind: "boolean" } ? boolean
+  : F extends { kind: "address" } ? { hostname: string; port: number }
   : F extends { kind: "table"; fields: infer M } ? TableOutput<M>
   : F extends { kind: "array"; items: infer I } ? SchemaOutput<I>[]
   : F extends { kind: "map"; values: infer V } ? Record<string, SchemaOutput<V>>
@@ -450,6 +759,8 @@ function validateField(
       if (typeof value === "boolean") return value;
       issues.push(typeIssue(keyPath, value, "a boolean"));
       return undefined;
+    case "address":
+      return validateAddress(field, value, keyPath, issues);
     case "table":
       return validateTable(field, value, keyPath, issues);
     case "array":
@@ -496,6 +807,24 @@ function validateEnum(
   return undefined;
 }
 
+function validateAddress(
+  field: AddressField,
+  value: unknown,
+  keyPath: string,
+  issues: ConfigIssue[],
+): SocketAddress | undefined {
+  if (typeof value !== "string") {
+    issues.push(typeIssue(keyPath, value, `an address ${ADDRESS_EXAMPLE}`));
+    return undefined;
+  }
+  const result = parseAddress(value, field.anyPort ?? false);
+  if (typeof result === "string") {
+    issues.push(valueIssue(keyPath, value, result));
+    return undefined;
+  }
+  return result;
+}
+
 function validateTable(
   field: TableField,
   value: unknown,
@@ -537,6 +866,10 @@ function validateArray(
     issues.push(typeIssue(keyPath, value, "an array"));
     return undefined;
   }
+  if (field.minItems !== undefined && value.length < field.minItems) {
+    const items = field.minItems === 1 ? "entry" : "entries";
+    issues.push(valueIssue(keyPath, value, `expected at least ${field.minItems} ${items}`));
+  }
   return value.map((item, index) =>
     validateField(field.items, item, `${keyPath}[${index}]`, issues)
   );
@@ -552,21 +885,33 @@ function validateMap(
     issues.push(typeIssue(keyPath, value, "a table"));
     return undefined;
   }
+  const names = field.names;
   // Object.fromEntries defines properties, so a user-chosen name like "__proto__" stays data.
   return Object.fromEntries(
-    Object.entries(value).map((
-      [name, child],
-    ) => [name, validateField(field.values, child, joinKeyPath(keyPath, name), issues)]),
+    Object.entries(value).map(([name, child]) => {
+      const childPath = joinKeyPath(keyPath, name);
+      if (names !== undefined && !names.pattern.test(name)) {
+        issues.push({
+          keyPath: childPath,
+          value: plainValue(child),
+          message: `${childPath}: invalid name ${JSON.stringify(name)}: ` +
+            `expected one or more ${names.rule}`,
+        });
+      }
+      return [name, validateField(field.values, child, childPath, issues)];
+    }),
   );
 }
 
 function absentValue(field: Field, keyPath: string, issues: ConfigIssue[]): unknown {
   switch (field.kind) {
     case "array":
+      if (field.required) break;
       return [];
     case "map":
       return {};
     case "table":
+    case "address":
       break;
     default:
       if (field.default !== undefined) return field.default;
@@ -579,6 +924,166 @@ function absentValue(field: Field, keyPath: string, issues: ConfigIssue[]): unkn
     });
   }
   return undefined;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Addresses
+
+const ADDRESS_EXAMPLE = '"host:port", e.g. "127.0.0.1:8080" or "[::1]:8080"';
+
+/**
+ * Parses `"host:port"` or `"[ipv6]:port"`. The host name is lowercased and an IPv6 address put
+ * in its canonical form, so that equal addresses compare equal as text (see
+ * {@linkcode formatAddress}). Returns the problem, as a message, when the text is no address.
+ */
+function parseAddress(text: string, anyPort: boolean): SocketAddress | string {
+  let host: string;
+  let portText: string;
+  let hostname: string | undefined;
+  if (text.startsWith("[")) {
+    const close = text.indexOf("]");
+    if (close < 0) return `missing "]" after the IPv6 address: expected ${ADDRESS_EXAMPLE}`;
+    host = text.slice(1, close);
+    const rest = text.slice(close + 1);
+    if (!rest.startsWith(":")) return `missing ":port" after "]": expected ${ADDRESS_EXAMPLE}`;
+    portText = rest.slice(1);
+    if (host === "") return `the host is empty: expected ${ADDRESS_EXAMPLE}`;
+    hostname = canonicalIpv6(host);
+    if (hostname === undefined) return `${JSON.stringify(host)} is not an IPv6 address`;
+  } else {
+    const colon = text.lastIndexOf(":");
+    if (colon < 0) return `missing ":port": expected ${ADDRESS_EXAMPLE}`;
+    host = text.slice(0, colon);
+    portText = text.slice(colon + 1);
+    if (host === "") return `the host is empty: expected ${ADDRESS_EXAMPLE}`;
+    if (host.includes(":")) {
+      return `an IPv6 address needs brackets, e.g. "[::1]:8080": expected ${ADDRESS_EXAMPLE}`;
+    }
+    if (!/^[A-Za-z0-9._-]+$/.test(host)) {
+      return `${JSON.stringify(host)} is not a host name or an IP address`;
+    }
+    hostname = host.toLowerCase();
+  }
+  if (portText === "") return `the port is empty: expected ${ADDRESS_EXAMPLE}`;
+  if (!/^[0-9]+$/.test(portText)) return `port ${JSON.stringify(portText)} is not a number`;
+  const port = Number(portText);
+  const minPort = anyPort ? 0 : 1;
+  if (port < minPort || port > 65535) {
+    const hint = anyPort
+      ? " (0: any free port)"
+      : port === 0
+      ? ' (port 0, "any free port", is for listeners only)'
+      : "";
+    return `port ${portText} is out of range: expected ${minPort} to 65535${hint}`;
+  }
+  return { hostname, port };
+}
+
+/** `host` in canonical IPv6 form (`0:0::1` becomes `::1`), `undefined` if it is no IPv6. */
+function canonicalIpv6(host: string): string | undefined {
+  if (!/^[0-9A-Fa-f:.]+$/.test(host) || !host.includes(":")) return undefined;
+  try {
+    return new URL(`http://[${host}]/`).hostname.slice(1, -1);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The text form of an address, IPv6 in brackets; equal addresses give equal text. */
+function formatAddress(address: SocketAddress): string {
+  return address.hostname.includes(":")
+    ? `[${address.hostname}]:${address.port}`
+    : `${address.hostname}:${address.port}`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks across keys
+//
+// Run on the parsed document, after the schema: every address that parses takes part, so these
+// problems are reported alongside type and range errors. Addresses compare as normalised text.
+
+function checkAddresses(document: Record<string, unknown>, issues: ConfigIssue[]): void {
+  const listeners = new Map<string, string>();
+  const rawListeners = ownValue(document, "listeners");
+  // A listener that cannot be read would make every frontend that names it look orphaned.
+  let listenersComplete = rawListeners === undefined || Array.isArray(rawListeners);
+  for (const entry of addressEntries(rawListeners, "listeners", true)) {
+    if (entry.address === undefined) {
+      listenersComplete = false;
+      continue;
+    }
+    const first = listeners.get(entry.address);
+    if (first === undefined) listeners.set(entry.address, entry.keyPath);
+    else issues.push(valueIssue(entry.keyPath, entry.raw, `same address as ${first}`));
+  }
+  const listed = listeners.size === 0
+    ? "no listeners are configured"
+    : `listeners: ${[...listeners.keys()].map((a) => JSON.stringify(a)).join(", ")}`;
+
+  const clusters = ownValue(document, "clusters");
+  if (!isTable(clusters)) return;
+  const claimed = new Map<string, { cluster: string; keyPath: string }>();
+  for (const [name, cluster] of Object.entries(clusters)) {
+    if (!isTable(cluster)) continue;
+    const clusterPath = joinKeyPath("clusters", name);
+    const frontends = new Map<string, string>();
+    const frontendPath = `${clusterPath}.frontends`;
+    for (const entry of addressEntries(ownValue(cluster, "frontends"), frontendPath, true)) {
+      if (entry.address === undefined) continue;
+      const first = frontends.get(entry.address);
+      if (first !== undefined) {
+        issues.push(valueIssue(entry.keyPath, entry.raw, `same address as ${first}`));
+        continue;
+      }
+      frontends.set(entry.address, entry.keyPath);
+      if (listenersComplete && !listeners.has(entry.address)) {
+        issues.push(
+          valueIssue(entry.keyPath, entry.raw, `no listener has this address (${listed})`),
+        );
+      }
+      const owner = claimed.get(entry.address);
+      if (owner === undefined) {
+        claimed.set(entry.address, { cluster: name, keyPath: entry.keyPath });
+      } else {
+        issues.push(
+          valueIssue(entry.keyPath, entry.raw, `already the frontend of ${owner.keyPath}`),
+        );
+      }
+    }
+    const backends = new Map<string, string>();
+    const backendPath = `${clusterPath}.backends`;
+    for (const entry of addressEntries(ownValue(cluster, "backends"), backendPath, false)) {
+      if (entry.address === undefined) continue;
+      const first = backends.get(entry.address);
+      if (first === undefined) backends.set(entry.address, entry.keyPath);
+      else issues.push(valueIssue(entry.keyPath, entry.raw, `same address as ${first}`));
+    }
+  }
+}
+
+/**
+ * The `address` of each table in `array`, with its key path and its text as written;
+ * `address` is `undefined` when the entry has none that parses (the schema reports why).
+ */
+function* addressEntries(
+  array: unknown,
+  arrayPath: string,
+  anyPort: boolean,
+): Generator<{ keyPath: string; raw: unknown; address: string | undefined }> {
+  if (!Array.isArray(array)) return;
+  for (const [index, item] of array.entries()) {
+    const keyPath = `${arrayPath}[${index}].address`;
+    const raw = isTable(item) ? ownValue(item, "address") : undefined;
+    const parsed = typeof raw === "string" ? parseAddress(raw, anyPort) : undefined;
+    const address = parsed === undefined || typeof parsed === "string"
+      ? undefined
+      : formatAddress(parsed);
+    yield { keyPath, raw, address };
+  }
+}
+
+function ownValue(table: Record<string, unknown>, key: string): unknown {
+  return Object.hasOwn(table, key) ? table[key] : undefined;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,7 +1,21 @@
 import assert from "node:assert/strict";
-import { applyConfig, ConfigError, loadConfig, parseConfig } from "../config.ts";
+import { applyConfig, type Config, ConfigError, loadConfig, parseConfig } from "../config.ts";
 
 const KEY = "splice_pipe_capacity_bytes";
+const KNOWN_KEYS = "splice_pipe_capacity_bytes, connect_timeout_ms, idle_timeout_ms, " +
+  "drain_timeout_ms, splice_mode, log_format, metrics, listeners, clusters";
+
+/** The configuration of an empty file. */
+const DEFAULTS: Config = {
+  splicePipeCapacityBytes: 0,
+  connectTimeoutMs: 3000,
+  idleTimeoutMs: 0,
+  drainTimeoutMs: 10_000,
+  spliceMode: "auto",
+  logFormat: "text",
+  listeners: [],
+  clusters: {},
+};
 
 /** Runs `fn` and returns the ConfigError it must throw. */
 function configErrorOf(fn: () => unknown): ConfigError {
@@ -38,10 +52,17 @@ async function withTempConfig(text: string, fn: (path: string) => Promise<void>)
 
 Deno.test("loadConfig reads a valid file", async () => {
   await withTempConfig(`# pipes of 1 MiB\n${KEY} = 1048576\n`, async (path) => {
-    assert.deepEqual(await loadConfig(path), { splicePipeCapacityBytes: 1_048_576 });
+    const expected = { ...DEFAULTS, splicePipeCapacityBytes: 1_048_576 };
+    assert.deepEqual(await loadConfig(path), expected);
     const url = new URL(`file://${path}`);
-    assert.deepEqual(await loadConfig(url), { splicePipeCapacityBytes: 1_048_576 });
+    assert.deepEqual(await loadConfig(url), expected);
   });
+});
+
+Deno.test("an empty file, or one with only the pipe capacity, gets every default", () => {
+  assert.deepEqual(parseConfig(""), DEFAULTS);
+  assert.deepEqual(parseConfig(`${KEY} = 65536`), { ...DEFAULTS, splicePipeCapacityBytes: 65_536 });
+  assert.equal("metrics" in parseConfig(""), false);
 });
 
 Deno.test("parseConfig gives 0 for an absent key and for 0", () => {
@@ -118,12 +139,12 @@ Deno.test("parseConfig lists the known keys when no key is close", () => {
   const error = configErrorOf(() => parseConfig('foo = "bar"'));
   assert.equal(
     error.message,
-    `Cannot parse config: unknown key "foo" (known keys: ${KEY})`,
+    `Cannot parse config: unknown key "foo" (known keys: ${KNOWN_KEYS})`,
   );
   assert.deepEqual(error.issues, [{
     keyPath: "foo",
     value: "bar",
-    message: `unknown key "foo" (known keys: ${KEY})`,
+    message: `unknown key "foo" (known keys: ${KNOWN_KEYS})`,
   }]);
 });
 
@@ -155,7 +176,7 @@ Deno.test("parseConfig reports every problem at once, one per line", () => {
   const lines = error.message.split("\n");
   assert.equal(lines[0], `Cannot parse config "x.toml": 3 problems:`);
   assert.equal(lines[1], `  ${KEY} = -1: expected a whole number from 0 to 1073741824`);
-  assert.equal(lines[2], `  unknown key "foo" (known keys: ${KEY})`);
+  assert.equal(lines[2], `  unknown key "foo" (known keys: ${KNOWN_KEYS})`);
   assert.equal(lines[3], `  unknown key "splice_pipe_capacity": did you mean "${KEY}"?`);
   assert.equal(lines.length, 4);
 });
@@ -247,14 +268,14 @@ Deno.test("ConfigError carries the path, the issues and a name", () => {
 
 Deno.test("applyConfig rejects a hand-built config without touching the process state", () => {
   for (const bad of [-1, 1.5, NaN, 2 ** 30 + 1]) {
-    const error = configErrorOf(() => applyConfig({ splicePipeCapacityBytes: bad }));
+    const error = configErrorOf(() => applyConfig({ ...DEFAULTS, splicePipeCapacityBytes: bad }));
     assert.equal(
       error.message,
       `Cannot apply config: ${KEY} = ${bad}: expected a whole number from 0 to 1073741824`,
     );
   }
   // 0 keeps the default and does not lock the process-wide value.
-  assert.deepEqual(applyConfig({ splicePipeCapacityBytes: 0 }), { pipeCapacityApplied: false });
+  assert.deepEqual(applyConfig(DEFAULTS), { pipeCapacityApplied: false });
 });
 
 Deno.test("applyConfig sets the pipe capacity once per process", async () => {
@@ -301,4 +322,442 @@ console.log(JSON.stringify({ before, first, afterFirst, second, afterSecond }));
   } finally {
     await Deno.remove(script);
   }
+});
+
+// --- The proxy's keys: listeners, clusters, metrics, timeouts ---------------------------------
+
+const FULL = `
+splice_pipe_capacity_bytes = 65536
+connect_timeout_ms = 2500
+idle_timeout_ms = 2147483647
+drain_timeout_ms = 0
+splice_mode = "copy"
+log_format = "json"
+
+[metrics]
+address = "LocalHost:9901"
+
+[[listeners]]
+protocol = "tcp"
+address = "127.0.0.1:8080"
+max_connections = 1000000
+
+[[listeners]]
+address = "[0:0::1]:0"
+
+[clusters.app]
+protocol = "tcp"
+load_balancing = "least_connections"
+frontends = [{ address = "127.0.0.1:8080" }]
+backends = [
+  { address = "127.0.0.1:9000", weight = 1000000 },
+  { address = "[::1]:9001", weight = 0 },
+  { address = "backend-3.internal:65535" },
+]
+
+[clusters.v6_only-2]
+frontends = [{ address = "[::1]:0" }]
+
+[[clusters.v6_only-2.backends]]
+address = "10.0.0.1:1"
+`;
+
+const FULL_CONFIG: Config = {
+  splicePipeCapacityBytes: 65_536,
+  connectTimeoutMs: 2500,
+  idleTimeoutMs: 2 ** 31 - 1,
+  drainTimeoutMs: 0,
+  spliceMode: "copy",
+  logFormat: "json",
+  metrics: { address: { hostname: "localhost", port: 9901 } },
+  listeners: [
+    {
+      protocol: "tcp",
+      address: { hostname: "127.0.0.1", port: 8080 },
+      maxConnections: 1_000_000,
+    },
+    { protocol: "tcp", address: { hostname: "::1", port: 0 }, maxConnections: 10_000 },
+  ],
+  clusters: {
+    app: {
+      protocol: "tcp",
+      loadBalancing: "least_connections",
+      frontends: [{ address: { hostname: "127.0.0.1", port: 8080 } }],
+      backends: [
+        { address: { hostname: "127.0.0.1", port: 9000 }, weight: 1_000_000 },
+        { address: { hostname: "::1", port: 9001 }, weight: 0 },
+        { address: { hostname: "backend-3.internal", port: 65_535 }, weight: 100 },
+      ],
+    },
+    "v6_only-2": {
+      protocol: "tcp",
+      loadBalancing: "round_robin",
+      frontends: [{ address: { hostname: "::1", port: 0 } }],
+      backends: [{ address: { hostname: "10.0.0.1", port: 1 }, weight: 100 }],
+    },
+  },
+};
+
+/** A valid file with one listener and one cluster, to which a test adds `extra`. */
+function proxyToml(extra = "", backends = '[{ address = "127.0.0.1:9000" }]'): string {
+  return `[[listeners]]
+address = "127.0.0.1:8080"
+
+[clusters.app]
+frontends = [{ address = "127.0.0.1:8080" }]
+backends = ${backends}
+${extra}`;
+}
+
+/** The single issue `toml` must raise; checks that the message names the key and the value. */
+function onlyIssue(toml: string): ConfigError["issues"][number] {
+  const error = configErrorOf(() => parseConfig(toml, { path: "proxy.toml" }));
+  assert.equal(error.issues.length, 1, error.message);
+  assert.equal(error.message, `Cannot parse config "proxy.toml": ${error.issues[0].message}`);
+  return error.issues[0];
+}
+
+Deno.test("a full proxy file round-trips into the expected Config", async () => {
+  assert.deepEqual(parseConfig(FULL), FULL_CONFIG);
+  await withTempConfig(FULL, async (path) => {
+    assert.deepEqual(await loadConfig(path), FULL_CONFIG);
+  });
+  // The example of the brief, defaults included.
+  assert.deepEqual(parseConfig(proxyToml()).clusters.app, {
+    protocol: "tcp",
+    loadBalancing: "round_robin",
+    frontends: [{ address: { hostname: "127.0.0.1", port: 8080 } }],
+    backends: [{ address: { hostname: "127.0.0.1", port: 9000 }, weight: 100 }],
+  });
+});
+
+Deno.test("parseConfig rejects each kind of bad address with the key path and the value", () => {
+  const example = 'expected "host:port", e.g. "127.0.0.1:8080" or "[::1]:8080"';
+  const cases: [address: string, problem: string][] = [
+    ["localhost", `missing ":port": ${example}`],
+    [":9000", `the host is empty: ${example}`],
+    ["[]:9000", `the host is empty: ${example}`],
+    ["127.0.0.1:", `the port is empty: ${example}`],
+    ["127.0.0.1:http", 'port "http" is not a number'],
+    ["127.0.0.1:-1", 'port "-1" is not a number'],
+    ["::1:9000", `an IPv6 address needs brackets, e.g. "[::1]:8080": ${example}`],
+    ["[::1]9000", `missing ":port" after "]": ${example}`],
+    ["[::1:9000", `missing "]" after the IPv6 address: ${example}`],
+    ["[::g]:9000", '"::g" is not an IPv6 address'],
+    ["[1:2:3:4:5:6:7:8:9]:9000", '"1:2:3:4:5:6:7:8:9" is not an IPv6 address'],
+    ["my host:9000", '"my host" is not a host name or an IP address'],
+  ];
+  const keyPath = "clusters.app.backends[0].address";
+  for (const [address, problem] of cases) {
+    const issue = onlyIssue(proxyToml("", `[{ address = ${JSON.stringify(address)} }]`));
+    assert.deepEqual(issue, {
+      keyPath,
+      value: address,
+      message: `${keyPath} = ${JSON.stringify(address)}: ${problem}`,
+    });
+  }
+  const typeIssue = onlyIssue("[metrics]\naddress = 9901");
+  assert.deepEqual(typeIssue, {
+    keyPath: "metrics.address",
+    value: 9901,
+    message: `metrics.address = 9901: expected an address ${example.slice(9)}, got an integer`,
+  });
+});
+
+Deno.test("ports must be 1 to 65535; 0 only for listeners (and frontends naming them)", () => {
+  let issue = onlyIssue(proxyToml("", '[{ address = "127.0.0.1:65536" }]'));
+  assert.equal(issue.keyPath, "clusters.app.backends[0].address");
+  assert.equal(
+    issue.message,
+    'clusters.app.backends[0].address = "127.0.0.1:65536": port 65536 is out of range: ' +
+      "expected 1 to 65535",
+  );
+
+  issue = onlyIssue('[metrics]\naddress = "127.0.0.1:0"');
+  assert.equal(
+    issue.message,
+    'metrics.address = "127.0.0.1:0": port 0 is out of range: expected 1 to 65535 ' +
+      '(port 0, "any free port", is for listeners only)',
+  );
+
+  issue = onlyIssue('[[listeners]]\naddress = "[::1]:99999"');
+  assert.deepEqual(issue, {
+    keyPath: "listeners[0].address",
+    value: "[::1]:99999",
+    message: 'listeners[0].address = "[::1]:99999": port 99999 is out of range: ' +
+      "expected 0 to 65535 (0: any free port)",
+  });
+
+  const config = parseConfig(
+    '[[listeners]]\naddress = "127.0.0.1:0"\n[clusters.test]\n' +
+      'frontends = [{ address = "127.0.0.1:0" }]\nbackends = [{ address = "127.0.0.1:1" }]',
+  );
+  assert.deepEqual(config.listeners[0].address, { hostname: "127.0.0.1", port: 0 });
+  assert.deepEqual(config.clusters.test.frontends[0].address, { hostname: "127.0.0.1", port: 0 });
+});
+
+Deno.test("an unknown enum value gets the nearest valid one as a suggestion", () => {
+  let issue = onlyIssue(proxyToml('load_balancing = "round-robin"'));
+  assert.deepEqual(issue, {
+    keyPath: "clusters.app.load_balancing",
+    value: "round-robin",
+    message: 'clusters.app.load_balancing = "round-robin": expected one of "round_robin", ' +
+      '"least_connections", "random": did you mean "round_robin"?',
+  });
+
+  issue = onlyIssue('splice_mode = "zero-copy"');
+  assert.equal(
+    issue.message,
+    'splice_mode = "zero-copy": expected one of "auto", "splice", "copy"',
+  );
+
+  issue = onlyIssue('[[listeners]]\nprotocol = "udp"\naddress = "127.0.0.1:53"');
+  assert.deepEqual(issue, {
+    keyPath: "listeners[0].protocol",
+    value: "udp",
+    message: 'listeners[0].protocol = "udp": expected one of "tcp": did you mean "tcp"?',
+  });
+
+  issue = onlyIssue('log_format = "JSON"');
+  assert.equal(
+    issue.message,
+    'log_format = "JSON": expected one of "text", "json": did you mean "json"?',
+  );
+});
+
+Deno.test("a misspelt key in a nested table gets the nearest key of that table", () => {
+  let issue = onlyIssue(proxyToml('load_balance = "random"'));
+  assert.deepEqual(issue, {
+    keyPath: "clusters.app.load_balance",
+    value: "random",
+    message: 'unknown key "clusters.app.load_balance": did you mean "load_balancing"?',
+  });
+
+  issue = onlyIssue('[[listeners]]\naddress = "127.0.0.1:80"\nmax_connection = 5');
+  assert.equal(
+    issue.message,
+    'unknown key "listeners[0].max_connection": did you mean "max_connections"?',
+  );
+
+  issue = onlyIssue(proxyToml("", '[{ address = "127.0.0.1:9000", wieght = 5 }]'));
+  assert.equal(issue.keyPath, "clusters.app.backends[0].wieght");
+  assert.equal(
+    issue.message,
+    'unknown key "clusters.app.backends[0].wieght": did you mean "weight"?',
+  );
+
+  issue = onlyIssue("[[listener]]\naddress = 1");
+  assert.equal(issue.message, 'unknown key "listener": did you mean "listeners"?');
+});
+
+Deno.test("a frontend must be the address of a listener", () => {
+  let issue = onlyIssue(
+    proxyToml(
+      '\n[clusters.api]\nfrontends = [{ address = "127.0.0.1:8081" }]\n' +
+        'backends = [{ address = "127.0.0.1:9100" }]',
+    ),
+  );
+  assert.deepEqual(issue, {
+    keyPath: "clusters.api.frontends[0].address",
+    value: "127.0.0.1:8081",
+    message: 'clusters.api.frontends[0].address = "127.0.0.1:8081": no listener has this ' +
+      'address (listeners: "127.0.0.1:8080")',
+  });
+
+  issue = onlyIssue(
+    '[clusters.app]\nfrontends = [{ address = "127.0.0.1:8080" }]\n' +
+      'backends = [{ address = "127.0.0.1:9000" }]',
+  );
+  assert.equal(
+    issue.message,
+    'clusters.app.frontends[0].address = "127.0.0.1:8080": no listener has this address ' +
+      "(no listeners are configured)",
+  );
+
+  // Matching is on the normalised address: case of the host name, IPv6 notation.
+  const config = parseConfig(
+    '[[listeners]]\naddress = "[0:0:0:0:0:0:0:1]:8080"\n[[listeners]]\naddress = "LOCALHOST:80"\n' +
+      '[clusters.app]\nfrontends = [{ address = "[::1]:8080" }, { address = "localhost:80" }]\n' +
+      'backends = [{ address = "127.0.0.1:9000" }]',
+  );
+  assert.equal(config.clusters.app.frontends.length, 2);
+
+  // A listener that is itself wrong does not make its frontends look orphaned.
+  issue = onlyIssue(
+    '[[listeners]]\naddress = "127.0.0.1:80800"\n[clusters.app]\n' +
+      'frontends = [{ address = "127.0.0.1:8080" }]\nbackends = [{ address = "127.0.0.1:9000" }]',
+  );
+  assert.equal(issue.keyPath, "listeners[0].address");
+});
+
+Deno.test("listener addresses are unique, and so are frontends and backends", () => {
+  let issue = onlyIssue(proxyToml() + '\n[[listeners]]\naddress = "127.0.0.1:8080"');
+  assert.deepEqual(issue, {
+    keyPath: "listeners[1].address",
+    value: "127.0.0.1:8080",
+    message: 'listeners[1].address = "127.0.0.1:8080": same address as listeners[0].address',
+  });
+
+  issue = onlyIssue(
+    proxyToml(
+      '\n[clusters.other]\nfrontends = [{ address = "127.0.0.1:8080" }]\n' +
+        'backends = [{ address = "127.0.0.1:9000" }]',
+    ),
+  );
+  assert.deepEqual(issue, {
+    keyPath: "clusters.other.frontends[0].address",
+    value: "127.0.0.1:8080",
+    message: 'clusters.other.frontends[0].address = "127.0.0.1:8080": already the frontend ' +
+      "of clusters.app.frontends[0].address",
+  });
+
+  issue = onlyIssue(
+    proxyToml("", '[{ address = "127.0.0.1:9000" }, { address = "127.0.0.1:9000", weight = 1 }]'),
+  );
+  assert.deepEqual(issue, {
+    keyPath: "clusters.app.backends[1].address",
+    value: "127.0.0.1:9000",
+    message: 'clusters.app.backends[1].address = "127.0.0.1:9000": same address as ' +
+      "clusters.app.backends[0].address",
+  });
+});
+
+Deno.test("a cluster needs frontends and backends, at least one of each", () => {
+  let issue = onlyIssue(
+    '[[listeners]]\naddress = "127.0.0.1:8080"\n' +
+      '[clusters.app]\nfrontends = [{ address = "127.0.0.1:8080" }]',
+  );
+  assert.deepEqual(issue, {
+    keyPath: "clusters.app.backends",
+    value: undefined,
+    message: 'missing required key "clusters.app.backends"',
+  });
+
+  issue = onlyIssue(proxyToml("", "[]"));
+  assert.deepEqual(issue, {
+    keyPath: "clusters.app.backends",
+    value: [],
+    message: "clusters.app.backends = []: expected at least 1 entry",
+  });
+
+  issue = onlyIssue("[metrics]");
+  assert.equal(issue.message, 'missing required key "metrics.address"');
+
+  issue = onlyIssue(proxyToml("", "[{ weight = 5 }]"));
+  assert.equal(issue.message, 'missing required key "clusters.app.backends[0].address"');
+});
+
+Deno.test("weights, timeouts and connection limits are range-checked", () => {
+  const cases: [toml: string, keyPath: string, message: string][] = [
+    [
+      proxyToml(
+        "",
+        '[{ address = "127.0.0.1:9000" }, { address = "127.0.0.1:9001", weight = 1000001 }]',
+      ),
+      "clusters.app.backends[1].weight",
+      "clusters.app.backends[1].weight = 1000001: expected a whole number from 0 to 1000000",
+    ],
+    [
+      proxyToml("", '[{ address = "127.0.0.1:9000", weight = -1 }]'),
+      "clusters.app.backends[0].weight",
+      "clusters.app.backends[0].weight = -1: expected a whole number from 0 to 1000000",
+    ],
+    [
+      "connect_timeout_ms = 0",
+      "connect_timeout_ms",
+      "connect_timeout_ms = 0: expected a whole number from 1 to 600000",
+    ],
+    [
+      "idle_timeout_ms = 2147483648",
+      "idle_timeout_ms",
+      "idle_timeout_ms = 2147483648: expected a whole number from 0 to 2147483647",
+    ],
+    [
+      "drain_timeout_ms = 3600001",
+      "drain_timeout_ms",
+      "drain_timeout_ms = 3600001: expected a whole number from 0 to 3600000",
+    ],
+    [
+      '[[listeners]]\naddress = "127.0.0.1:80"\nmax_connections = 0',
+      "listeners[0].max_connections",
+      "listeners[0].max_connections = 0: expected a whole number from 1 to 1000000",
+    ],
+  ];
+  for (const [toml, keyPath, message] of cases) {
+    const issue = onlyIssue(toml);
+    assert.equal(issue.keyPath, keyPath);
+    assert.equal(issue.message, message);
+  }
+});
+
+Deno.test("cluster names are letters, digits, _ and -; sections have the right types", () => {
+  let issue = onlyIssue(
+    '[[listeners]]\naddress = "127.0.0.1:8080"\n[clusters."my app"]\n' +
+      'frontends = [{ address = "127.0.0.1:8080" }]\nbackends = [{ address = "127.0.0.1:9000" }]',
+  );
+  assert.equal(issue.keyPath, 'clusters."my app"');
+  assert.equal(
+    issue.message,
+    'clusters."my app": invalid name "my app": expected one or more letters, digits, "_" and "-"',
+  );
+
+  const error = configErrorOf(() =>
+    parseConfig('listeners = "127.0.0.1:8080"\nclusters = []\nmetrics = "127.0.0.1:9901"')
+  );
+  assert.deepEqual(error.issues.map((issue) => issue.message), [
+    'listeners = "127.0.0.1:8080": expected an array, got a string',
+    "clusters = []: expected a table, got an array",
+    'metrics = "127.0.0.1:9901": expected a table, got a string',
+  ]);
+
+  issue = onlyIssue('[[listeners]]\naddress = "127.0.0.1:80"\n[clusters]\napp = 1');
+  assert.equal(issue.message, "clusters.app = 1: expected a table, got an integer");
+});
+
+Deno.test("parseConfig reports every problem of a proxy file at once", () => {
+  const toml = `
+connect_timeout_ms = 0
+splice_mode = "splcie"
+
+[[listeners]]
+address = "127.0.0.1:8080"
+
+[[listeners]]
+address = "127.0.0.1:8080"
+
+[clusters.app]
+load_balance = "random"
+frontends = [{ address = "127.0.0.1:8081" }]
+backends = [
+  { address = "127.0.0.1:9000", weight = 100 },
+  { address = "127.0.0.1:70000", weight = 2000000 },
+]
+
+[clusters.api]
+frontends = [{ address = "127.0.0.1:8080" }]
+`;
+  const error = configErrorOf(() => parseConfig(toml, { path: "proxy.toml" }));
+  assert.deepEqual(error.issues.map((issue) => issue.keyPath), [
+    "connect_timeout_ms",
+    "splice_mode",
+    "clusters.app.load_balance",
+    "clusters.app.backends[1].address",
+    "clusters.app.backends[1].weight",
+    "clusters.api.backends",
+    "listeners[1].address",
+    "clusters.app.frontends[0].address",
+  ]);
+  const lines = error.message.split("\n");
+  assert.equal(lines[0], 'Cannot parse config "proxy.toml": 8 problems:');
+  assert.equal(lines.length, 9);
+  assert.equal(
+    lines[4],
+    '  clusters.app.backends[1].address = "127.0.0.1:70000": port 70000 is out of range: ' +
+      "expected 1 to 65535",
+  );
+  assert.equal(
+    lines[8],
+    '  clusters.app.frontends[0].address = "127.0.0.1:8081": no listener has this address ' +
+      '(listeners: "127.0.0.1:8080")',
+  );
 });
