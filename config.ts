@@ -989,8 +989,18 @@ function canonicalIpv6(host: string): string | undefined {
   }
 }
 
-/** The text form of an address, IPv6 in brackets; equal addresses give equal text. */
-function formatAddress(address: SocketAddress): string {
+/**
+ * The text form of an address, IPv6 in brackets; equal addresses give equal text. Frontends
+ * name their listener by this text.
+ *
+ * @example
+ * ```ts
+ * import { formatAddress } from "@zerocopy/splice/config";
+ *
+ * console.log(formatAddress({ hostname: "::1", port: 8080 })); // "[::1]:8080"
+ * ```
+ */
+export function formatAddress(address: SocketAddress): string {
   return address.hostname.includes(":")
     ? `[${address.hostname}]:${address.port}`
     : `${address.hostname}:${address.port}`;

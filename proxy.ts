@@ -1,0 +1,254 @@
+// deno-lint-ignore-file no-console -- a CLI: printing is its job
+/**
+ * The L4 TCP proxy on `relay()`:
+ *
+ *     deno run --allow-ffi --allow-net --allow-read proxy.ts --config proxy.toml
+ *     deno task start          # an embedded demo config with a built-in backend
+ *
+ * Reload: SIGHUP, a change of the config file, or `POST /reload` on the metrics address.
+ * SIGTERM or SIGINT stops accepting, drains up to `drain_timeout_ms`, and exits 0.
+ *
+ * @module
+ */
+
+import { applyConfig, type Config, ConfigError, loadConfig, parseConfig } from "./config.ts";
+import { type ProxyEvent, TcpProxy } from "./proxy/server.ts";
+import { specFromConfig } from "./proxy/spec.ts";
+import { serveAdmin } from "./proxy/metrics.ts";
+import { shutdownRelayEngine, spliceAvailable } from "./mod.ts";
+
+const VERSION = "0.1.0";
+
+const HELP = `splice proxy ${VERSION}: an L4 TCP proxy that relays with splice(2)
+
+Usage:
+  deno run --allow-ffi --allow-net --allow-read proxy.ts [--config FILE]
+  deno run --allow-read proxy.ts --check --config FILE
+
+Options:
+  --config FILE   the TOML config (without it: an embedded demo with its own backend)
+  --check         validate the config, print every problem, exit 1 if any
+  --version       print the version
+  --help          this text
+
+Reload: SIGHUP, a change of FILE on disk, or POST /reload on the [metrics] address.
+Stop:   SIGTERM or SIGINT (drains connections up to drain_timeout_ms, exits 0).
+`;
+
+/** The embedded default: a demo backend on a free port, the proxy on 127.0.0.1:8080. */
+const DEMO_CONFIG = `
+[metrics]
+address = "127.0.0.1:9901"
+
+[[listeners]]
+protocol = "tcp"
+address = "127.0.0.1:8080"
+
+[clusters.demo]
+protocol = "tcp"
+load_balancing = "round_robin"
+frontends = [{ address = "127.0.0.1:8080" }]
+backends = [{ address = "127.0.0.1:BACKEND_PORT", weight = 100 }]
+`;
+
+interface Args {
+  config?: string;
+  check: boolean;
+  help: boolean;
+  version: boolean;
+}
+
+function parseArgs(args: string[]): Args {
+  const out: Args = { check: false, help: false, version: false };
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    if (arg === "--config") {
+      out.config = args[++i];
+      if (!out.config) throw new TypeError("--config needs a file");
+    } else if (arg.startsWith("--config=")) out.config = arg.slice("--config=".length);
+    else if (arg === "--check") out.check = true;
+    else if (arg === "--help" || arg === "-h") out.help = true;
+    else if (arg === "--version") out.version = true;
+    else throw new TypeError(`Unknown option "${arg}" (see --help)`);
+  }
+  return out;
+}
+
+function logger(format: Config["logFormat"]): (event: ProxyEvent) => void {
+  return (event) => {
+    if (format === "json") {
+      console.log(JSON.stringify({ time: new Date().toISOString(), ...flatten(event) }));
+      return;
+    }
+    if (event.type === "connection") {
+      const r = event.record;
+      console.log(
+        `conn ${r.client} -> ${r.listener} -> ${r.cluster}/${r.backend ?? "-"} ` +
+          `in=${r.bytesIn} out=${r.bytesOut} ${r.durationMs}ms mode=${r.mode} end=${r.end}` +
+          (r.error ? ` error="${r.error}"` : ""),
+      );
+    } else if (event.type === "backend-ejected") {
+      console.log(`backend ${event.cluster}/${event.backend} ejected: connects keep failing`);
+    } else if (event.type === "listening") {
+      console.log(`listening ${event.address} (port ${event.port})`);
+    } else if (event.type === "listener-closed") {
+      console.log(`listener ${event.address} closed`);
+    } else {
+      console.log(`listener ${event.address} failed: ${event.error}`);
+    }
+  };
+}
+
+function flatten(event: ProxyEvent): Record<string, unknown> {
+  return event.type === "connection" ? { event: "connection", ...event.record } : {
+    ...event,
+    event: event.type,
+    type: undefined,
+  };
+}
+
+/** Starts a tiny HTTP backend for the demo; returns its port. */
+function demoBackend(signal: AbortSignal): number {
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, signal, onListen: () => {} },
+    () => new Response("hello from the splice demo backend\n"),
+  );
+  return server.addr.port;
+}
+
+async function main(): Promise<number> {
+  let args: Args;
+  try {
+    args = parseArgs(Deno.args);
+  } catch (error) {
+    console.error((error as Error).message);
+    return 2;
+  }
+  if (args.help) {
+    console.log(HELP);
+    return 0;
+  }
+  if (args.version) {
+    console.log(VERSION);
+    return 0;
+  }
+  if (args.check) {
+    if (!args.config) {
+      console.error("--check needs --config FILE");
+      return 2;
+    }
+    try {
+      await loadConfig(args.config);
+      console.log(`${args.config}: ok`);
+      return 0;
+    } catch (error) {
+      console.error(error instanceof Error ? error.message : String(error));
+      return 1;
+    }
+  }
+
+  const stop = new AbortController();
+  let config: Config;
+  try {
+    if (args.config) {
+      config = await loadConfig(args.config);
+    } else {
+      const port = demoBackend(stop.signal);
+      config = parseConfig(DEMO_CONFIG.replace("BACKEND_PORT", String(port)), {
+        path: "embedded demo config",
+      });
+    }
+  } catch (error) {
+    console.error(error instanceof Error ? error.message : String(error));
+    stop.abort();
+    return 1;
+  }
+  applyConfig(config);
+  const log = logger(config.logFormat);
+  let proxy: TcpProxy;
+  try {
+    proxy = TcpProxy.start(specFromConfig(config), { onEvent: log });
+  } catch (error) {
+    console.error(`Cannot start: ${error instanceof Error ? error.message : String(error)}`);
+    stop.abort();
+    return 1;
+  }
+  console.log(
+    `splice proxy ${VERSION}: ${spliceAvailable() ? "splice" : "copy loop (no --allow-ffi)"}`,
+  );
+
+  // Reloads are serialised: a second one waits for the first.
+  let reloading: Promise<string | null> = Promise.resolve(null);
+  const reload = (why: string): Promise<string | null> => {
+    reloading = reloading.then(async () => {
+      if (!args.config) return "the embedded demo config cannot be reloaded";
+      try {
+        const next = await loadConfig(args.config);
+        const changed = proxy.reload(specFromConfig(next));
+        config = next;
+        console.log(
+          `reload (${why}): applied; listeners +[${changed.added}] -[${changed.removed}], ` +
+            `clusters changed [${changed.clusters}]`,
+        );
+        return null;
+      } catch (error) {
+        const message = error instanceof ConfigError || error instanceof Error
+          ? error.message
+          : String(error);
+        console.log(`reload (${why}): refused, the running config keeps serving: ${message}`);
+        return message;
+      }
+    });
+    return reloading;
+  };
+
+  if (config.metrics) {
+    serveAdmin(config.metrics.address, {
+      stats: () => proxy.stats(),
+      reload: () => reload("admin"),
+    }, stop.signal);
+    console.log(
+      `metrics on http://${config.metrics.address.hostname}:${config.metrics.address.port}/metrics`,
+    );
+  }
+  if (!args.config) {
+    console.log("Try:  curl http://127.0.0.1:8080/   (Ctrl-C stops)");
+  }
+
+  Deno.addSignalListener("SIGHUP", () => void reload("SIGHUP"));
+  if (args.config) watchConfig(args.config, () => void reload("file changed"), stop.signal);
+
+  await new Promise<void>((resolve) => {
+    const onStop = (): void => resolve();
+    Deno.addSignalListener("SIGTERM", onStop);
+    Deno.addSignalListener("SIGINT", onStop);
+  });
+  console.log(`draining (up to ${config.drainTimeoutMs} ms)`);
+  await proxy.shutdown();
+  stop.abort();
+  await shutdownRelayEngine();
+  console.log("stopped");
+  return 0;
+}
+
+/** Calls `onChange` after the file settles (editors write in several steps). */
+function watchConfig(path: string, onChange: () => void, signal: AbortSignal): void {
+  let watcher: Deno.FsWatcher;
+  try {
+    watcher = Deno.watchFs(path);
+  } catch {
+    console.log(`cannot watch ${path}: reload with SIGHUP or the admin endpoint`);
+    return;
+  }
+  signal.addEventListener("abort", () => watcher.close(), { once: true });
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  (async () => {
+    for await (const event of watcher) {
+      if (event.kind !== "modify" && event.kind !== "create") continue;
+      clearTimeout(timer);
+      timer = setTimeout(onChange, 100);
+    }
+  })().catch(() => {});
+}
+
+if (import.meta.main) Deno.exit(await main());
