@@ -1,0 +1,183 @@
+import assert from "node:assert/strict";
+import { receiveAll, sendPattern, waitFor } from "./_helpers.ts";
+
+const PROXY = new URL("../proxy.ts", import.meta.url).pathname;
+const CONFIG = new URL("../deno.json", import.meta.url).pathname;
+
+/** A backend that answers each connection with its name, after reading the request to its end. */
+function namedBackend(name: string): { port: number; close(): void } {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  (async () => {
+    for await (const conn of listener) {
+      (async () => {
+        try {
+          const request = await receiveAll(conn);
+          await conn.write(new TextEncoder().encode(`${name} ${request.sha256}`));
+        } finally {
+          conn.close();
+        }
+      })().catch(() => {});
+    }
+  })().catch(() => {});
+  return { port: listener.addr.port, close: () => listener.close() };
+}
+
+function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = listener.addr.port;
+  listener.close();
+  return port;
+}
+
+function configText(backendPort: number, metricsPort: number): string {
+  return `
+log_format = "json"
+drain_timeout_ms = 5000
+
+[metrics]
+address = "127.0.0.1:${metricsPort}"
+
+[[listeners]]
+protocol = "tcp"
+address = "127.0.0.1:0"
+
+[clusters.app]
+protocol = "tcp"
+frontends = [{ address = "127.0.0.1:0" }]
+backends = [{ address = "127.0.0.1:${backendPort}" }]
+`;
+}
+
+/** The proxy as a subprocess, its stdout lines collected. */
+function startProxy(configPath: string): {
+  child: Deno.ChildProcess;
+  lines: string[];
+  done: Promise<void>;
+} {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--config", CONFIG, "-A", PROXY, "--config", configPath],
+    stdout: "piped",
+    stderr: "inherit",
+    stdin: "null",
+  }).spawn();
+  const lines: string[] = [];
+  const done = (async () => {
+    let rest = "";
+    for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
+      rest += chunk;
+      const parts = rest.split("\n");
+      rest = parts.pop()!;
+      lines.push(...parts);
+    }
+  })();
+  return { child, lines, done };
+}
+
+async function ask(port: number, payload: number): Promise<{ name: string; intact: boolean }> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    const hash = await sendPattern(conn, payload, payload);
+    await conn.closeWrite();
+    const buffer = new Uint8Array(256);
+    let text = "";
+    for (;;) {
+      const n = await conn.read(buffer);
+      if (n === null) break;
+      text += new TextDecoder().decode(buffer.subarray(0, n));
+    }
+    const [name, echoed] = text.split(" ");
+    return { name, intact: echoed === hash };
+  } finally {
+    conn.close();
+  }
+}
+
+Deno.test("proxy.ts --check: a good file passes, a bad one lists every problem", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const good = `${dir}/good.toml`;
+    const bad = `${dir}/bad.toml`;
+    await Deno.writeTextFile(good, configText(9000, 9901));
+    await Deno.writeTextFile(
+      bad,
+      `splice_pipe_capacity_bytes = -1\nconect_timeout_ms = 5\n[[listeners]]\naddress = "nope"\n`,
+    );
+    const run = (file: string) =>
+      new Deno.Command(Deno.execPath(), {
+        args: ["run", "--config", CONFIG, "-A", PROXY, "--check", "--config", file],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+    const ok = await run(good);
+    assert.equal(ok.code, 0, new TextDecoder().decode(ok.stderr));
+    const failed = await run(bad);
+    assert.equal(failed.code, 1);
+    const message = new TextDecoder().decode(failed.stderr);
+    assert.match(message, /bad\.toml/);
+    assert.match(message, /splice_pipe_capacity_bytes = -1/);
+    assert.match(message, /did you mean "connect_timeout_ms"/);
+    assert.match(message, /listeners\[0\]\.address/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("proxy.ts: relays intact, reloads on SIGHUP (a bad file is refused), drains on SIGTERM, exits 0", async () => {
+  const first = namedBackend("first");
+  const second = namedBackend("second");
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/proxy.toml`;
+  const metricsPort = freePort();
+  await Deno.writeTextFile(path, configText(first.port, metricsPort));
+  const proxy = startProxy(path);
+  try {
+    let port = 0;
+    await waitFor(
+      () => {
+        const listening = proxy.lines.filter((l) => l.startsWith("{")).map((l) => JSON.parse(l))
+          .find((e) => e.event === "listening");
+        port = listening?.port ?? 0;
+        return port !== 0;
+      },
+      "the proxy to listen",
+      15_000,
+    );
+
+    const before = await ask(port, 2_000_000);
+    assert.deepEqual(before, { name: "first", intact: true });
+
+    // An invalid file is refused; the running config keeps serving.
+    await Deno.writeTextFile(path, "listeners = 5\n");
+    proxy.child.kill("SIGHUP");
+    await waitFor(() => proxy.lines.some((l) => l.includes("refused")), "the refusal", 10_000);
+    assert.equal((await ask(port, 1000)).name, "first");
+
+    // A valid one applies to new connections. The listener (127.0.0.1:0) is kept as it is.
+    await Deno.writeTextFile(path, configText(second.port, metricsPort));
+    proxy.child.kill("SIGHUP");
+    await waitFor(async () => (await ask(port, 1000)).name === "second", "the reload", 10_000);
+
+    const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    assert.match(metrics, /^splice_reloads_total [1-9]/m);
+    assert.match(metrics, /^splice_bytes_in_total [1-9]\d*/m);
+
+    proxy.child.kill("SIGTERM");
+    const status = await proxy.child.status;
+    await proxy.done;
+    assert.equal(status.code, 0);
+    const logged = proxy.lines.filter((l) => l.startsWith("{")).map((l) => JSON.parse(l));
+    const connections = logged.filter((e) => e.event === "connection");
+    assert.ok(connections.length >= 3);
+    assert.equal(connections[0].bytesIn, 2_000_000);
+  } finally {
+    try {
+      proxy.child.kill("SIGKILL");
+    } catch {
+      // already exited
+    }
+    await proxy.child.status;
+    first.close();
+    second.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
