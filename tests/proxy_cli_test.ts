@@ -122,7 +122,7 @@ Deno.test("proxy.ts --check: a good file passes, a bad one lists every problem",
   }
 });
 
-Deno.test("proxy.ts: relays intact, reloads on SIGHUP (a bad file is refused), drains on SIGTERM, exits 0", async () => {
+Deno.test("proxy.ts: relays intact, reloads three ways (a bad file is refused), drains on SIGTERM, exits 0", async () => {
   const first = namedBackend("first");
   const second = namedBackend("second");
   const dir = await Deno.makeTempDir();
@@ -156,6 +156,18 @@ Deno.test("proxy.ts: relays intact, reloads on SIGHUP (a bad file is refused), d
     await Deno.writeTextFile(path, configText(second.port, metricsPort));
     proxy.child.kill("SIGHUP");
     await waitFor(async () => (await ask(port, 1000)).name === "second", "the reload", 10_000);
+
+    // Saving the file reloads it too.
+    await Deno.writeTextFile(path, configText(first.port, metricsPort));
+    await waitFor(async () => (await ask(port, 1000)).name === "first", "the file reload", 10_000);
+
+    // And so does the admin endpoint.
+    const reloaded = await fetch(`http://127.0.0.1:${metricsPort}/reload`, { method: "POST" });
+    assert.deepEqual(await reloaded.json(), { reloaded: true });
+    await waitFor(
+      () => proxy.lines.some((l) => l.includes("reload (admin): applied")),
+      "the admin reload's log line",
+    );
 
     const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
     assert.match(metrics, /^splice_reloads_total [1-9]/m);

@@ -253,3 +253,43 @@ async function receiveAfterLine(
   }
   return { line: line ?? "", bytes, sha256: hash.digest("hex") };
 }
+
+Deno.test("proxy: the connect timeout is honoured; the next backend serves", async () => {
+  // A backend whose accept queue is full: the kernel drops further SYNs, so connects hang.
+  const stuck = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const filler: Deno.TcpConn[] = [];
+  let hung: Promise<Deno.TcpConn> | null = null;
+  for (let i = 0; i < 4096 && hung === null; i++) {
+    const attempt = Deno.connect({ hostname: "127.0.0.1", port: stuck.addr.port });
+    const won = await Promise.race([
+      attempt,
+      new Promise<null>((r) => setTimeout(() => r(null), 200)),
+    ]);
+    if (won === null) hung = attempt;
+    else filler.push(won);
+  }
+  assert.ok(hung, "the accept queue filled up");
+  const live = backend("live");
+  const stuckAddress = `127.0.0.1:${stuck.addr.port}`;
+  const proxy = TcpProxy.start(
+    spec([{ address: stuckAddress, port: stuck.addr.port }, live], { connectTimeoutMs: 300 }),
+  );
+  const port = proxy.listenerPorts["127.0.0.1:0"];
+  try {
+    const started = Date.now();
+    const r = await request(port, 1000);
+    const took = Date.now() - started;
+    assert.deepEqual([r.name, r.intact], ["live", true]);
+    assert.ok(took >= 290 && took < 3_000, `took ${took} ms`);
+    assert.equal(proxy.stats().connectFailures, 1);
+    assert.equal(proxy.stats().backends[`app/${stuckAddress}`].failures, 1);
+  } finally {
+    await proxy.shutdown();
+    await live.close();
+    for (const conn of filler) conn.close();
+    stuck.close();
+    // The hung connect ends once the listener is gone (refused or reset).
+    await hung?.then((conn) => conn.close(), () => {});
+    await shutdownRelayEngine();
+  }
+});
