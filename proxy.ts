@@ -164,6 +164,12 @@ async function main(): Promise<number> {
     return 1;
   }
   applyConfig(config);
+  // Stop signals are caught before anything listens, so that a stop during start-up drains too.
+  const stopRequested = new Promise<void>((resolve) => {
+    const onStop = (): void => resolve();
+    Deno.addSignalListener("SIGTERM", onStop);
+    Deno.addSignalListener("SIGINT", onStop);
+  });
   const log = logger(config.logFormat);
   let proxy: TcpProxy;
   try {
@@ -217,14 +223,13 @@ async function main(): Promise<number> {
 
   Deno.addSignalListener("SIGHUP", () => void reload("SIGHUP"));
   if (args.config) watchConfig(args.config, () => void reload("file changed"), stop.signal);
+  console.log("ready");
 
-  await new Promise<void>((resolve) => {
-    const onStop = (): void => resolve();
-    Deno.addSignalListener("SIGTERM", onStop);
-    Deno.addSignalListener("SIGINT", onStop);
-  });
+  await stopRequested;
+  // shutdown() closes the listeners before its first await: say "draining" once they are.
+  const drained = proxy.shutdown();
   console.log(`draining (up to ${config.drainTimeoutMs} ms)`);
-  await proxy.shutdown();
+  await drained;
   stop.abort();
   await shutdownRelayEngine();
   console.log("stopped");

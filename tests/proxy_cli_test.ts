@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { receiveAll, sendPattern, waitFor } from "./_helpers.ts";
 
 const PROXY = new URL("../proxy.ts", import.meta.url).pathname;
@@ -206,3 +207,82 @@ Deno.test("proxy.ts: relays intact, reloads three ways (a bad file is refused), 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("proxy.ts: SIGTERM lets an in-flight transfer finish, refuses new connections, exits 0", async () => {
+  const server = namedBackend("server");
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/proxy.toml`;
+  await Deno.writeTextFile(path, configText(server.port, freePort()));
+  const proxy = startProxy(path);
+  try {
+    await waitFor(() => proxy.lines.includes("ready"), "the proxy to be ready", 15_000);
+    const port = JSON.parse(proxy.lines.find((l) => l.includes('"event":"listening"'))!).port;
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    const first = new Uint8Array(4 * 1024 * 1024);
+    for (let off = 0; off < first.length;) off += await conn.write(first.subarray(off));
+    proxy.child.kill("SIGTERM");
+    await waitFor(() => proxy.lines.some((l) => l.startsWith("draining")), "the drain to start")
+      .catch((e) => {
+        throw new Error(`${e.message}; proxy said:\n${proxy.lines.join("\n")}`);
+      });
+    // The listener is closed: new connections are refused.
+    await assert.rejects(Deno.connect({ hostname: "127.0.0.1", port }));
+    // The open one still flows both ways to its end.
+    await sendPattern(conn, 4 * 1024 * 1024, 9);
+    await conn.closeWrite();
+    const reply = new TextDecoder().decode(await readAll(conn));
+    conn.close();
+    const expected = createHash("sha256");
+    expected.update(first);
+    expected.update(await patternBytes(4 * 1024 * 1024, 9));
+    assert.equal(reply, `server ${expected.digest("hex")}`);
+    const status = await proxy.child.status;
+    await proxy.done;
+    assert.equal(status.code, 0);
+    assert.ok(proxy.lines.includes("stopped"));
+  } finally {
+    try {
+      proxy.child.kill("SIGKILL");
+    } catch {
+      // already exited
+    }
+    await proxy.child.status;
+    server.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+async function readAll(conn: Deno.TcpConn): Promise<Uint8Array> {
+  const chunks: Uint8Array[] = [];
+  const buffer = new Uint8Array(64 * 1024);
+  for (;;) {
+    const n = await conn.read(buffer);
+    if (n === null) break;
+    chunks.push(buffer.slice(0, n));
+  }
+  const out = new Uint8Array(chunks.reduce((sum, c) => sum + c.length, 0));
+  let offset = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, offset);
+    offset += chunk.length;
+  }
+  return out;
+}
+
+/** The bytes `sendPattern(_, size, seed)` writes. */
+async function patternBytes(size: number, seed: number): Promise<Uint8Array> {
+  const out = new Uint8Array(size);
+  let offset = 0;
+  await sendPattern(
+    {
+      write: (p) => {
+        out.set(p, offset);
+        offset += p.byteLength;
+        return Promise.resolve(p.byteLength);
+      },
+    },
+    size,
+    seed,
+  );
+  return out;
+}
