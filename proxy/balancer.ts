@@ -6,7 +6,19 @@
  * @module
  */
 
-/** How a cluster spreads connections over its backends. */
+/**
+ * How a cluster spreads connections over its backends, by weight: `"round_robin"` (smooth
+ * weighted round robin), `"least_connections"` (fewest active connections per unit of weight) or
+ * `"random"` (weighted random). The config file's `load_balancing`.
+ *
+ * @example
+ * ```ts
+ * import type { ClusterSpec, LoadBalancing } from "@zerocopy/splice/proxy";
+ *
+ * const loadBalancing: LoadBalancing = "least_connections";
+ * const cluster: ClusterSpec = { name: "app", loadBalancing, frontends: [], backends: [] };
+ * ```
+ */
 export type LoadBalancing = "round_robin" | "least_connections" | "random";
 
 /** A backend as the balancer sees it. */

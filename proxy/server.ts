@@ -6,13 +6,30 @@
  * @module
  */
 
+import { applyConfig, type Config } from "../config.ts";
 import { relay, type RelayMode, type RelayResult } from "../relay.ts";
 import { Balancer, type LoadBalancing } from "./balancer.ts";
+import { specFromConfig } from "./spec.ts";
 
-/** A listening address. */
+/**
+ * A listening address, as in `[[listeners]]` of the config file.
+ *
+ * @example
+ * ```ts
+ * import type { ListenerSpec } from "@zerocopy/splice/proxy";
+ *
+ * const listener: ListenerSpec = {
+ *   address: "127.0.0.1:8080",
+ *   hostname: "127.0.0.1",
+ *   port: 8080,
+ *   maxConnections: 10_000,
+ * };
+ * ```
+ */
 export interface ListenerSpec {
   /** `host:port` as configured; the key that frontends refer to. */
   address: string;
+  /** The host to listen on, IPv6 without brackets (`"::1"`). */
   hostname: string;
   /** 0 picks a free port (see {@linkcode TcpProxy.listenerPorts}). */
   port: number;
@@ -20,48 +37,189 @@ export interface ListenerSpec {
   maxConnections: number;
 }
 
-/** A backend server. */
+/**
+ * A backend server, as in a cluster's `backends` in the config file.
+ *
+ * @example
+ * ```ts
+ * import type { BackendSpec } from "@zerocopy/splice/proxy";
+ *
+ * const backend: BackendSpec = {
+ *   address: "[::1]:9000",
+ *   hostname: "::1",
+ *   port: 9000,
+ *   weight: 100,
+ * };
+ * ```
+ */
 export interface BackendSpec {
+  /** `host:port` as configured; the backend's key in stats and events. */
   address: string;
+  /** The host to connect to, IPv6 without brackets (`"::1"`). */
   hostname: string;
+  /** The port to connect to, 1 to 65535. */
   port: number;
+  /** Relative share of new connections; 0 takes none (drained). */
   weight: number;
 }
 
-/** A cluster: the backends that serve some frontends. */
+/**
+ * A cluster: the backends that serve some frontends.
+ *
+ * @example
+ * ```ts
+ * import type { ClusterSpec } from "@zerocopy/splice/proxy";
+ *
+ * const cluster: ClusterSpec = {
+ *   name: "app",
+ *   loadBalancing: "least_connections",
+ *   frontends: ["127.0.0.1:8080"],
+ *   backends: [
+ *     { address: "127.0.0.1:9000", hostname: "127.0.0.1", port: 9000, weight: 100 },
+ *     { address: "127.0.0.1:9001", hostname: "127.0.0.1", port: 9001, weight: 50 },
+ *   ],
+ * };
+ * ```
+ */
 export interface ClusterSpec {
+  /** The cluster's name, unique in the spec; a key in stats and events. */
   name: string;
+  /** How new connections are spread over {@linkcode ClusterSpec.backends}. */
   loadBalancing: LoadBalancing;
   /** Listener addresses whose connections go to this cluster. */
   frontends: string[];
+  /** The servers connections are relayed to, tried in policy order until one accepts. */
   backends: BackendSpec[];
 }
 
-/** Everything the proxy runs on; reloadable as a whole. */
+/**
+ * Everything the proxy runs on; reloadable as a whole with {@linkcode TcpProxy.reload}.
+ * {@linkcode specFromConfig} builds one from a checked config file, or write it by hand.
+ *
+ * @example
+ * ```ts
+ * import { type ProxySpec, TcpProxy } from "@zerocopy/splice/proxy";
+ *
+ * const spec: ProxySpec = {
+ *   listeners: [{ address: "127.0.0.1:0", hostname: "127.0.0.1", port: 0, maxConnections: 100 }],
+ *   clusters: [{
+ *     name: "app",
+ *     loadBalancing: "round_robin",
+ *     frontends: ["127.0.0.1:0"],
+ *     backends: [{ address: "127.0.0.1:9000", hostname: "127.0.0.1", port: 9000, weight: 100 }],
+ *   }],
+ *   connectTimeoutMs: 3000,
+ *   idleTimeoutMs: 0,
+ *   drainTimeoutMs: 10_000,
+ *   spliceMode: "auto",
+ * };
+ * const proxy = TcpProxy.start(spec);
+ * await proxy.shutdown();
+ * ```
+ */
 export interface ProxySpec {
+  /** The addresses to accept connections on. */
   listeners: ListenerSpec[];
+  /** Where each listener's connections go; a listener no cluster claims closes them. */
   clusters: ClusterSpec[];
+  /** How long a connect to one backend may take before the next is tried, in ms. */
   connectTimeoutMs: number;
+  /** A relay with no traffic for this long is ended, in ms; 0 never ends one. */
   idleTimeoutMs: number;
+  /** How long {@linkcode TcpProxy.shutdown} lets connections finish, in ms. */
   drainTimeoutMs: number;
+  /** `relay()`'s mode: `"auto"` splices where it can, `"splice"` or `"copy"` forces one. */
   spliceMode: RelayMode;
 }
 
-/** One finished connection, for the access log. */
+/**
+ * One finished connection, for the access log: the `record` of a `"connection"`
+ * {@linkcode ProxyEvent}.
+ *
+ * @example
+ * ```ts
+ * import type { ConnectionRecord } from "@zerocopy/splice/proxy";
+ *
+ * function logLine(record: ConnectionRecord): string {
+ *   return `${record.client} -> ${record.backend ?? "-"} ${record.end} ` +
+ *     `in=${record.bytesIn} out=${record.bytesOut} ${record.durationMs}ms`;
+ * }
+ * console.log(logLine({
+ *   client: "127.0.0.1:51000",
+ *   listener: "127.0.0.1:8080",
+ *   cluster: "app",
+ *   backend: "127.0.0.1:9000",
+ *   bytesIn: 120,
+ *   bytesOut: 4096,
+ *   durationMs: 12,
+ *   mode: "splice",
+ *   end: "done",
+ * }));
+ * ```
+ */
 export interface ConnectionRecord {
+  /** The client's `host:port`. */
   client: string;
+  /** The configured address of the listener that accepted it. */
   listener: string;
+  /** The cluster it went to; `""` when no cluster claims the listener. */
   cluster: string;
+  /** The backend that served it; `null` when none accepted. */
   backend: string | null;
+  /** Bytes relayed from the client to the backend. */
   bytesIn: number;
+  /** Bytes relayed from the backend to the client. */
   bytesOut: number;
+  /** From accept to close, in ms. */
   durationMs: number;
+  /** How the bytes moved (`relay()`'s mode); `"none"` when no relay ran. */
   mode: RelayResult["mode"] | "none";
+  /**
+   * Why it ended: the relay's end, `"no-backend"` (every backend refused or timed out), or
+   * `"over-limit"` (the listener was at `max_connections`; closed at once).
+   */
   end: RelayResult["end"] | "no-backend" | "over-limit";
+  /** The relay's error message, when it ended on one. */
   error?: string;
 }
 
-/** Proxy events for logs. */
+/**
+ * Proxy events for logs, passed to the `onEvent` option of {@linkcode TcpProxy.start}:
+ *
+ * - `"connection"`: a connection finished, with its {@linkcode ConnectionRecord};
+ * - `"backend-ejected"`: a backend failed too many connects in a row and is skipped a while;
+ * - `"listening"`: a listener started, with the port it got;
+ * - `"listener-closed"`: a listener stopped accepting (reload or shutdown);
+ * - `"listen-failed"`: a listener added by a reload could not start.
+ *
+ * @example
+ * ```ts
+ * import { type ProxyEvent, startProxy } from "@zerocopy/splice/proxy";
+ * import { parseConfig } from "@zerocopy/splice/config";
+ *
+ * function onEvent(event: ProxyEvent): void {
+ *   switch (event.type) {
+ *     case "connection":
+ *       console.log(event.record.client, event.record.backend, event.record.end);
+ *       break;
+ *     case "backend-ejected":
+ *       console.warn(`${event.cluster}: ${event.backend} ejected`);
+ *       break;
+ *     case "listening":
+ *       console.log(`listening on ${event.address} (port ${event.port})`);
+ *       break;
+ *     case "listener-closed":
+ *       console.log(`closed ${event.address}`);
+ *       break;
+ *     case "listen-failed":
+ *       console.error(`cannot listen on ${event.address}: ${event.error}`);
+ *       break;
+ *   }
+ * }
+ * const proxy = startProxy(parseConfig('[[listeners]]\naddress = "127.0.0.1:0"'), { onEvent });
+ * await proxy.shutdown();
+ * ```
+ */
 export type ProxyEvent =
   | { type: "connection"; record: ConnectionRecord }
   | { type: "backend-ejected"; cluster: string; backend: string }
@@ -69,24 +227,58 @@ export type ProxyEvent =
   | { type: "listener-closed"; address: string }
   | { type: "listen-failed"; address: string; error: string };
 
-/** Counters, as served on the metrics endpoint. */
+/**
+ * Counters, as served on the metrics endpoint: what {@linkcode TcpProxy.stats} returns.
+ * Totals count since {@linkcode TcpProxy.start} and survive reloads.
+ *
+ * @example
+ * ```ts
+ * import { type ProxyStats, startProxy } from "@zerocopy/splice/proxy";
+ * import { parseConfig } from "@zerocopy/splice/config";
+ *
+ * const proxy = startProxy(parseConfig('[[listeners]]\naddress = "127.0.0.1:0"'));
+ * const stats: ProxyStats = proxy.stats();
+ * console.log(stats.connectionsOpen, stats.bytesIn, stats.bytesOut);
+ * for (const [key, backend] of Object.entries(stats.backends)) {
+ *   console.log(key, backend.active, backend.ejected ? "ejected" : "healthy");
+ * }
+ * await proxy.shutdown();
+ * ```
+ */
 export interface ProxyStats {
+  /** Connections accepted and not yet closed. */
   connectionsOpen: number;
+  /** Connections accepted, over-limit ones excluded. */
   connectionsTotal: number;
+  /** Connections closed at once because their listener was at `maxConnections`. */
   connectionsRejected: number;
+  /** Bytes relayed from clients to backends, counted when a connection ends. */
   bytesIn: number;
+  /** Bytes relayed from backends to clients, counted when a connection ends. */
   bytesOut: number;
+  /** Finished connections relayed with `splice(2)`. */
   splicedConnections: number;
+  /** Finished connections relayed with the userspace copy loop. */
   copiedConnections: number;
+  /** Connects to backends that failed or timed out. */
   connectFailures: number;
+  /** Calls to {@linkcode TcpProxy.reload}. */
   reloads: number;
+  /** Per backend, keyed `cluster/host:port`. */
   backends: Record<string, {
+    /** The backend's cluster. */
     cluster: string;
+    /** Connections to it now. */
     active: number;
+    /** Whether passive health skips it now. */
     ejected: boolean;
+    /** Connects to it that succeeded. */
     connections: number;
+    /** Connects to it that failed or timed out. */
     failures: number;
+    /** Bytes relayed to it, counted when a connection ends. */
     bytesIn: number;
+    /** Bytes relayed from it, counted when a connection ends. */
     bytesOut: number;
   }>;
 }
@@ -104,9 +296,35 @@ interface ClusterRuntime {
 }
 
 /**
- * A running TCP proxy. Start it with {@linkcode TcpProxy.start}; {@linkcode TcpProxy.reload}
- * applies a new spec without touching established connections; {@linkcode TcpProxy.shutdown}
+ * A running TCP proxy. Start it with {@linkcode TcpProxy.start} (or {@linkcode startProxy} from a
+ * config); {@linkcode TcpProxy.reload} applies a new spec without touching established
+ * connections; {@linkcode TcpProxy.stats} reads the counters; {@linkcode TcpProxy.shutdown}
  * stops accepting and drains.
+ *
+ * To reconfigure from a new config file, pass it through {@linkcode specFromConfig}:
+ * `proxy.reload(specFromConfig(config))`.
+ *
+ * @example
+ * ```ts
+ * import { specFromConfig, TcpProxy } from "@zerocopy/splice/proxy";
+ * import { applyConfig, parseConfig } from "@zerocopy/splice/config";
+ *
+ * const config = parseConfig(`
+ * [[listeners]]
+ * address = "127.0.0.1:0"
+ *
+ * [clusters.app]
+ * frontends = [{ address = "127.0.0.1:0" }]
+ * backends = [{ address = "127.0.0.1:9000" }]
+ * `);
+ * applyConfig(config);
+ * const proxy = TcpProxy.start(specFromConfig(config), {
+ *   onEvent: (event) => console.log(event.type),
+ * });
+ * console.log(proxy.listenerPorts["127.0.0.1:0"]); // the port the kernel picked
+ * console.log(proxy.stats().connectionsTotal); // 0
+ * await proxy.shutdown();
+ * ```
  */
 export class TcpProxy {
   #spec: ProxySpec;
@@ -135,7 +353,20 @@ export class TcpProxy {
     this.#onEvent = onEvent;
   }
 
-  /** Starts listening on every listener of `spec`; throws if one cannot listen. */
+  /**
+   * Starts listening on every listener of `spec`; throws if one cannot listen (and closes the
+   * ones already started). `onEvent` receives every {@linkcode ProxyEvent}; it must not throw.
+   *
+   * @example
+   * ```ts
+   * import { specFromConfig, TcpProxy } from "@zerocopy/splice/proxy";
+   * import { parseConfig } from "@zerocopy/splice/config";
+   *
+   * const spec = specFromConfig(parseConfig('[[listeners]]\naddress = "127.0.0.1:0"'));
+   * const proxy = TcpProxy.start(spec, { onEvent: (event) => console.log(event) });
+   * await proxy.shutdown();
+   * ```
+   */
   static start(spec: ProxySpec, options?: { onEvent?: (event: ProxyEvent) => void }): TcpProxy {
     const proxy = new TcpProxy(spec, options?.onEvent ?? (() => {}));
     proxy.#applyClusters(spec);
@@ -148,14 +379,41 @@ export class TcpProxy {
     return proxy;
   }
 
-  /** The port each listener got, by configured address (useful with port 0). */
+  /**
+   * The port each listener got, by configured address (useful with port 0). Listeners removed by
+   * a reload or closed by {@linkcode TcpProxy.shutdown} are absent.
+   *
+   * @example
+   * ```ts
+   * import { startProxy } from "@zerocopy/splice/proxy";
+   * import { parseConfig } from "@zerocopy/splice/config";
+   *
+   * const proxy = startProxy(parseConfig('[[listeners]]\naddress = "127.0.0.1:0"'));
+   * const port = proxy.listenerPorts["127.0.0.1:0"];
+   * console.log(`connect to 127.0.0.1:${port}`);
+   * await proxy.shutdown();
+   * ```
+   */
   get listenerPorts(): Record<string, number> {
     return Object.fromEntries(
       [...this.#listeners].map(([address, l]) => [address, l.listener.addr.port]),
     );
   }
 
-  /** A copy of the counters, with per-backend health. */
+  /**
+   * A copy of the counters, with per-backend health; later traffic does not change it.
+   *
+   * @example
+   * ```ts
+   * import { startProxy } from "@zerocopy/splice/proxy";
+   * import { parseConfig } from "@zerocopy/splice/config";
+   *
+   * const proxy = startProxy(parseConfig('[[listeners]]\naddress = "127.0.0.1:0"'));
+   * const { connectionsOpen, connectionsTotal, backends } = proxy.stats();
+   * console.log(connectionsOpen, connectionsTotal, Object.keys(backends));
+   * await proxy.shutdown();
+   * ```
+   */
   stats(): ProxyStats {
     const now = performance.now();
     const backends = structuredClone(this.#stats.backends);
@@ -173,9 +431,32 @@ export class TcpProxy {
   /**
    * Applies a new spec: new listeners start, removed ones stop accepting, clusters apply to
    * new connections. Established connections are not touched. A listener that cannot start
-   * is reported (event) and the others still apply.
+   * is reported (a `"listen-failed"` {@linkcode ProxyEvent}) and the others still apply.
    *
-   * @returns what changed, for the reload log line
+   * From a config, reload with `proxy.reload(specFromConfig(config))`; the splice pipe capacity
+   * that {@linkcode startProxy} applied is process-wide and cannot change after the first apply.
+   *
+   * @returns what changed, for the reload log line: listener addresses `added` and `removed`,
+   * and the names of the `clusters` that were added, changed or removed
+   *
+   * @example
+   * ```ts
+   * import { specFromConfig, startProxy } from "@zerocopy/splice/proxy";
+   * import { parseConfig } from "@zerocopy/splice/config";
+   *
+   * const proxy = startProxy(parseConfig('[[listeners]]\naddress = "127.0.0.1:0"'));
+   * const next = parseConfig(`
+   * [[listeners]]
+   * address = "127.0.0.1:0"
+   *
+   * [clusters.app]
+   * frontends = [{ address = "127.0.0.1:0" }]
+   * backends = [{ address = "127.0.0.1:9000" }]
+   * `);
+   * const { added, removed, clusters } = proxy.reload(specFromConfig(next));
+   * console.log(added, removed, clusters); // [] [] ["app"]
+   * await proxy.shutdown();
+   * ```
    */
   reload(spec: ProxySpec): { added: string[]; removed: string[]; clusters: string[] } {
     const added: string[] = [];
@@ -207,8 +488,21 @@ export class TcpProxy {
   }
 
   /**
-   * Stops accepting, lets relays finish for up to the drain timeout, then ends the rest.
-   * Resolves when every connection is closed.
+   * Stops accepting, lets relays finish for up to the drain timeout
+   * ({@linkcode ProxySpec.drainTimeoutMs}), then ends the rest. Resolves when every connection
+   * is closed. The proxy cannot be started again; start a new one.
+   *
+   * @example
+   * ```ts
+   * import { startProxy } from "@zerocopy/splice/proxy";
+   * import { parseConfig } from "@zerocopy/splice/config";
+   *
+   * const proxy = startProxy(parseConfig('[[listeners]]\naddress = "127.0.0.1:0"'));
+   * Deno.addSignalListener("SIGTERM", async () => {
+   *   await proxy.shutdown();
+   *   Deno.exit(0);
+   * });
+   * ```
    */
   async shutdown(): Promise<void> {
     this.#stopping = true;
@@ -282,6 +576,20 @@ export class TcpProxy {
       }
       if (running.open >= running.spec.maxConnections) {
         this.#stats.connectionsRejected++;
+        this.#onEvent({
+          type: "connection",
+          record: {
+            client: `${client.remoteAddr.hostname}:${client.remoteAddr.port}`,
+            listener: running.spec.address,
+            cluster: this.#byFrontend.get(running.spec.address)?.spec.name ?? "",
+            backend: null,
+            bytesIn: 0,
+            bytesOut: 0,
+            durationMs: 0,
+            mode: "none",
+            end: "over-limit",
+          },
+        });
         client.close();
         continue;
       }
@@ -380,6 +688,47 @@ export class TcpProxy {
     entry.bytesIn += result.aToB;
     entry.bytesOut += result.bToA;
   }
+}
+
+/**
+ * Starts a proxy from a checked config: {@linkcode applyConfig} (the splice pipe capacity), then
+ * {@linkcode TcpProxy.start} on {@linkcode specFromConfig}`(config)`. Throws if a listener cannot
+ * listen, or `ConfigError` for a hand-built config with an out-of-range pipe capacity.
+ *
+ * Reconfigure the running proxy with `proxy.reload(specFromConfig(newConfig))`, read its counters
+ * with `proxy.stats()` and stop it with `await proxy.shutdown()`.
+ *
+ * @example
+ * ```ts
+ * import { specFromConfig, startProxy } from "@zerocopy/splice/proxy";
+ * import { parseConfig } from "@zerocopy/splice/config";
+ *
+ * const toml = `
+ * [[listeners]]
+ * address = "127.0.0.1:0"
+ *
+ * [clusters.app]
+ * frontends = [{ address = "127.0.0.1:0" }]
+ * backends = [{ address = "127.0.0.1:9000" }]
+ * `;
+ * const proxy = startProxy(parseConfig(toml), {
+ *   onEvent: (event) => {
+ *     if (event.type === "connection") console.log(event.record);
+ *   },
+ * });
+ * console.log(proxy.listenerPorts);
+ *
+ * proxy.reload(specFromConfig(parseConfig(toml.replace("9000", "9001"))));
+ * console.log(proxy.stats().reloads); // 1
+ * await proxy.shutdown();
+ * ```
+ */
+export function startProxy(
+  config: Config,
+  options?: { onEvent?: (event: ProxyEvent) => void },
+): TcpProxy {
+  applyConfig(config);
+  return TcpProxy.start(specFromConfig(config), options);
 }
 
 function backendKey(cluster: string, address: string): string {

@@ -7,7 +7,30 @@
 import { type Config, formatAddress } from "../config.ts";
 import type { ProxySpec } from "./server.ts";
 
-/** The proxy spec a config describes. */
+/**
+ * The proxy spec a checked config describes, for {@linkcode TcpProxy.start} and
+ * {@linkcode TcpProxy.reload}. Only the proxy's part: the splice pipe capacity is put into effect
+ * by `applyConfig` (as {@linkcode startProxy} does), and `metrics` and `logFormat` are the
+ * embedding application's business.
+ *
+ * @example
+ * ```ts
+ * import { specFromConfig } from "@zerocopy/splice/proxy";
+ * import { parseConfig } from "@zerocopy/splice/config";
+ *
+ * const spec = specFromConfig(parseConfig(`
+ * [[listeners]]
+ * address = "[::1]:8080"
+ *
+ * [clusters.app]
+ * frontends = [{ address = "[::1]:8080" }]
+ * backends = [{ address = "127.0.0.1:9000", weight = 3 }]
+ * `));
+ * console.log(spec.listeners[0]);
+ * // { address: "[::1]:8080", hostname: "::1", port: 8080, maxConnections: 10000 }
+ * console.log(spec.clusters[0].backends[0].weight); // 3
+ * ```
+ */
 export function specFromConfig(config: Config): ProxySpec {
   return {
     listeners: config.listeners.map((listener) => ({

@@ -293,3 +293,28 @@ Deno.test("proxy: the connect timeout is honoured; the next backend serves", asy
     await shutdownRelayEngine();
   }
 });
+
+Deno.test("proxy: a listener at max_connections closes new connections at once and says so", async () => {
+  const slow = backend("slow", 8 * 1024 * 1024);
+  const events: ProxyEvent[] = [];
+  const base = spec([slow]);
+  const proxy = TcpProxy.start(
+    { ...base, listeners: [{ ...base.listeners[0], maxConnections: 1 }] },
+    { onEvent: (e) => events.push(e) },
+  );
+  const port = proxy.listenerPorts["127.0.0.1:0"];
+  try {
+    const held = await Deno.connect({ hostname: "127.0.0.1", port });
+    await waitFor(() => proxy.stats().connectionsOpen === 1, "the first connection");
+    const extra = await Deno.connect({ hostname: "127.0.0.1", port });
+    assert.equal(await extra.read(new Uint8Array(1)), null, "closed without a byte");
+    extra.close();
+    assert.equal(proxy.stats().connectionsRejected, 1);
+    assert.ok(events.some((e) => e.type === "connection" && e.record.end === "over-limit"));
+    held.close();
+  } finally {
+    await proxy.shutdown();
+    await slow.close();
+    await shutdownRelayEngine();
+  }
+});
