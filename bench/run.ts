@@ -14,7 +14,8 @@
 const ROOT = new URL("../", import.meta.url).pathname;
 const BUILD = `${ROOT}bench/.build`;
 const TOOL = `${BUILD}/benchtool`;
-const IMPLS = ["direct", "relay", "pipeto", "copy"] as const;
+/** `proxy` is the module's own proxy (proxy.ts, text access log to a pipe) on one backend. */
+const IMPLS = ["direct", "relay", "proxy", "pipeto", "copy"] as const;
 /**
  * `hold` accepts and connects but moves nothing: Deno's own floor for two open conns.
  * `csplice` is a C proxy, a blocking splice loop per direction (bench/benchtool.c): the
@@ -22,7 +23,7 @@ const IMPLS = ["direct", "relay", "pipeto", "copy"] as const;
  */
 type Impl = typeof IMPLS[number] | "hold" | "csplice";
 const BULK_IMPLS: Impl[] = [...IMPLS, "csplice"];
-const IDLE_IMPLS: Impl[] = ["hold", "relay", "pipeto", "copy"];
+const IDLE_IMPLS: Impl[] = ["hold", "relay", "proxy", "pipeto", "copy"];
 const CLOCK_TICKS = 100;
 
 function arg(name: string, fallback: string): string {
@@ -65,18 +66,21 @@ async function start(cmd: string, args: string[], stdin = false): Promise<Proc> 
     stderr: "inherit",
     stdin: stdin ? "piped" : "null",
   }).spawn();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  const reader = child.stdout.getReader();
+  const decoder = new TextDecoder();
   let seen = "";
   const deadline = Date.now() + 15_000;
   while (!seen.includes("ready")) {
     if (Date.now() > deadline) throw new Error(`${cmd} did not start`);
     const { value, done } = await reader.read();
     if (done) throw new Error(`${cmd} exited before ready`);
-    seen += value;
+    seen += decoder.decode(value, { stream: true });
   }
-  (async () => {
-    while (!(await reader.read()).done) { /* drain */ }
-  })().catch(() => {});
+  // Later output (access logs) goes to /dev/null as raw bytes: decoding it here would spend
+  // this harness's CPU on the same two cores as the proxy being measured.
+  reader.releaseLock();
+  const sink = await Deno.open("/dev/null", { write: true });
+  child.stdout.pipeTo(sink.writable).catch(() => {});
   return {
     child,
     pid: child.pid,
@@ -112,6 +116,14 @@ async function withProxy<T>(
   const port = nextPort++;
   const proxy = impl === "csplice"
     ? await start(TOOL, ["spliceproxy", String(port), String(backendPort)])
+    : impl === "proxy"
+    ? await start(Deno.execPath(), [
+      "run",
+      "-A",
+      `${ROOT}proxy.ts`,
+      "--config",
+      await proxyConfig(port, backendPort),
+    ])
     : await start(Deno.execPath(), [
       "run",
       "-A",
@@ -125,6 +137,18 @@ async function withProxy<T>(
   } finally {
     await proxy.stop();
   }
+}
+
+/** A one-listener, one-backend config for proxy.ts, in a temporary file. */
+async function proxyConfig(port: number, backendPort: number): Promise<string> {
+  const path = await Deno.makeTempFile({ suffix: ".toml" });
+  await Deno.writeTextFile(
+    path,
+    `[[listeners]]\naddress = "127.0.0.1:${port}"\n\n[clusters.bench]\n` +
+      `frontends = [{ address = "127.0.0.1:${port}" }]\n` +
+      `backends = [{ address = "127.0.0.1:${backendPort}" }]\n`,
+  );
+  return path;
 }
 
 interface Sample {
@@ -225,7 +249,15 @@ async function main(): Promise<void> {
     for (let round = 0; round < ROUNDS; round++) {
       for (const [name, measure] of rows) {
         if (!ONLY.includes(name)) continue;
-        results[name] ??= { direct: [], relay: [], pipeto: [], copy: [], hold: [], csplice: [] };
+        results[name] ??= {
+          direct: [],
+          relay: [],
+          proxy: [],
+          pipeto: [],
+          copy: [],
+          hold: [],
+          csplice: [],
+        };
         const impls = name === "idle" ? IDLE_IMPLS : name.startsWith("bulk") ? BULK_IMPLS : IMPLS;
         for (const impl of impls) {
           const sample = await measure(impl);
