@@ -152,6 +152,17 @@ Deno.test("proxy.ts: relays intact, reloads three ways (a bad file is refused), 
     const before = await ask(port, 2_000_000);
     assert.deepEqual(before, { name: "first", intact: true });
 
+    // A long transfer stays open across all three reloads below, on the backend it started on.
+    const long = await Deno.connect({ hostname: "127.0.0.1", port });
+    const longHash = createHash("sha256");
+    const longPart = async (seed: number): Promise<void> => {
+      const bytes = await patternBytes(8 * 1024 * 1024, seed);
+      longHash.update(bytes);
+      for (let off = 0; off < bytes.length;) off += await long.write(bytes.subarray(off));
+      traffic.sent += bytes.length;
+    };
+    await longPart(1);
+
     // An invalid file is refused; the running config keeps serving.
     await Deno.writeTextFile(path, "listeners = 5\n");
     proxy.child.kill("SIGHUP");
@@ -174,6 +185,14 @@ Deno.test("proxy.ts: relays intact, reloads three ways (a bad file is refused), 
       () => proxy.lines.some((l) => l.includes("reload (admin): applied")),
       "the admin reload's log line",
     );
+
+    // The long transfer finishes intact, on the backend it started on.
+    await longPart(2);
+    await long.closeWrite();
+    const longReply = new TextDecoder().decode(await readAll(long));
+    traffic.received += longReply.length;
+    long.close();
+    assert.equal(longReply, `first ${longHash.digest("hex")}`);
 
     // The counters match the bytes this test moved, once the last relay has been counted.
     const proxyStatus = async () =>
