@@ -268,11 +268,17 @@ async function main(): Promise<number> {
   return 0;
 }
 
-/** Calls `onChange` after the file settles (editors write in several steps). */
+/**
+ * Calls `onChange` after the file settles (editors write in several steps). The directory is
+ * watched, not the file: editors that save by writing a new file and renaming it over the old
+ * one would otherwise end the watch at the first save.
+ */
 function watchConfig(path: string, onChange: () => void, signal: AbortSignal): void {
+  const file = Deno.realPathSync(path);
+  const dir = file.slice(0, file.lastIndexOf("/")) || "/";
   let watcher: Deno.FsWatcher;
   try {
-    watcher = Deno.watchFs(path);
+    watcher = Deno.watchFs(dir, { recursive: false });
   } catch {
     say(`cannot watch ${path}: reload with SIGHUP or the admin endpoint`);
     return;
@@ -281,7 +287,7 @@ function watchConfig(path: string, onChange: () => void, signal: AbortSignal): v
   let timer: ReturnType<typeof setTimeout> | undefined;
   (async () => {
     for await (const event of watcher) {
-      if (event.kind !== "modify" && event.kind !== "create") continue;
+      if (event.kind === "access" || !event.paths.includes(file)) continue;
       clearTimeout(timer);
       timer = setTimeout(onChange, 100);
     }

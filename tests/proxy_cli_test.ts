@@ -174,8 +174,9 @@ Deno.test("proxy.ts: relays intact, reloads three ways (a bad file is refused), 
     proxy.child.kill("SIGHUP");
     await waitFor(async () => (await ask(port, 1000)).name === "second", "the reload", 10_000);
 
-    // Saving the file reloads it too.
-    await Deno.writeTextFile(path, configText(first.port, metricsPort));
+    // Saving the file reloads it too, also the way editors save: a new file renamed over it.
+    await Deno.writeTextFile(`${path}.tmp`, configText(first.port, metricsPort));
+    await Deno.rename(`${path}.tmp`, path);
     await waitFor(async () => (await ask(port, 1000)).name === "first", "the file reload", 10_000);
 
     // And so does the admin endpoint.
