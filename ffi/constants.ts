@@ -10,8 +10,6 @@ export const O_NONBLOCK = 0o4000;
 /** `O_CLOEXEC` for `pipe2`: pipes must not leak into child processes. */
 export const O_CLOEXEC = 0o2000000;
 
-/** `fcntl` command: duplicate an fd with close-on-exec set. */
-export const F_DUPFD_CLOEXEC = 1030;
 /** `fcntl` command: read file status flags. */
 export const F_GETFL = 3;
 /** `fcntl` command: set file status flags. */

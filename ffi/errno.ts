@@ -12,10 +12,6 @@ export const EINTR = 4;
 export const EBADF = 9;
 /** Resource temporarily unavailable (also EWOULDBLOCK). */
 export const EAGAIN = 11;
-/** Device or resource busy: a pipe cannot shrink below the bytes it holds. */
-export const EBUSY = 16;
-/** Invalid argument. */
-export const EINVAL = 22;
 /** Too many open files in the system. */
 export const ENFILE = 23;
 /** Too many open files in this process. */

@@ -576,20 +576,9 @@ export class TcpProxy {
       }
       if (running.open >= running.spec.maxConnections) {
         this.#stats.connectionsRejected++;
-        this.#onEvent({
-          type: "connection",
-          record: {
-            client: `${client.remoteAddr.hostname}:${client.remoteAddr.port}`,
-            listener: running.spec.address,
-            cluster: this.#byFrontend.get(running.spec.address)?.spec.name ?? "",
-            backend: null,
-            bytesIn: 0,
-            bytesOut: 0,
-            durationMs: 0,
-            mode: "none",
-            end: "over-limit",
-          },
-        });
+        const record = this.#newRecord(running, client);
+        record.end = "over-limit";
+        this.#onEvent({ type: "connection", record });
         client.close();
         continue;
       }
@@ -599,13 +588,12 @@ export class TcpProxy {
     }
   }
 
-  async #serve(running: RunningListener, client: Deno.TcpConn): Promise<void> {
-    const started = performance.now();
-    const runtime = this.#byFrontend.get(running.spec.address);
-    const record: ConnectionRecord = {
+  /** A log record for a connection accepted on `running`, before anything happened to it. */
+  #newRecord(running: RunningListener, client: Deno.TcpConn): ConnectionRecord {
+    return {
       client: `${client.remoteAddr.hostname}:${client.remoteAddr.port}`,
       listener: running.spec.address,
-      cluster: runtime?.spec.name ?? "",
+      cluster: this.#byFrontend.get(running.spec.address)?.spec.name ?? "",
       backend: null,
       bytesIn: 0,
       bytesOut: 0,
@@ -613,6 +601,12 @@ export class TcpProxy {
       mode: "none",
       end: "no-backend",
     };
+  }
+
+  async #serve(running: RunningListener, client: Deno.TcpConn): Promise<void> {
+    const started = performance.now();
+    const runtime = this.#byFrontend.get(running.spec.address);
+    const record = this.#newRecord(running, client);
     running.open++;
     this.#stats.connectionsOpen++;
     this.#stats.connectionsTotal++;
