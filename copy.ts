@@ -276,13 +276,7 @@ export async function copyBidirectional(
 ): Promise<CopyBidirectionalResult> {
   const size = options?.bufferSize ?? COPY_BUFFER_SIZE;
   if (!Number.isInteger(size) || size <= 0) {
-    for (const conn of [a, b]) {
-      try {
-        conn.close();
-      } catch {
-        // Already closed.
-      }
-    }
+    closeAll(a, b);
     throw new RangeError(`Invalid bufferSize: ${size} (expected a positive whole number)`);
   }
   let closed = false;
@@ -290,13 +284,7 @@ export async function copyBidirectional(
   const closeBoth = (): void => {
     if (closed) return;
     closed = true;
-    for (const conn of [a, b]) {
-      try {
-        conn.close();
-      } catch {
-        // Already closed by its owner: nothing left to release.
-      }
-    }
+    closeAll(a, b);
   };
   const signal = options?.signal;
   const onAbort = (): void => {
@@ -339,6 +327,17 @@ export async function copyBidirectional(
  * ```
  */
 export const COPY_LINGER_MS = 2_000;
+
+/** Closes each conn; one already closed by its owner has nothing left to release. */
+function closeAll(...conns: DuplexConn[]): void {
+  for (const conn of conns) {
+    try {
+      conn.close();
+    } catch {
+      // already closed
+    }
+  }
+}
 
 /** Reads `source` to its end (or a failure, or its close) and drops the bytes. */
 async function discard(source: CopySource, buffer: Uint8Array): Promise<void> {
