@@ -24,13 +24,13 @@ import {
   EPOLLOUT,
   EPOLLRDHUP,
   SHUT_WR,
-  SIOCOUTQ,
   SO_ERROR,
   SOL_SOCKET,
   SPLICE_FLAGS,
 } from "./ffi/constants.ts";
 import { EAGAIN, ECONNRESET, EINTR, EPIPE } from "./ffi/errno.ts";
 import { closeFd, openPipe, resizePipe } from "./ffi/pipe.ts";
+import { resetConnection, unackedBytes } from "./ffi/tcp.ts";
 import { decideRelay, type ReadState } from "./_relay_state.ts";
 import {
   END_ABORTED,
@@ -63,9 +63,9 @@ const SPLICE_SMALL_BYTES = 4 * 1024;
 /** Consecutive small splices after which an `auto` direction returns to copying. */
 const SPLICE_DEMOTE_AFTER = 2;
 /**
- * How long a relay that can deliver nothing more keeps a side open while its peer has not
- * acknowledged what was sent to it (see `decideRelay`): closing earlier could send a reset
- * that destroys those bytes.
+ * How long a relay that can deliver nothing more waits, before it passes a failure on as a
+ * reset (see `decideRelay`), for the peer of the side it resets to acknowledge what was sent to
+ * it: a reset destroys what is still unacknowledged.
  */
 const LINGER_MS = 5_000;
 /** How often a lingering relay looks at its peers' unacknowledged bytes. */
@@ -365,10 +365,12 @@ function service(epfd: number, relay: Relay): void {
   if (!decision.open) {
     finish(epfd, relay, endOf(relay));
   } else if (decision.lingering) {
-    // What a close could destroy is what the drained sides' peers have not acknowledged yet.
-    // Once their send queues are empty, closing loses nothing; EPOLLOUT edges as acks arrive
-    // bring the relay back here, and the linger timeout bounds the wait.
-    if ((!decision.discardA || unacked(a) === 0) && (!decision.discardB || unacked(b) === 0)) {
+    // A reset destroys what the reset side's peer has not acknowledged yet. Once its send queue
+    // is empty, the reset loses nothing: EPOLLOUT edges as acks arrive bring the relay back
+    // here, and the linger timeout bounds the wait (a peer that stopped reading never acks).
+    const toReset = decision.resetA ? a : b;
+    if (unackedBytes(toReset.fd) === 0 || (relay.lingerUntil !== 0 && now >= relay.lingerUntil)) {
+      resetConnection(toReset.fd);
       finish(epfd, relay, endOf(relay));
     } else {
       // Acks raise no epoll event unless a send had filled the buffer: look again shortly.
@@ -377,13 +379,6 @@ function service(epfd: number, relay: Relay): void {
       nextCheck = Math.min(nextCheck, now + LINGER_RECHECK_MS, relay.lingerUntil);
     }
   }
-}
-
-const queued = new Int32Array(1);
-
-/** Bytes sent to `side` and not yet acknowledged by its peer; 0 when unknown. */
-function unacked(side: Side): number {
-  return symbols.ioctl(side.fd, SIOCOUTQ, queued) === 0 ? queued[0] : 0;
 }
 
 function endOf(relay: Relay): number {
@@ -643,11 +638,7 @@ function expireIdle(epfd: number): void {
   nextCheck = Infinity;
   for (const relay of [...withTimeout]) {
     if (relay.lingerUntil !== 0) {
-      if (now >= relay.lingerUntil) {
-        finish(epfd, relay, endOf(relay));
-        continue;
-      }
-      service(epfd, relay); // ends it once nothing is left unacknowledged
+      service(epfd, relay); // resets and ends it once all is acknowledged, or at the timeout
       if (!relays.has(relay.id)) continue;
       nextCheck = Math.min(nextCheck, now + LINGER_RECHECK_MS);
     }

@@ -34,10 +34,17 @@ export interface RelayDecision {
   /** Read `b` and drop the bytes: `a` can take none. */
   discardB: boolean;
   /**
-   * Nothing more can be delivered, but a side being drained may not be closed yet: closing a
-   * socket with unread bytes makes the kernel send a reset, which destroys what its peer has
-   * not acknowledged. The caller ends the relay once those send queues are empty (or at a
-   * linger timeout).
+   * End `a` with a reset: `b` failed (a reset, or another error), and everything `b` sent before
+   * that has been handed to `a`. A FIN here would make a truncated stream look complete; the
+   * reset is what the peer would have seen without the relay in between.
+   */
+  resetA: boolean;
+  /** End `b` with a reset: `a` failed and everything it sent has been handed to `b`. */
+  resetB: boolean;
+  /**
+   * Nothing more can be delivered, and a side is to be reset: a reset destroys what its peer
+   * has not acknowledged yet, so the caller waits until those send queues are empty (or a linger
+   * timeout), then resets and ends the relay.
    */
   lingering: boolean;
 }
@@ -48,11 +55,13 @@ export interface RelayDecision {
  *   destination can take them;
  * - end of input is forwarded as a shutdown of the other side's sending half only once every
  *   byte in flight that way is delivered, so a half-close never loses data;
- * - a side that cannot take bytes (a failed write, or broken) turns the direction toward it
- *   into a drain: its source is read and the bytes dropped, so that it is not closed with
- *   unread data while the other direction goes on delivering what its peer sent before failing;
- * - the relay ends when no direction can deliver anything and no side is being drained, or
- *   lingers (see {@linkcode RelayDecision.lingering}).
+ * - a side that fails (its read broke, or a write to it failed) takes no more bytes; what it
+ *   sent before failing is still delivered, then its failure is passed on as a reset of the
+ *   other side, never as a FIN;
+ * - a side whose bytes can go nowhere is read and the bytes dropped while the other direction
+ *   still delivers, so that its peer, blocked sending, gets to read what is delivered;
+ * - the relay ends when no direction can deliver anything and no side is waiting to be reset,
+ *   or lingers (see {@linkcode RelayDecision.lingering}).
  */
 export function decideRelay(
   a: SideView,
@@ -64,15 +73,18 @@ export function decideRelay(
   const bTakes = b.writable && b.read !== "broken";
   const aToB = bTakes && (a.read === "open" || inFlightAToB > 0);
   const bToA = aTakes && (b.read === "open" || inFlightBToA > 0);
-  const discardA = !bTakes && a.read === "open";
-  const discardB = !aTakes && b.read === "open";
-  const lingering = !aToB && !bToA && (discardA || discardB);
+  // A side that takes bytes has not failed; one that does not, has.
+  const resetA = aTakes && !bTakes && !bToA;
+  const resetB = bTakes && !aTakes && !aToB;
+  const lingering = !aToB && !bToA && (resetA || resetB);
   return {
     open: aToB || bToA || lingering,
-    shutdownA: aTakes && b.read !== "open" && inFlightBToA === 0,
-    shutdownB: bTakes && a.read !== "open" && inFlightAToB === 0,
-    discardA,
-    discardB,
+    shutdownA: aTakes && bTakes && b.read !== "open" && inFlightBToA === 0,
+    shutdownB: bTakes && aTakes && a.read !== "open" && inFlightAToB === 0,
+    discardA: !bTakes && a.read === "open",
+    discardB: !aTakes && b.read === "open",
+    resetA,
+    resetB,
     lingering,
   };
 }

@@ -240,16 +240,25 @@ export interface CopyBidirectionalResult {
 export interface DuplexConn extends CopySource, CopyDestination {
   /** Closes the connection. */
   close(): void;
+  /**
+   * Ends the connection with a reset (TCP RST) instead of a FIN, after its peer has
+   * acknowledged what was written to it; optional. {@linkcode copyBidirectional} calls it to
+   * pass a failure of the other side on, so that a stream cut short never looks complete.
+   * Without it, that side is closed normally. Must not throw.
+   */
+  reset?(): Promise<void>;
 }
 
 /**
  * Copies both ways between `a` and `b` until each direction has ended, then closes both. A
  * half-close travels across (end of input on one side shuts down the other side's sending
- * half) while the other direction keeps flowing. When one direction fails (a reset, a broken
- * pipe), the other goes on delivering what its peer already sent, and a source whose bytes can
- * no longer be written is read and the bytes dropped, so that it is not closed with unread data
- * (a reset that would destroy what its peer has not read yet); both are closed at the latest
- * {@linkcode COPY_LINGER_MS} after the failure, so nothing hangs.
+ * half) while the other direction keeps flowing. When one side fails (a reset, a broken pipe),
+ * what it sent before is still delivered, and then its failure is passed on: the other side is
+ * ended with {@linkcode DuplexConn.reset} where the conn has it (a reset, as if the relay were
+ * not there), and closed otherwise. Meanwhile a source whose bytes can no longer be written is
+ * read and the bytes dropped, so that its peer, blocked sending, gets to read what is
+ * delivered; both are closed at the latest {@linkcode COPY_LINGER_MS} after the failure, so
+ * nothing hangs.
  *
  * Takes ownership of `a` and `b`: both are closed when the promise settles, also when it
  * rejects on misuse (a bad `bufferSize`); it never rejects for a connection failure.
@@ -295,13 +304,44 @@ export async function copyBidirectional(
   signal?.addEventListener("abort", onAbort, { once: true });
 
   let linger: ReturnType<typeof setTimeout> | undefined;
+  /** Sides that failed: a read of them broke, or a write or shutdown toward them did. */
+  const failed = new Set<DuplexConn>();
+  /** Directions that ended, by source. */
+  const ended = new Set<DuplexConn>();
+  // The survivor of a failure is reset once (where it can be), then both are closed. After an
+  // abort or the linger closed both, there is nothing left to pass on.
+  let passing: Promise<void> | undefined;
+  const passOn = (survivor: DuplexConn): Promise<void> =>
+    passing ??= closed
+      ? Promise.resolve()
+      : (survivor.reset?.() ?? Promise.resolve()).then(closeBoth);
+
   const direction = async (from: DuplexConn, to: DuplexConn): Promise<CopyResult> => {
     const buffer = new Uint8Array(size);
-    const result = await copy(from, to, { buffer });
+    let result = await copy(from, to, { buffer, closeWrite: false });
+    // A source whose write side failed reads to the end of what it sent, then finds the
+    // connection gone: that end of input is the tail of a failure, not a clean end.
+    if (result.status === "end" && !failed.has(from)) {
+      try {
+        await to.closeWrite?.();
+      } catch (error) {
+        result = { bytes: result.bytes, status: "error", error, failedOn: "closeWrite" };
+      }
+    }
+    ended.add(from);
     if (result.status === "error") {
       // Bound what follows a failure: the other direction may wait on a peer that is silent.
       linger ??= setTimeout(closeBoth, COPY_LINGER_MS);
-      if (result.failedOn === "write") await discard(from, buffer);
+      failed.add(result.failedOn === "read" ? from : to);
+    }
+    if (failed.has(from) && !failed.has(to)) {
+      // Everything `from` sent has been written to `to`: pass its failure on.
+      await passOn(to);
+    } else if (failed.has(to) && !failed.has(from)) {
+      // `to` takes no more bytes. Its own bytes may still be on their way to `from`; once that
+      // direction has ended, `from` is the survivor to reset.
+      if (ended.has(to)) await passOn(from);
+      else await discard(from, buffer);
     }
     return result;
   };

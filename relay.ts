@@ -7,14 +7,15 @@
 
 import { F_GETFL, F_SETFL, O_NONBLOCK } from "./ffi/constants.ts";
 import { errnoName } from "./ffi/errno.ts";
-import { ffiAvailable, libc } from "./ffi/libc.ts";
+import { errno, ffiAvailable, libc } from "./ffi/libc.ts";
 import { closeFd } from "./ffi/pipe.ts";
 import { socketFd } from "./ffi/socket_fd.ts";
+import { resetConnection, unackedBytes } from "./ffi/tcp.ts";
 import { SyscallError } from "./errors.ts";
-import { copyBidirectional, type DuplexConn } from "./copy.ts";
+import { COPY_LINGER_MS, copyBidirectional, type DuplexConn } from "./copy.ts";
 import { pipeCapacityOverride, validateCapacity } from "./splice_pipe.ts";
 import { engine, lastFatal, stopEngine } from "./_engine.ts";
-import { findDenoReactors } from "./_deno_reactor.ts";
+import { findDenoReactors, returnToDenoReactor } from "./_deno_reactor.ts";
 import {
   END_ABORTED,
   END_DONE,
@@ -192,32 +193,47 @@ export async function relay(
   validateCapacity(capacity, "pipeCapacity");
 
   const kernel = ffiAvailable();
-  if (!kernel && (typeof a === "number" || typeof b === "number")) {
+  const rawFds = typeof a === "number" || typeof b === "number";
+  if (rawFds && !kernel) {
     closeEndpoint(a);
     closeEndpoint(b);
     throw new TypeError("Cannot relay raw fds without FFI: run with --allow-ffi on Linux");
   }
-  let fdA = -1;
-  let fdB = -1;
-  try {
-    await writeInitialData(a, options?.initialData?.toA);
-    await writeInitialData(b, options?.initialData?.toB);
-    if (kernel) {
-      fdA = endpointFd(a);
-      fdB = endpointFd(b);
-    }
-  } catch (error) {
+  const toA = options?.initialData?.toA;
+  const toB = options?.initialData?.toB;
+  if (rawFds && (toA?.byteLength || toB?.byteLength)) {
     closeEndpoint(a);
     closeEndpoint(b);
-    if (error instanceof TypeError) throw error;
-    return { ...failedBeforeStart(error), mode: kernel ? "copy" : "fallback" };
+    throw new TypeError("Cannot write initialData to a raw fd: write it yourself first");
+  }
+  const path = kernel ? "copy" : "fallback";
+  // Bytes already read go first; a peer gone by then ends the relay here, as a result.
+  const early = await writeInitialData(a, toA, "a", path) ??
+    await writeInitialData(b, toB, "b", path);
+  if (early !== null) {
+    closeEndpoint(a);
+    closeEndpoint(b);
+    return early;
   }
   if (!kernel) {
-    return await fallbackRelay(
-      a as Deno.TcpConn | Deno.UnixConn,
-      b as Deno.TcpConn | Deno.UnixConn,
-      options?.signal,
-      idleTimeout,
+    return await fallbackRelay(a as Conn, b as Conn, options?.signal, idleTimeout, false);
+  }
+  const fdA = typeof a === "number" ? rawFd(a, b) : connFd(a);
+  const fdB = typeof b === "number" ? rawFd(b, a) : connFd(b);
+  if (fdA === -1 || fdB === -1) {
+    // A conn whose fd cannot be found (a Unix conn that cannot be told apart from another, a
+    // socket Deno no longer holds) still relays through the userspace loop, which needs no fd;
+    // beside a raw fd it cannot, and the relay ends before it starts.
+    if (!rawFds) {
+      return await fallbackRelay(a as Conn, b as Conn, options?.signal, idleTimeout, true);
+    }
+    closeEndpoint(a);
+    closeEndpoint(b);
+    const side = fdA === -1 ? "a" : "b";
+    return failedBeforeStart(
+      new Error(`Cannot find the file descriptor of side ${side}`),
+      side,
+      "copy",
     );
   }
 
@@ -255,7 +271,9 @@ export async function relay(
   if (result[5] === END_NOT_STARTED) {
     return await withoutEngine(a, b, signal, idleTimeout);
   }
-  // The engine deregistered both fds before reporting: closing them now is safe.
+  // The engine deregistered both fds before reporting: closing them now is safe, once they are
+  // back in Deno's reactor (see _deno_reactor.ts).
+  for (const fd of denoFds) returnToDenoReactor(fd);
   closeEndpoint(a);
   closeEndpoint(b);
   return toRelayResult(result);
@@ -272,9 +290,11 @@ async function withoutEngine(
     closeEndpoint(b);
     return failedBeforeStart(
       new Error(`The relay engine could not start (${lastFatal() || "too few free fds"})`),
+      undefined,
+      "copy",
     );
   }
-  return await fallbackRelay(a, b, signal, idleTimeout);
+  return await fallbackRelay(a, b, signal, idleTimeout, true);
 }
 
 function toRelayResult(result: EngineResult): RelayResult {
@@ -300,43 +320,66 @@ function toRelayResult(result: EngineResult): RelayResult {
   return out;
 }
 
-function failedBeforeStart(error: unknown): RelayResult {
-  return {
+/** A relay that ended before any byte moved: `side` failed, with `error`. */
+function failedBeforeStart(
+  error: unknown,
+  side: "a" | "b" | undefined,
+  mode: RelayResult["mode"],
+): RelayResult {
+  const out: RelayResult = {
     aToB: 0,
     bToA: 0,
     splicedBytes: 0,
-    mode: "copy",
-    end: "error",
+    mode,
+    end: isResetError(error) ? "reset" : "error",
     error: error instanceof Error ? error : new Error(String(error)),
   };
+  if (side !== undefined) out.side = side;
+  return out;
 }
 
-/** The fd of an endpoint, made non-blocking: the engine must never block in a syscall. */
-function endpointFd(endpoint: RelayEndpoint): number {
-  const fd = socketFd(endpoint);
-  if (typeof endpoint === "number") {
-    if (!Number.isInteger(fd) || fd < 0) {
-      throw new TypeError(`Invalid fd ${fd}: expected a non-negative integer`);
-    }
-    const symbols = libc();
-    const flags = symbols.fcntl(fd, F_GETFL, 0);
-    if (flags < 0 || symbols.fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
-      throw new TypeError(`Invalid fd ${fd}: ${errnoName(9)} or not a socket`);
-    }
+/**
+ * A raw fd, made non-blocking: the engine must never block in a syscall. One that is no open fd
+ * is the caller's mistake: both endpoints are closed (the relay owns them) and it throws.
+ */
+function rawFd(fd: number, other: RelayEndpoint): number {
+  const symbols = libc();
+  const flags = Number.isInteger(fd) && fd >= 0 ? symbols.fcntl(fd, F_GETFL, 0) : -1;
+  if (flags < 0 || symbols.fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+    const reason = Number.isInteger(fd) && fd >= 0
+      ? errnoName(errno())
+      : "expected a non-negative integer";
+    closeEndpoint(fd);
+    closeEndpoint(other);
+    throw new TypeError(`Invalid fd ${fd}: ${reason}`);
   }
   return fd;
 }
 
+/** The fd of a Deno conn (Deno sockets are non-blocking already); -1 when it cannot be found. */
+function connFd(conn: Conn): number {
+  try {
+    return socketFd(conn);
+  } catch {
+    return -1;
+  }
+}
+
+/** Writes bytes read earlier to `endpoint`; a failure (the peer is gone) becomes the result. */
 async function writeInitialData(
   endpoint: RelayEndpoint,
   bytes: Uint8Array | undefined,
-): Promise<void> {
-  if (!bytes || bytes.byteLength === 0) return;
-  if (typeof endpoint === "number") {
-    throw new TypeError("initialData needs Deno connections, not raw fds: write it yourself first");
-  }
-  for (let written = 0; written < bytes.byteLength;) {
-    written += await endpoint.write(bytes.subarray(written));
+  side: "a" | "b",
+  mode: RelayResult["mode"],
+): Promise<RelayResult | null> {
+  if (!bytes || bytes.byteLength === 0 || typeof endpoint === "number") return null;
+  try {
+    for (let written = 0; written < bytes.byteLength;) {
+      written += await endpoint.write(bytes.subarray(written));
+    }
+    return null;
+  } catch (error) {
+    return failedBeforeStart(error, side, mode);
   }
 }
 
@@ -352,12 +395,19 @@ function closeEndpoint(endpoint: RelayEndpoint): void {
   }
 }
 
-/** The userspace path: Deno reads and writes, same result shape and half-close semantics. */
+type Conn = Deno.TcpConn | Deno.UnixConn;
+
+/**
+ * The userspace path: Deno reads and writes, same result shape and half-close semantics. With
+ * FFI (`resets`), a failure of one side is passed on to the other as a reset, as the engine
+ * does; without it Deno has no way to send one, and that side is closed normally.
+ */
 async function fallbackRelay(
-  a: Deno.TcpConn | Deno.UnixConn,
-  b: Deno.TcpConn | Deno.UnixConn,
+  a: Conn,
+  b: Conn,
   outer: AbortSignal | undefined,
   idleTimeout: number,
+  resets: boolean,
 ): Promise<RelayResult> {
   const controller = new AbortController();
   const onAbort = (): void => controller.abort();
@@ -367,15 +417,24 @@ async function fallbackRelay(
   let idled = false;
   let timer: ReturnType<typeof setTimeout> | undefined;
   let lastActivity = Date.now();
-  const watched = (conn: Deno.TcpConn | Deno.UnixConn): DuplexConn => ({
-    read: async (buffer) => {
-      const n = await conn.read(buffer);
-      lastActivity = Date.now();
-      return n;
-    },
-    write: (buffer) => conn.write(buffer),
-    closeWrite: () => conn.closeWrite(),
+  // The first failure is the one reported: what follows it (the survivor's reads ended by its
+  // reset or close) is a consequence.
+  let first: { side: "a" | "b"; error: unknown } | undefined;
+  const failing = <T>(side: "a" | "b", call: () => Promise<T>): Promise<T> =>
+    call().catch((error) => {
+      first ??= { side, error };
+      throw error;
+    });
+  const watched = (conn: Conn, side: "a" | "b"): DuplexConn => ({
+    read: (buffer) =>
+      failing(side, () => conn.read(buffer)).then((n) => {
+        lastActivity = Date.now();
+        return n;
+      }),
+    write: (buffer) => failing(side, () => conn.write(buffer)),
+    closeWrite: () => failing(side, () => conn.closeWrite()),
     close: () => conn.close(),
+    reset: resets ? () => resetWhenAcknowledged(conn) : undefined,
   });
   if (idleTimeout > 0) {
     const check = (): void => {
@@ -390,8 +449,10 @@ async function fallbackRelay(
     timer = setTimeout(check, idleTimeout);
   }
   try {
-    const result = await copyBidirectional(watched(a), watched(b), { signal: controller.signal });
-    const failed = [result.aToB, result.bToA].find((r) => r.status === "error");
+    const result = await copyBidirectional(watched(a, "a"), watched(b, "b"), {
+      signal: controller.signal,
+    });
+    const failed = result.aToB.status === "error" || result.bToA.status === "error";
     const out: RelayResult = {
       aToB: result.aToB.bytes,
       bToA: result.bToA.bytes,
@@ -399,12 +460,10 @@ async function fallbackRelay(
       mode: "fallback",
       end: idled ? "idle-timeout" : result.aborted ? "aborted" : failed ? "reset" : "done",
     };
-    if (out.end === "reset" && failed) {
-      // A read failure is the source's, a write failure the destination's.
-      const source = failed === result.aToB ? "a" : "b";
-      out.side = failed.failedOn === "read" ? source : source === "a" ? "b" : "a";
-      out.error = failed.error instanceof Error ? failed.error : new Error(String(failed.error));
-      if (!isResetError(failed.error)) out.end = "error";
+    if (out.end === "reset" && first !== undefined) {
+      out.side = first.side;
+      out.error = first.error instanceof Error ? first.error : new Error(String(first.error));
+      if (!isResetError(first.error)) out.end = "error";
     }
     return out;
   } finally {
@@ -412,6 +471,29 @@ async function fallbackRelay(
     outer?.removeEventListener("abort", onAbort);
   }
 }
+
+/**
+ * Resets `conn` once its peer has acknowledged what was written to it (a reset destroys the
+ * rest), or after {@linkcode COPY_LINGER_MS}. The fd is looked up again before the reset: the
+ * conn may have been closed meanwhile, and its number reused.
+ */
+async function resetWhenAcknowledged(conn: Conn): Promise<void> {
+  let fd: number;
+  try {
+    fd = socketFd(conn);
+  } catch {
+    return; // not found: it is closed normally instead
+  }
+  const deadline = Date.now() + COPY_LINGER_MS;
+  while (fd >= 0 && unackedBytes(fd) > 0 && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, ACK_POLL_MS));
+    fd = socketFd(conn);
+  }
+  if (fd >= 0) resetConnection(fd);
+}
+
+/** How often a reset that waits for acknowledgements looks again. */
+const ACK_POLL_MS = 20;
 
 function isResetError(error: unknown): boolean {
   return error instanceof Deno.errors.ConnectionReset || error instanceof Deno.errors.BrokenPipe ||

@@ -36,12 +36,16 @@ export const SHUT_WR = 1;
 export const SOL_SOCKET = 1;
 /** `getsockopt`: the socket type (`SOCK_STREAM`, ...). */
 export const SO_TYPE = 3;
+/** `getsockopt`: 1 for a listening socket. */
+export const SO_ACCEPTCONN = 30;
 /** `getsockopt`: the pending socket error, cleared by reading it. */
 export const SO_ERROR = 4;
 /** A byte-stream socket. */
 export const SOCK_STREAM = 1;
 
 /** Address families in `struct sockaddr`. */
+export const AF_UNSPEC = 0;
+/** Unix domain sockets. */
 export const AF_UNIX = 1;
 /** IPv4. */
 export const AF_INET = 2;
@@ -54,7 +58,7 @@ export const EPOLL_CLOEXEC = O_CLOEXEC;
 export const EFD_NONBLOCK = O_NONBLOCK;
 /** `eventfd` flag: close-on-exec. */
 export const EFD_CLOEXEC = O_CLOEXEC;
-/** `epoll_ctl` operations. */
+/** `epoll_ctl` operations: add an fd to the interest list. */
 export const EPOLL_CTL_ADD = 1;
 /** Remove an fd from the interest list. */
 export const EPOLL_CTL_DEL = 2;

@@ -85,6 +85,16 @@ const SYMBOLS = {
     ],
     result: "i32", // int
   },
+  connect: {
+    // Only ever called with an AF_UNSPEC address, which dissolves a TCP connection: the kernel
+    // sends a reset (RST) at once and the fd stays open for its owner to close.
+    parameters: [
+      "i32", // int sockfd
+      "buffer", // const struct sockaddr *addr
+      "u32", // socklen_t addrlen
+    ],
+    result: "i32", // int
+  },
   getsockopt: {
     parameters: [
       "i32", // int sockfd

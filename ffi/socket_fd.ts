@@ -22,6 +22,7 @@ import {
   AF_INET6,
   AF_UNIX,
   RLIMIT_NOFILE,
+  SO_ACCEPTCONN,
   SO_TYPE,
   SOCK_STREAM,
   SOL_SOCKET,
@@ -68,9 +69,8 @@ export function socketFd(socket: SocketLike): number {
   if (typeof socket === "number") return socket;
   const known = resolved.get(socket);
   if (known !== undefined) {
-    return matches(known, socket.localAddr as StreamAddr, socket.remoteAddr as StreamAddr, true)
-      ? known
-      : -1;
+    const found = check(known, socket.localAddr as StreamAddr, socket.remoteAddr as StreamAddr);
+    return found === NO_MATCH ? -1 : known;
   }
   const fd = findFd(socket);
   resolved.set(socket, fd);
@@ -90,19 +90,29 @@ function findFd(conn: Deno.Conn): number {
   // A peer that already reset leaves the socket without a peer address: the internal fd is
   // trusted on its local address alone then, rather than scanning for what cannot match.
   const internal = internalFd(conn);
-  if (internal !== undefined && matches(internal, local, remote, true)) return internal;
+  if (internal !== undefined && check(internal, local, remote) !== NO_MATCH) return internal;
 
   if (isUnixAddr(local) && isUnixAddr(remote)) return findUnixFd(local, remote);
 
-  // Outward from the last hit: hint, hint+1, hint-1, hint+2, ...
+  // Outward from the last hit: hint, hint+1, hint-1, hint+2, ... A socket whose peer is gone
+  // (reset between connect and this search) matches on its local address only; it is taken
+  // when no socket matches both addresses, since connects to different peers may share a
+  // local port and the connected one is the better witness.
   const limit = maxFd();
+  let orphan = -1;
+  const visit = (fd: number): boolean => {
+    const found = check(fd, local, remote);
+    if (found === PEER_GONE && orphan === -1) orphan = fd;
+    return found === MATCH;
+  };
   for (let step = 0; step <= limit; step++) {
     const above = lastFound + step;
     const below = lastFound - step;
     if (above > limit && below < 0) break;
-    if (above <= limit && matches(above, local, remote)) return (lastFound = above);
-    if (step > 0 && below >= 0 && matches(below, local, remote)) return (lastFound = below);
+    if (above <= limit && visit(above)) return (lastFound = above);
+    if (step > 0 && below >= 0 && visit(below)) return (lastFound = below);
   }
+  if (orphan !== -1) return orphan;
   throw new TypeError(
     `Cannot find the file descriptor of the connection ${formatAddr(local)} -> ` +
       `${formatAddr(remote)}: pass a raw fd, or a conn from Listener.accept()`,
@@ -112,7 +122,7 @@ function findFd(conn: Deno.Conn): number {
 function findUnixFd(local: Deno.UnixAddr, remote: Deno.UnixAddr): number {
   let found = -1;
   for (let fd = 0, limit = maxFd(); fd <= limit; fd++) {
-    if (!matches(fd, local, remote)) continue;
+    if (check(fd, local, remote) !== MATCH) continue;
     if (found !== -1) {
       throw new TypeError(
         `Cannot tell apart the Unix connections to "${remote.path || local.path}": ` +
@@ -160,31 +170,44 @@ function isUnixAddr(addr: Deno.NetAddr | Deno.UnixAddr): addr is Deno.UnixAddr {
   return addr.transport === "unix" || addr.transport === "unixpacket";
 }
 
+/** `fd` is a stream socket with both addresses. */
+const MATCH = 0;
+/** `fd` is a connected stream socket with this local address whose peer is gone. */
+const PEER_GONE = 1;
+/** Anything else. */
+const NO_MATCH = 2;
+
 /**
- * Whether `fd` is a stream socket with these addresses. `disconnected` also accepts a socket
- * whose peer is gone (`ENOTCONN` from getpeername): splicing it fails cleanly, and a stranger
- * that reused the number has a peer of its own or a different local address.
+ * How `fd` compares with a conn's addresses. A socket whose peer is gone (`ENOTCONN` from
+ * getpeername) still has its local address; splicing it fails cleanly, and a stranger that
+ * reused the number has a peer of its own or a different local address. A listening socket
+ * also has no peer: it never stands in for a connection.
  */
-function matches(
+function check(
   fd: number,
   local: Deno.NetAddr | Deno.UnixAddr,
   remote: Deno.NetAddr | Deno.UnixAddr,
-  disconnected = false,
-): boolean {
-  if (fd < 0) return false;
+): typeof MATCH | typeof PEER_GONE | typeof NO_MATCH {
+  if (fd < 0) return NO_MATCH;
   const symbols = libc();
   SOCKLEN[0] = SOCKADDR.byteLength;
-  if (symbols.getsockname(fd, SOCKADDR, SOCKLEN) !== 0) return false;
-  if (!addrEquals(local, SOCKLEN[0])) return false;
+  if (symbols.getsockname(fd, SOCKADDR, SOCKLEN) !== 0) return NO_MATCH;
+  if (!addrEquals(local, SOCKLEN[0])) return NO_MATCH;
+  let result: typeof MATCH | typeof PEER_GONE = MATCH;
   SOCKLEN[0] = SOCKADDR.byteLength;
   if (symbols.getpeername(fd, SOCKADDR, SOCKLEN) !== 0) {
-    if (!disconnected || errno() !== ENOTCONN) return false;
+    if (errno() !== ENOTCONN || intOption(fd, SO_ACCEPTCONN) !== 0) return NO_MATCH;
+    result = PEER_GONE;
   } else if (!addrEquals(remote, SOCKLEN[0])) {
-    return false;
+    return NO_MATCH;
   }
+  return intOption(fd, SO_TYPE) === SOCK_STREAM ? result : NO_MATCH;
+}
+
+/** An int socket option at `SOL_SOCKET`; -1 when it cannot be read. */
+function intOption(fd: number, option: number): number {
   INT_LEN[0] = 4;
-  return symbols.getsockopt(fd, SOL_SOCKET, SO_TYPE, INT_OPT, INT_LEN) === 0 &&
-    INT_OPT[0] === SOCK_STREAM;
+  return libc().getsockopt(fd, SOL_SOCKET, option, INT_OPT, INT_LEN) === 0 ? INT_OPT[0] : -1;
 }
 
 /** Compares the `struct sockaddr` in `SOCKADDR` (of `length` bytes) with a Deno address. */

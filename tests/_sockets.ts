@@ -1,0 +1,77 @@
+/**
+ * Socket faults for tests, made through the test's own libc binding (not the module's): a peer
+ * that resets its connection, and a wait until a reset has arrived.
+ *
+ * @module
+ */
+
+const LIBC_NAMES = ["libc.so.6", "libc.musl-x86_64.so.1", "libc.musl-aarch64.so.1", "libc.so"];
+const SYMBOLS = {
+  connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  getpeername: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+} as const;
+
+let library: Deno.DynamicLibrary<typeof SYMBOLS> | null = null;
+
+function libc(): Deno.DynamicLibrary<typeof SYMBOLS>["symbols"] {
+  if (library === null) {
+    for (const name of LIBC_NAMES) {
+      try {
+        library = Deno.dlopen(name, SYMBOLS);
+        break;
+      } catch {
+        // try the next name
+      }
+    }
+    if (library === null) throw new Error("Cannot open libc for the test's socket faults");
+  }
+  return library.symbols;
+}
+
+const address = new Uint8Array(128);
+const view = new DataView(address.buffer);
+const length = new Uint32Array(1);
+
+/** The port in `address` (IPv4 or IPv6: both keep it at offset 2), or -1 if the call failed. */
+function portOf(call: (fd: number, a: Uint8Array, l: Uint32Array) => number, fd: number): number {
+  length[0] = address.byteLength;
+  return call(fd, address, length) === 0 ? view.getUint16(2, false) : -1;
+}
+
+/** Where `fdOf` looks: tests hold far fewer fds than this. */
+const MAX_FD = 4096;
+
+/**
+ * The fd of a connected TCP conn, found by its two ports among this process's fds (probed by
+ * number, so no read permission on /proc is needed). Tests only: on loopback the port pair is
+ * unique among this process's sockets.
+ */
+export function fdOf(conn: Deno.TcpConn): number {
+  const symbols = libc();
+  for (let fd = 0; fd < MAX_FD; fd++) {
+    if (portOf(symbols.getsockname, fd) !== conn.localAddr.port) continue;
+    if (portOf(symbols.getpeername, fd) === conn.remoteAddr.port) return fd;
+  }
+  throw new Error(`Cannot find the fd of the test conn on port ${conn.localAddr.port}`);
+}
+
+const UNSPEC = new Uint8Array(16);
+
+/**
+ * Resets `conn`'s connection now (an RST, as a peer that crashed with unread data or closed with
+ * SO_LINGER 0 sends), then closes it. `connect(AF_UNSPEC)` rather than SO_LINGER: Deno's close
+ * shuts the sending side down first, and that FIN would precede the reset.
+ */
+export function resetAndClose(conn: Deno.TcpConn): void {
+  const fd = fdOf(conn);
+  if (libc().connect(fd, UNSPEC, UNSPEC.byteLength) !== 0) {
+    throw new Error("Cannot reset the test conn: connect(AF_UNSPEC) failed");
+  }
+  conn.close();
+}
+
+/** Whether `fd`'s peer is gone (getpeername fails): a reset from the other end has arrived. */
+export function peerGone(fd: number): boolean {
+  return portOf(libc().getpeername, fd) === -1;
+}
