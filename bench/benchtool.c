@@ -4,7 +4,10 @@
 //   benchtool pingpong PORT COUNT SIZE        one connection, COUNT round trips of SIZE bytes;
 //                                             prints p50 p99 p999 in microseconds
 //   benchtool churn PORT THREADS SECONDS SIZE each thread: connect, send SIZE, read SIZE back,
-//                                             close; prints connections per second
+//                                             close; prints connections per second and failures
+//   benchtool churnn PORT THREADS COUNT SIZE  the same for COUNT connections in all (each thread
+//                                             its share), however long they take; prints
+//                                             connections per second and failures
 //   benchtool spliceproxy PORT BACKEND        reference floor: a C proxy, two threads per
 //                                             connection, each a blocking splice loop through a
 //                                             1 MiB pipe (what Go's io.Copy does), no event loop
@@ -141,14 +144,15 @@ static int pingpong(int port, int count, int size) {
 
 struct churn_arg {
   int port, size;
-  double until;
+  double until;  // churn: stop at this time
+  long count;    // churnn: stop after this many attempts (0: use `until`)
   long done, failed;
 };
 
 static void *churn_thread(void *p) {
   struct churn_arg *a = p;
   char *buf = calloc(1, a->size);
-  while (now_s() < a->until) {
+  while (a->count ? a->done + a->failed < a->count : now_s() < a->until) {
     int fd = dial(a->port);
     if (fd < 0) {
       a->failed++;
@@ -158,16 +162,21 @@ static void *churn_thread(void *p) {
     else a->failed++;
     close(fd);
   }
+  free(buf);
   return NULL;
 }
 
-static int churn(int port, int threads, double seconds, int size) {
+/** Runs for `seconds`, or for `count` connections in all when count > 0. */
+static int churn(int port, int threads, double seconds, long count, int size) {
   pthread_t t[256];
   struct churn_arg args[256];
   if (threads > 256) threads = 256;
+  if (threads < 1) threads = 1;
+  if (count > 0 && threads > count) threads = (int)count;
   double start = now_s();
   for (int i = 0; i < threads; i++) {
     args[i] = (struct churn_arg){.port = port, .size = size, .until = start + seconds};
+    if (count > 0) args[i].count = count / threads + (i < count % threads);
     pthread_create(&t[i], NULL, churn_thread, &args[i]);
   }
   long done = 0, failed = 0;
@@ -277,7 +286,15 @@ int main(int argc, char **argv) {
   if (argc >= 5 && strcmp(argv[1], "pingpong") == 0)
     return pingpong(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]));
   if (argc >= 6 && strcmp(argv[1], "churn") == 0)
-    return churn(atoi(argv[2]), atoi(argv[3]), atof(argv[4]), atoi(argv[5]));
+    return churn(atoi(argv[2]), atoi(argv[3]), atof(argv[4]), 0, atoi(argv[5]));
+  if (argc >= 6 && strcmp(argv[1], "churnn") == 0) {
+    long count = atol(argv[4]);
+    if (count < 1) {
+      fprintf(stderr, "churnn: COUNT must be at least 1\n");
+      return 2;
+    }
+    return churn(atoi(argv[2]), atoi(argv[3]), 0, count, atoi(argv[5]));
+  }
   if (argc >= 4 && strcmp(argv[1], "idle") == 0)
     return idle(atoi(argv[2]), atoi(argv[3]), !(argc >= 5 && strcmp(argv[4], "noecho") == 0));
   fprintf(stderr, "usage: see the comment at the top of benchtool.c\n");
