@@ -1,6 +1,7 @@
 /**
  * The proxy's TOML configuration file: {@linkcode loadConfig} reads and checks it,
- * {@linkcode parseConfig} checks text already in memory, {@linkcode applyConfig} puts a checked
+ * {@linkcode parseConfig} checks text already in memory, {@linkcode configWarnings} points out
+ * what is valid but almost certainly a mistake, {@linkcode applyConfig} puts a checked
  * {@linkcode Config} into effect.
  *
  * Every key is optional; an empty file is a valid configuration. The whole file, with each
@@ -19,6 +20,10 @@
  *
  * [metrics]                        # optional: no metrics endpoint without it
  * address = "127.0.0.1:9901"       # required
+ * # Optional: state-changing admin routes (POST /reload) then need the header
+ * # "Authorization: Bearer <token>". At least 16 characters, no whitespace or control
+ * # characters. The environment variable SPLICE_ADMIN_TOKEN, when readable, takes precedence.
+ * token = "a-long-random-secret-string"
  *
  * [[listeners]]                    # any number, addresses unique
  * protocol = "tcp"                 # only "tcp", the default
@@ -41,17 +46,24 @@
  * 1 to 65535 (0 as well in listener and frontend addresses). Addresses are compared after
  * normalisation: host names lowercased, IPv6 in canonical form.
  *
- * Keys are snake_case in the file and camelCase in {@linkcode Config}. The file is checked as a
- * whole: a wrong type, a value out of range, an unknown key or value (a typo, most of the time,
- * for which the nearest known one is suggested), a frontend no listener has or an address used
- * twice is reported with its key path and value, and all problems of a file come out in one
- * {@linkcode ConfigError}, so a running proxy can reject a bad reload, log every mistake at once
- * and keep its previous configuration.
+ * Keys are snake_case in the file and camelCase in {@linkcode Config}. The file must be UTF-8, as
+ * TOML requires. It is checked as a whole: a wrong type, a value out of range, an unknown key or
+ * value (a typo, most of the time, for which the nearest known one is suggested), a frontend no
+ * listener has or an address used twice is reported with its key path and value, and all
+ * problems of a file come out in one {@linkcode ConfigError}, so a running proxy can reject a bad
+ * reload, log every mistake at once and keep its previous configuration. Messages show long key
+ * paths and values cut short, and never more than the first characters of the token.
+ *
+ * A valid configuration may still hold a likely mistake, such as a cluster whose backends all
+ * have weight 0: {@linkcode configWarnings} lists those, for the proxy to log at start, on
+ * reload and under `--check`.
  *
  * ```ts
- * import { applyConfig, loadConfig } from "@zerocopy/splice/config";
+ * import { applyConfig, configWarnings, loadConfig } from "@zerocopy/splice/config";
  *
- * applyConfig(await loadConfig("proxy.toml"));
+ * const config = await loadConfig("proxy.toml");
+ * for (const warning of configWarnings(config)) console.warn(warning.message);
+ * applyConfig(config);
  * ```
  *
  * @module
@@ -148,14 +160,24 @@ export interface SocketAddress {
  * ```ts
  * import { type MetricsConfig, parseConfig } from "@zerocopy/splice/config";
  *
- * const metrics: MetricsConfig | undefined =
- *   parseConfig('[metrics]\naddress = "127.0.0.1:9901"').metrics;
- * console.log(metrics?.address.port); // 9901
+ * const metrics: MetricsConfig | undefined = parseConfig(`
+ * [metrics]
+ * address = "127.0.0.1:9901"
+ * token = "7f3c9a1e5b2d8f4a6c0e"
+ * `).metrics;
+ * console.log(metrics?.address.port, metrics?.token); // 9901 7f3c9a1e5b2d8f4a6c0e
  * ```
  */
 export interface MetricsConfig {
   /** `address` (required): where the metrics endpoint listens. */
   readonly address: SocketAddress;
+  /**
+   * `token`: when set, state-changing admin routes (POST /reload) need
+   * `Authorization: Bearer <token>`; the environment variable SPLICE_ADMIN_TOKEN, when
+   * readable, takes precedence. At least 16 characters, without whitespace or control
+   * characters; `undefined` when absent.
+   */
+  readonly token?: string;
 }
 
 /**
@@ -298,19 +320,32 @@ export interface ConfigIssue {
   readonly keyPath: string;
   /**
    * The offending value as parsed, `undefined` when there is none (a missing key, a syntax
-   * error). An integer is a `number` when it fits one exactly, else a `bigint`; tables and
-   * arrays are passed as parsed, with their integers as `bigint`.
+   * error) and for the secret `metrics.token`, which is not repeated. An integer is a `number`
+   * when it fits one exactly, else a `bigint`; tables and arrays are passed as parsed, with
+   * their integers as `bigint`.
    */
   readonly value: unknown;
   /**
    * The problem in one line that names the key path and the value, e.g.
-   * `splice_pipe_capacity_bytes = -1: expected a whole number from 0 to 1073741824`.
+   * `splice_pipe_capacity_bytes = -1: expected a whole number from 0 to 1073741824`. Key paths
+   * longer than 80 characters lose their middle and values longer than 60 their end, each cut
+   * marked `...`, so a message stays a few hundred characters at most. An unknown key or
+   * value suggests the nearest known one in the first 1000 issues of a file; later ones list
+   * the known keys or values, as when none is near.
    */
   readonly message: string;
 }
 
 /** How many issues a {@linkcode ConfigError} message lists before summing up the rest. */
 const MAX_LISTED_ISSUES = 20;
+
+/**
+ * How many issues of a file may suggest the nearest known key or value. One search takes
+ * microseconds, but a file can hold hundreds of thousands of unknown keys, which took seconds.
+ * Past this many issues, far more than a message lists, an unknown key lists the known keys and
+ * an unknown value the valid ones, as when none is near.
+ */
+const MAX_SUGGESTED_ISSUES = 1_000;
 
 /**
  * A configuration that cannot be read, parsed or applied. Its message lists every problem, one
@@ -485,16 +520,58 @@ export function parseConfig(text: string, options?: { path?: string }): Config {
  */
 export async function loadConfig(path: string | URL): Promise<Config> {
   const shownPath = path instanceof URL ? displayUrl(path) : String(path);
-  let text: string;
+  let bytes: Uint8Array;
   try {
-    text = await Deno.readTextFile(path);
+    bytes = await Deno.readFile(path);
   } catch (error) {
     throw new ConfigError(
       [{ keyPath: "", value: undefined, message: describeReadError(error) }],
       { path: shownPath, operation: "read", cause: error },
     );
   }
-  return parseConfig(text, { path: shownPath });
+  return parseConfig(decodeUtf8(bytes, shownPath), { path: shownPath });
+}
+
+/**
+ * Lists what is valid in a configuration but almost certainly a mistake. Today: a cluster whose
+ * backends all have weight 0, which takes no connections. The proxy logs these at start, on
+ * reload and under `--check`, and runs the configuration all the same.
+ *
+ * @param config a configuration from {@linkcode parseConfig} or {@linkcode loadConfig}
+ * @returns the warnings, in the shape of {@linkcode ConfigIssue}, in cluster order; empty when
+ * there is nothing to say
+ *
+ * @example
+ * ```ts
+ * import { configWarnings, parseConfig } from "@zerocopy/splice/config";
+ *
+ * const config = parseConfig(`
+ * [[listeners]]
+ * address = "127.0.0.1:8080"
+ *
+ * [clusters.app]
+ * frontends = [{ address = "127.0.0.1:8080" }]
+ * backends = [{ address = "127.0.0.1:9000", weight = 0 }]
+ * `);
+ * for (const warning of configWarnings(config)) console.warn(warning.message);
+ * // clusters.app.backends: every backend has weight 0, so the cluster takes no connections
+ * ```
+ */
+export function configWarnings(config: Config): ConfigIssue[] {
+  const warnings: ConfigIssue[] = [];
+  for (const [name, cluster] of Object.entries(config.clusters)) {
+    const backends = cluster.backends;
+    // `every` holds for an empty list, which the schema already rejects.
+    if (backends.length === 0 || !backends.every((backend) => backend.weight === 0)) continue;
+    const keyPath = `${joinKeyPath("clusters", name)}.backends`;
+    warnings.push({
+      keyPath,
+      value: backends,
+      message: `${formatKeyPath(keyPath)}: every backend has weight 0, so the cluster takes ` +
+        "no connections",
+    });
+  }
+  return warnings;
 }
 
 /**
@@ -570,6 +647,17 @@ interface EnumField {
   readonly required?: boolean;
 }
 
+/**
+ * A secret string, such as a token: at least `minLength` characters (code points), without
+ * whitespace or control characters. Messages show no more than its first few characters, and
+ * issues carry no value.
+ */
+interface SecretField {
+  readonly kind: "secret";
+  readonly minLength: number;
+  readonly required?: boolean;
+}
+
 /** `true` or `false`. */
 interface BooleanField {
   readonly kind: "boolean";
@@ -619,6 +707,7 @@ type Field =
   | IntegerField
   | StringField
   | EnumField
+  | SecretField
   | BooleanField
   | AddressField
   | TableField
@@ -645,7 +734,10 @@ const CONFIG_SCHEMA = {
     log_format: { kind: "enum", values: ["text", "json"], default: "text" },
     metrics: {
       kind: "table",
-      fields: { address: { kind: "address", required: true } },
+      fields: {
+        address: { kind: "address", required: true },
+        token: { kind: "secret", minLength: 16 },
+      },
     },
     listeners: {
       kind: "array",
@@ -706,7 +798,7 @@ type CamelCase<S extends string> = S extends `${infer Head}_${infer Tail}`
   : S;
 
 type SchemaOutput<F> = F extends { kind: "integer" } ? number
-  : F extends { kind: "string" } ? string
+  : F extends { kind: "string" | "secret" } ? string
   : F extends { kind: "enum"; values: readonly (infer V)[] } ? V
   : F extends { kind: "boolean" } ? boolean
   : F extends { kind: "address" } ? { hostname: string; port: number }
@@ -755,6 +847,8 @@ function validateField(
       return undefined;
     case "enum":
       return validateEnum(field, value, keyPath, issues);
+    case "secret":
+      return validateSecret(field, value, keyPath, issues);
     case "boolean":
       if (typeof value === "boolean") return value;
       issues.push(typeIssue(keyPath, value, "a boolean"));
@@ -801,9 +895,42 @@ function validateEnum(
     return undefined;
   }
   if (field.values.includes(value)) return value;
-  const suggestion = closestMatch(value, field.values);
+  const suggestion = issues.length < MAX_SUGGESTED_ISSUES
+    ? closestMatch(value, field.values)
+    : undefined;
   const hint = suggestion === undefined ? "" : `: did you mean ${JSON.stringify(suggestion)}?`;
   issues.push(valueIssue(keyPath, value, `expected ${expected}${hint}`));
+  return undefined;
+}
+
+function validateSecret(
+  field: SecretField,
+  value: unknown,
+  keyPath: string,
+  issues: ConfigIssue[],
+): string | undefined {
+  const expected = `expected a string of at least ${field.minLength} characters without ` +
+    "whitespace or control characters";
+  if (typeof value !== "string") {
+    issues.push(secretIssue(keyPath, value, `${expected}, got ${tomlTypeName(value)}`));
+    return undefined;
+  }
+  const found: string[] = [];
+  // Code points, not UTF-16 units: what a user counts as characters.
+  let length = 0;
+  for (const _ of value) length++;
+  if (length < field.minLength) found.push(`${length} characters`);
+  const bad = /[\s\p{Cc}]/u.exec(value);
+  if (bad !== null) {
+    const code = bad[0].codePointAt(0)!;
+    const kind = /\s/u.test(bad[0]) ? "whitespace" : "a control character";
+    let position = 1;
+    for (const _ of value.slice(0, bad.index)) position++;
+    const unicode = `U+${code.toString(16).toUpperCase().padStart(4, "0")}`;
+    found.push(`${kind} (${unicode}) at character ${position}`);
+  }
+  if (found.length === 0) return value;
+  issues.push(secretIssue(keyPath, value, `${expected}, got ${found.join(" and ")}`));
   return undefined;
 }
 
@@ -838,11 +965,12 @@ function validateTable(
   const knownKeys = Object.keys(field.fields);
   const entries: [string, unknown][] = [];
   // Document order, so issues come out in the order the user reads the file.
-  for (const [key, child] of Object.entries(value)) {
+  for (const key of Object.keys(value)) {
+    const child = value[key];
     const childPath = joinKeyPath(keyPath, key);
     // Object.hasOwn: a key such as "constructor" must not match Object.prototype members.
     if (!Object.hasOwn(field.fields, key)) {
-      issues.push(unknownKeyIssue(childPath, key, child, knownKeys));
+      issues.push(unknownKeyIssue(childPath, key, child, field, issues.length));
       continue;
     }
     const result = validateField(field.fields[key], child, childPath, issues);
@@ -894,7 +1022,7 @@ function validateMap(
         issues.push({
           keyPath: childPath,
           value: plainValue(child),
-          message: `${childPath}: invalid name ${JSON.stringify(name)}: ` +
+          message: `${formatKeyPath(childPath)}: invalid name ${formatValue(name)}: ` +
             `expected one or more ${names.rule}`,
         });
       }
@@ -912,6 +1040,7 @@ function absentValue(field: Field, keyPath: string, issues: ConfigIssue[]): unkn
       return {};
     case "table":
     case "address":
+    case "secret":
       break;
     default:
       if (field.default !== undefined) return field.default;
@@ -920,7 +1049,7 @@ function absentValue(field: Field, keyPath: string, issues: ConfigIssue[]): unkn
     issues.push({
       keyPath,
       value: undefined,
-      message: `missing required key ${JSON.stringify(keyPath)}`,
+      message: `missing required key ${JSON.stringify(formatKeyPath(keyPath))}`,
     });
   }
   return undefined;
@@ -949,7 +1078,7 @@ function parseAddress(text: string, anyPort: boolean): SocketAddress | string {
     portText = rest.slice(1);
     if (host === "") return `the host is empty: expected ${ADDRESS_EXAMPLE}`;
     hostname = canonicalIpv6(host);
-    if (hostname === undefined) return `${JSON.stringify(host)} is not an IPv6 address`;
+    if (hostname === undefined) return `${formatValue(host)} is not an IPv6 address`;
   } else {
     const colon = text.lastIndexOf(":");
     if (colon < 0) return `missing ":port": expected ${ADDRESS_EXAMPLE}`;
@@ -960,12 +1089,12 @@ function parseAddress(text: string, anyPort: boolean): SocketAddress | string {
       return `an IPv6 address needs brackets, e.g. "[::1]:8080": expected ${ADDRESS_EXAMPLE}`;
     }
     if (!/^[A-Za-z0-9._-]+$/.test(host)) {
-      return `${JSON.stringify(host)} is not a host name or an IP address`;
+      return `${formatValue(host)} is not a host name or an IP address`;
     }
     hostname = host.toLowerCase();
   }
   if (portText === "") return `the port is empty: expected ${ADDRESS_EXAMPLE}`;
-  if (!/^[0-9]+$/.test(portText)) return `port ${JSON.stringify(portText)} is not a number`;
+  if (!/^[0-9]+$/.test(portText)) return `port ${formatValue(portText)} is not a number`;
   const port = Number(portText);
   const minPort = anyPort ? 0 : 1;
   if (port < minPort || port > 65535) {
@@ -974,7 +1103,8 @@ function parseAddress(text: string, anyPort: boolean): SocketAddress | string {
       : port === 0
       ? ' (port 0, "any free port", is for listeners only)'
       : "";
-    return `port ${portText} is out of range: expected ${minPort} to 65535${hint}`;
+    return `port ${cutEnd(portText, MAX_SHOWN_VALUE_LENGTH)} is out of range: ` +
+      `expected ${minPort} to 65535${hint}`;
   }
   return { hostname, port };
 }
@@ -1024,11 +1154,15 @@ function checkAddresses(document: Record<string, unknown>, issues: ConfigIssue[]
     }
     const first = listeners.get(entry.address);
     if (first === undefined) listeners.set(entry.address, entry.keyPath);
-    else issues.push(valueIssue(entry.keyPath, entry.raw, `same address as ${first}`));
+    else {
+      issues.push(
+        valueIssue(entry.keyPath, entry.raw, `same address as ${formatKeyPath(first)}`),
+      );
+    }
   }
   const listed = listeners.size === 0
     ? "no listeners are configured"
-    : `listeners: ${[...listeners.keys()].map((a) => JSON.stringify(a)).join(", ")}`;
+    : `listeners: ${formatValues([...listeners.keys()])}`;
 
   const clusters = ownValue(document, "clusters");
   if (!isTable(clusters)) return;
@@ -1042,7 +1176,9 @@ function checkAddresses(document: Record<string, unknown>, issues: ConfigIssue[]
       if (entry.address === undefined) continue;
       const first = frontends.get(entry.address);
       if (first !== undefined) {
-        issues.push(valueIssue(entry.keyPath, entry.raw, `same address as ${first}`));
+        issues.push(
+          valueIssue(entry.keyPath, entry.raw, `same address as ${formatKeyPath(first)}`),
+        );
         continue;
       }
       frontends.set(entry.address, entry.keyPath);
@@ -1056,7 +1192,11 @@ function checkAddresses(document: Record<string, unknown>, issues: ConfigIssue[]
         claimed.set(entry.address, { cluster: name, keyPath: entry.keyPath });
       } else {
         issues.push(
-          valueIssue(entry.keyPath, entry.raw, `already the frontend of ${owner.keyPath}`),
+          valueIssue(
+            entry.keyPath,
+            entry.raw,
+            `already the frontend of ${formatKeyPath(owner.keyPath)}`,
+          ),
         );
       }
     }
@@ -1066,7 +1206,11 @@ function checkAddresses(document: Record<string, unknown>, issues: ConfigIssue[]
       if (entry.address === undefined) continue;
       const first = backends.get(entry.address);
       if (first === undefined) backends.set(entry.address, entry.keyPath);
-      else issues.push(valueIssue(entry.keyPath, entry.raw, `same address as ${first}`));
+      else {
+        issues.push(
+          valueIssue(entry.keyPath, entry.raw, `same address as ${formatKeyPath(first)}`),
+        );
+      }
     }
   }
 }
@@ -1122,7 +1266,16 @@ function valueIssue(keyPath: string, value: unknown, problem: string): ConfigIss
   return {
     keyPath,
     value: plainValue(value),
-    message: `${keyPath} = ${formatValue(value)}: ${problem}`,
+    message: `${formatKeyPath(keyPath)} = ${formatValue(value)}: ${problem}`,
+  };
+}
+
+/** An issue with a secret: its value is withheld, and the message shows its start only. */
+function secretIssue(keyPath: string, value: unknown, problem: string): ConfigIssue {
+  return {
+    keyPath,
+    value: undefined,
+    message: `${formatKeyPath(keyPath)} = ${formatSecret(value)}: ${problem}`,
   };
 }
 
@@ -1130,23 +1283,46 @@ function typeIssue(keyPath: string, value: unknown, expected: string): ConfigIss
   return valueIssue(keyPath, value, `expected ${expected}, got ${tomlTypeName(value)}`);
 }
 
+/**
+ * The issue of a key `table` does not know. `issuesBefore` is how many issues the file has so
+ * far: it decides whether a suggestion is looked for.
+ */
 function unknownKeyIssue(
   keyPath: string,
   key: string,
   value: unknown,
-  knownKeys: readonly string[],
+  table: TableField,
+  issuesBefore: number,
 ): ConfigIssue {
-  const suggestion = closestMatch(key, knownKeys);
+  const suggestion = issuesBefore < MAX_SUGGESTED_ISSUES
+    ? closestMatch(key, Object.keys(table.fields))
+    : undefined;
   const hint = suggestion !== undefined
     ? `: did you mean ${JSON.stringify(suggestion)}?`
-    : knownKeys.length === 0
-    ? " (this table takes no keys)"
-    : ` (known keys: ${knownKeys.join(", ")})`;
+    : knownKeysHint(table);
   return {
     keyPath,
     value: plainValue(value),
-    message: `unknown key ${JSON.stringify(keyPath)}${hint}`,
+    message: `unknown key ${JSON.stringify(formatKeyPath(keyPath))}${hint}`,
   };
+}
+
+const knownKeysHints = new WeakMap<TableField, string>();
+
+/**
+ * ` (known keys: a, b)`, made once per table: a file of unknown keys would otherwise repeat
+ * the list in new memory for each of them.
+ */
+function knownKeysHint(table: TableField): string {
+  let hint = knownKeysHints.get(table);
+  if (hint === undefined) {
+    const knownKeys = Object.keys(table.fields);
+    hint = knownKeys.length === 0
+      ? " (this table takes no keys)"
+      : ` (known keys: ${knownKeys.join(", ")})`;
+    knownKeysHints.set(table, hint);
+  }
+  return hint;
 }
 
 function syntaxIssue(error: unknown): ConfigIssue {
@@ -1168,6 +1344,69 @@ function describeReadError(error: unknown): string {
   if (!(error instanceof Error)) return String(error);
   // Deno appends "(os error 2): readfile '<path>'"; the path is already in the message head.
   return error.message.replace(/ \(os error \d+\)[\s\S]*$/, "");
+}
+
+/**
+ * The text of a configuration file. TOML files must be UTF-8: a lossy decode would slip U+FFFD
+ * into the user's keys and values, so a bad sequence is an error that names its byte offset,
+ * counted from 0 as `xxd` and `hexdump` do, and its line. A leading byte order mark is dropped.
+ */
+function decodeUtf8(bytes: Uint8Array, path: string): string {
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch (error) {
+    const offset = invalidUtf8Offset(bytes);
+    let line = 1;
+    for (let i = 0; i < offset; i++) if (bytes[i] === 0x0a) line++;
+    // -1 only if this validator and the decoder disagreed: the message then goes without place.
+    const where = offset < 0 ? "" : ` at byte ${offset} on line ${line}`;
+    throw new ConfigError([{
+      keyPath: "",
+      value: undefined,
+      message: `invalid UTF-8${where} (TOML files must be UTF-8)`,
+    }], { path, cause: error });
+  }
+}
+
+/**
+ * Where the first ill-formed sequence starts, -1 if there is none. Follows the WHATWG decoder
+ * that `TextDecoder` implements: each lead byte allows a range for its first continuation byte,
+ * which excludes overlong forms, UTF-16 surrogates and code points above U+10FFFF.
+ */
+function invalidUtf8Offset(bytes: Uint8Array): number {
+  let i = 0;
+  while (i < bytes.length) {
+    const lead = bytes[i];
+    if (lead < 0x80) {
+      i++;
+      continue;
+    }
+    let continuations: number;
+    let low = 0x80;
+    let high = 0xbf;
+    if (lead >= 0xc2 && lead <= 0xdf) {
+      continuations = 1;
+    } else if (lead >= 0xe0 && lead <= 0xef) {
+      continuations = 2;
+      if (lead === 0xe0) low = 0xa0;
+      if (lead === 0xed) high = 0x9f;
+    } else if (lead >= 0xf0 && lead <= 0xf4) {
+      continuations = 3;
+      if (lead === 0xf0) low = 0x90;
+      if (lead === 0xf4) high = 0x8f;
+    } else {
+      return i;
+    }
+    for (let k = 1; k <= continuations; k++) {
+      const byte = bytes[i + k];
+      // `undefined` past the end: the sequence is cut short.
+      if (byte === undefined || byte < low || byte > high) return i;
+      low = 0x80;
+      high = 0xbf;
+    }
+    i += continuations + 1;
+  }
+  return -1;
 }
 
 function displayUrl(url: URL): string {
@@ -1197,18 +1436,69 @@ function plainValue(value: unknown): unknown {
 }
 
 const MAX_SHOWN_VALUE_LENGTH = 60;
+const MAX_SHOWN_KEY_PATH_LENGTH = 80;
+const MAX_SHOWN_SECRET_LENGTH = 4;
 const MAX_SHOWN_ITEMS = 3;
 
 /** A parsed value written back as TOML, shortened: enough to spot it in the file. */
 function formatValue(value: unknown, depth = 0): string {
-  const text = formatValueUnbounded(value, depth);
-  return text.length > MAX_SHOWN_VALUE_LENGTH
-    ? `${text.slice(0, MAX_SHOWN_VALUE_LENGTH - 3)}...`
-    : text;
+  return cutEnd(formatValueUnbounded(value, depth), MAX_SHOWN_VALUE_LENGTH);
+}
+
+/**
+ * A secret as messages show it: its first few characters only, so that a log of a rejected
+ * configuration does not hand out a token that is nearly right.
+ */
+function formatSecret(value: unknown): string {
+  if (typeof value !== "string") {
+    const text = formatValueUnbounded(value, 0);
+    return text.length > MAX_SHOWN_SECRET_LENGTH
+      ? `${headOf(text, MAX_SHOWN_SECRET_LENGTH)}...`
+      : text;
+  }
+  if (value.length <= MAX_SHOWN_SECRET_LENGTH) return JSON.stringify(value);
+  return `${JSON.stringify(headOf(value, MAX_SHOWN_SECRET_LENGTH)).slice(0, -1)}..."`;
+}
+
+/**
+ * A key path as messages show it, at most 80 characters. A longer one loses its middle rather
+ * than its end, which names the key itself: `clusters.<long name>.backends[0].address`.
+ */
+function formatKeyPath(keyPath: string): string {
+  if (keyPath.length <= MAX_SHOWN_KEY_PATH_LENGTH) return keyPath;
+  const head = MAX_SHOWN_KEY_PATH_LENGTH / 2;
+  const tail = MAX_SHOWN_KEY_PATH_LENGTH - head - 3;
+  return `${headOf(keyPath, head)}...${tailOf(keyPath, tail)}`;
+}
+
+/** `"a", "b", "c" and 2 more`: the first few values, with the count of the others. */
+function formatValues(values: readonly unknown[]): string {
+  const shown = values.slice(0, MAX_SHOWN_ITEMS).map((value) => formatValue(value)).join(", ");
+  const more = values.length - MAX_SHOWN_ITEMS;
+  return more > 0 ? `${shown} and ${more} more` : shown;
+}
+
+/** `text` cut to `max` characters at most, the cut marked `...`. */
+function cutEnd(text: string, max: number): string {
+  return text.length > max ? `${headOf(text, max - 3)}...` : text;
+}
+
+/** The first `length` UTF-16 units of `text`, one fewer rather than half a surrogate pair. */
+function headOf(text: string, length: number): string {
+  const last = text.charCodeAt(length - 1);
+  return text.slice(0, last >= 0xd800 && last <= 0xdbff ? length - 1 : length);
+}
+
+/** The last `length` UTF-16 units of `text`, one fewer rather than half a surrogate pair. */
+function tailOf(text: string, length: number): string {
+  const start = text.length - length;
+  const first = text.charCodeAt(start);
+  return text.slice(first >= 0xdc00 && first <= 0xdfff ? start + 1 : start);
 }
 
 function formatValueUnbounded(value: unknown, depth: number): string {
-  if (typeof value === "string") return JSON.stringify(value);
+  // Only the start of a long string can be shown: the rest need not be escaped.
+  if (typeof value === "string") return JSON.stringify(value.slice(0, MAX_SHOWN_VALUE_LENGTH));
   if (typeof value === "bigint" || typeof value === "boolean") return String(value);
   if (typeof value === "number") {
     if (Number.isNaN(value)) return "nan";
@@ -1258,20 +1548,27 @@ function isTable(value: unknown): value is Record<string, unknown> {
 
 /**
  * The candidate nearest to `word` by edit distance (transpositions count as one edit, the
- * commonest typo), if it is close enough to be what was meant rather than a different word.
+ * commonest typo), if it is close enough to be what was meant rather than a different word. The
+ * first of equally near candidates wins.
+ *
+ * The distance is at least the difference in length, so a candidate whose length is too far
+ * from the word's to beat the best so far, or to be within the limit, is not measured: the work
+ * is bounded by the candidates' lengths, however long the word.
  */
 function closestMatch(word: string, candidates: readonly string[]): string | undefined {
-  const limit = Math.max(2, Math.floor(word.length / 3));
+  const lowerWord = word.toLowerCase();
   let best: string | undefined;
-  let bestDistance = Infinity;
+  // The largest distance that can still win: within the limit, and below the best so far.
+  let bound = Math.max(2, Math.floor(word.length / 3));
   for (const candidate of candidates) {
-    const distance = editDistance(word.toLowerCase(), candidate.toLowerCase());
-    if (distance < bestDistance) {
-      best = candidate;
-      bestDistance = distance;
-    }
+    const lowerCandidate = candidate.toLowerCase();
+    if (Math.abs(lowerWord.length - lowerCandidate.length) > bound) continue;
+    const distance = editDistance(lowerWord, lowerCandidate);
+    if (distance > bound) continue;
+    best = candidate;
+    bound = distance - 1;
   }
-  return bestDistance <= limit ? best : undefined;
+  return best;
 }
 
 /** Optimal string alignment distance: Levenshtein plus adjacent transpositions. */
