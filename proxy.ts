@@ -241,10 +241,13 @@ async function main(): Promise<number> {
   };
 
   if (config.metrics) {
-    serveAdmin(config.metrics.address, {
-      stats: () => proxy.stats(),
-      reload: () => reload("admin"),
-    }, stop.signal);
+    // Like the address, the token is taken once: a reload does not change it.
+    serveAdmin(
+      config.metrics.address,
+      { stats: () => proxy.stats(), reload: () => reload("admin") },
+      stop.signal,
+      { token: config.metrics.token, log: say },
+    );
     say(
       `metrics on http://${config.metrics.address.hostname}:${config.metrics.address.port}/metrics`,
     );
