@@ -11,10 +11,19 @@
  * @module
  */
 
-import { applyConfig, type Config, ConfigError, loadConfig, parseConfig } from "./config.ts";
+import {
+  applyConfig,
+  type Config,
+  ConfigError,
+  configWarnings,
+  formatAddress,
+  loadConfig,
+  parseConfig,
+} from "./config.ts";
 import { type ProxyEvent, TcpProxy } from "./proxy/server.ts";
 import { specFromConfig } from "./proxy/spec.ts";
 import { serveAdmin } from "./proxy/metrics.ts";
+import { netPermissionProblems } from "./proxy/permissions.ts";
 import { shutdownRelayEngine, spliceAvailable } from "./mod.ts";
 
 const VERSION = "0.1.0";
@@ -125,10 +134,33 @@ function logger(format: Config["logFormat"]): (event: ProxyEvent) => void {
       say(`listening ${event.address} (port ${event.port})`);
     } else if (event.type === "listener-closed") {
       say(`listener ${event.address} closed`);
-    } else {
+    } else if (event.type === "listen-failed") {
       say(`listener ${event.address} failed: ${event.error}`);
+    } else if (event.type === "accept-error") {
+      say(
+        `listener ${event.address}: accept failed (${event.code}): ${event.error}; ` +
+          `accepting again in ${event.pauseMs} ms or when a connection closes` +
+          suppressedNote(event.suppressed),
+      );
+    } else if (event.type === "local-error") {
+      say(
+        `backend ${event.cluster}/${event.backend}: not tried (${event.code}), not its fault: ` +
+          `${event.error}${permissionHint(event.code)}${suppressedNote(event.suppressed)}`,
+      );
+    } else {
+      say(`internal error (please report it): ${event.error}${suppressedNote(event.suppressed)}`);
     }
   };
+}
+
+function suppressedNote(count: number): string {
+  return count > 0 ? ` (${count} more like it in the last second)` : "";
+}
+
+function permissionHint(code: string): string {
+  return code === "permission"
+    ? " (the proxy's --allow-net must include every backend's host:port)"
+    : "";
 }
 
 function flatten(event: ProxyEvent): Record<string, unknown> {
@@ -169,14 +201,25 @@ async function main(): Promise<number> {
       console.error("--check needs --config FILE");
       return 2;
     }
+    let checked: Config;
     try {
-      await loadConfig(args.config);
-      say(`${args.config}: ok`);
-      return 0;
+      checked = await loadConfig(args.config);
     } catch (error) {
       console.error(error instanceof Error ? error.message : String(error));
       return 1;
     }
+    const warnings = warningsOf(checked);
+    for (const line of warnings) say(`${args.config}: warning: ${line}`);
+    if (!netPermissionProblems(checked).checked) {
+      say(
+        `${args.config}: note: network permissions not checked (this --check has no ` +
+          "--allow-net for any of its addresses); run it with the proxy's own --allow-net to " +
+          "check them too",
+      );
+    }
+    const count = warnings.length;
+    say(`${args.config}: ok${count > 0 ? ` (${count} warning${count === 1 ? "" : "s"})` : ""}`);
+    return 0;
   }
 
   const stop = new AbortController();
@@ -204,10 +247,12 @@ async function main(): Promise<number> {
   });
   const log = logger(config.logFormat);
   let proxy: TcpProxy;
+  for (const line of warningsOf(config)) say(`warning: ${line}`);
   try {
     proxy = TcpProxy.start(specFromConfig(config), { onEvent: log });
   } catch (error) {
-    console.error(`Cannot start: ${error instanceof Error ? error.message : String(error)}`);
+    // The message names the listener ("Cannot listen on 127.0.0.1:8080: ...").
+    console.error(error instanceof Error ? error.message : String(error));
     stop.abort();
     return 1;
   }
@@ -224,6 +269,7 @@ async function main(): Promise<number> {
         const next = await loadConfig(args.config);
         const changed = proxy.reload(specFromConfig(next));
         config = next;
+        for (const line of warningsOf(next)) say(`reload (${why}): warning: ${line}`);
         say(
           `reload (${why}): applied; listeners +[${changed.added}] -[${changed.removed}], ` +
             `clusters changed [${changed.clusters}]`,
@@ -242,12 +288,22 @@ async function main(): Promise<number> {
 
   if (config.metrics) {
     // Like the address, the token is taken once: a reload does not change it.
-    serveAdmin(
-      config.metrics.address,
-      { stats: () => proxy.stats(), reload: () => reload("admin") },
-      stop.signal,
-      { token: config.metrics.token, log: say },
-    );
+    try {
+      serveAdmin(
+        config.metrics.address,
+        { stats: () => proxy.stats(), reload: () => reload("admin") },
+        stop.signal,
+        { token: config.metrics.token, log: say },
+      );
+    } catch (error) {
+      const reason = error instanceof Error ? error.message : String(error);
+      console.error(
+        `Cannot listen on ${formatAddress(config.metrics.address)} (metrics): ${reason}`,
+      );
+      await proxy.shutdown();
+      stop.abort();
+      return 1;
+    }
     say(
       `metrics on http://${config.metrics.address.hostname}:${config.metrics.address.port}/metrics`,
     );
@@ -269,6 +325,17 @@ async function main(): Promise<number> {
   await shutdownRelayEngine();
   say("stopped");
   return 0;
+}
+
+/**
+ * What a config gets right but almost certainly does not mean (a cluster that can take no
+ * connection), and the addresses this process's `--allow-net` would refuse.
+ */
+function warningsOf(config: Config): string[] {
+  return [
+    ...configWarnings(config).map((issue) => issue.message),
+    ...netPermissionProblems(config).problems,
+  ];
 }
 
 /**

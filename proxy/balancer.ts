@@ -51,9 +51,9 @@ const DEFAULT_EJECT_MS = 10_000;
 
 /**
  * Chooses backends for new connections and keeps the counts each policy needs. Call
- * {@linkcode Balancer.pick} for each attempt, then exactly one of
- * {@linkcode Balancer.connected} (then {@linkcode Balancer.released} when the connection ends)
- * or {@linkcode Balancer.failed}.
+ * {@linkcode Balancer.pick} for each attempt, then {@linkcode Balancer.connected} (then
+ * {@linkcode Balancer.released} when the connection ends) or {@linkcode Balancer.failed} for a
+ * failure the backend caused; neither for the proxy's own failures (out of fds, not permitted).
  *
  * When every backend with weight is ejected, the least recently ejected one is tried anyway:
  * a cluster never refuses a connection only because its health bookkeeping says so.

@@ -22,7 +22,8 @@ import type { ProxyStats } from "./server.ts";
  *
  * const text = prometheusText({
  *   connectionsOpen: 0, connectionsTotal: 0, connectionsRejected: 0, bytesIn: 0, bytesOut: 0,
- *   splicedConnections: 0, copiedConnections: 0, connectFailures: 0, reloads: 0, backends: {},
+ *   splicedConnections: 0, copiedConnections: 0, connectFailures: 0, acceptErrors: {},
+ *   localErrors: { EMFILE: 2 }, internalErrors: 0, reloads: 0, backends: {},
  * });
  * console.log(text.split("\n")[2]); // "splice_connections_open 0"
  * ```
@@ -54,6 +55,24 @@ export function prometheusText(stats: ProxyStats): string {
     "Backend connects refused or timed out.",
     stats.connectFailures,
   );
+  labelled(
+    lines,
+    "splice_accept_errors_total",
+    "accept() errors by errno: transient ones skipped, resource ones paused on.",
+    stats.acceptErrors,
+  );
+  labelled(
+    lines,
+    "splice_local_errors_total",
+    "Backend connects that failed for the proxy's own reasons (fds, ports, permission).",
+    stats.localErrors,
+  );
+  metric(
+    "splice_internal_errors_total",
+    "counter",
+    "Connections closed by a bug in the proxy or its event handler.",
+    stats.internalErrors,
+  );
   metric("splice_reloads_total", "counter", "Configurations applied after start.", stats.reloads);
   const perBackend: Array<[string, string, string, (b: ProxyStats["backends"][string]) => number]> =
     [
@@ -72,6 +91,19 @@ export function prometheusText(stats: ProxyStats): string {
     }
   }
   return lines.join("\n") + "\n";
+}
+
+/** A counter with a `reason` label per key; the family is listed (HELP, TYPE) even when empty. */
+function labelled(
+  lines: string[],
+  name: string,
+  help: string,
+  counts: Readonly<Record<string, number>>,
+): void {
+  lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} counter`);
+  for (const [reason, count] of Object.entries(counts)) {
+    lines.push(`${name}{reason="${reason}"} ${count}`);
+  }
 }
 
 /** Why the admin endpoint refused a request: the `reason` label of its refusal counter. */
@@ -147,7 +179,8 @@ interface Route {
  * const admin = serveAdmin({ hostname: "127.0.0.1", port: 0 }, {
  *   stats: () => ({
  *     connectionsOpen: 0, connectionsTotal: 0, connectionsRejected: 0, bytesIn: 0, bytesOut: 0,
- *     splicedConnections: 0, copiedConnections: 0, connectFailures: 0, reloads: 0, backends: {},
+ *     splicedConnections: 0, copiedConnections: 0, connectFailures: 0, acceptErrors: {},
+ *     localErrors: {}, internalErrors: 0, reloads: 0, backends: {},
  *   }),
  *   reload: () => Promise.resolve(null),
  * }, stop.signal, { token: "change-me", log: (line) => console.log(line) });

@@ -9,6 +9,14 @@
 import { applyConfig, type Config } from "../config.ts";
 import { relay, type RelayMode, type RelayResult } from "../relay.ts";
 import { Balancer, type LoadBalancing } from "./balancer.ts";
+import {
+  acceptErrorKind,
+  errorCode,
+  failsEveryBackend,
+  localConnectFailure,
+  nextBackoff,
+  Throttle,
+} from "./faults.ts";
 import { specFromConfig } from "./spec.ts";
 
 /**
@@ -175,11 +183,13 @@ export interface ConnectionRecord {
   /** How the bytes moved (`relay()`'s mode); `"none"` when no relay ran. */
   mode: RelayResult["mode"] | "none";
   /**
-   * Why it ended: the relay's end, `"no-backend"` (every backend refused or timed out), or
-   * `"over-limit"` (the listener was at `max_connections`; closed at once).
+   * Why it ended: the relay's end; `"no-backend"` (every backend refused, timed out or was not
+   * permitted); `"local-error"` (the proxy itself could not connect: out of fds, memory or
+   * local ports); `"over-limit"` (the listener was at `max_connections`; closed at once); or
+   * `"internal-error"` (a bug in the proxy or its `onEvent`; counted, the proxy runs on).
    */
-  end: RelayResult["end"] | "no-backend" | "over-limit";
-  /** The relay's error message, when it ended on one. */
+  end: RelayResult["end"] | "no-backend" | "local-error" | "over-limit" | "internal-error";
+  /** The error message, when it ended on one: the relay's, or the last connect failure's. */
   error?: string;
 }
 
@@ -190,7 +200,20 @@ export interface ConnectionRecord {
  * - `"backend-ejected"`: a backend failed too many connects in a row and is skipped a while;
  * - `"listening"`: a listener started, with the port it got;
  * - `"listener-closed"`: a listener stopped accepting (reload or shutdown);
- * - `"listen-failed"`: a listener added by a reload could not start.
+ * - `"listen-failed"`: a listener added by a reload could not start;
+ * - `"accept-error"`: accepting failed for want of fds or memory (or unexpectedly); the listener
+ *   pauses `pauseMs` and accepts again. At most one a second per listener and errno, with the
+ *   number of such errors `suppressed` since the last one; each is counted in
+ *   {@linkcode ProxyStats.acceptErrors}. Transient errors (a client that reset before it was
+ *   accepted) are counted there too, but not reported;
+ * - `"local-error"`: a connect to a backend failed for the proxy's own reasons (out of fds or
+ *   local ports, or not permitted by `--allow-net`); the backend is not blamed. At most one a
+ *   second per backend and reason;
+ * - `"internal-error"`: a bug, in the proxy or in `onEvent` itself; the connection is closed,
+ *   the proxy runs on. At most one a second.
+ *
+ * Every `suppressed` count says how many events of that kind were held back since the last one
+ * reported.
  *
  * @example
  * ```ts
@@ -214,6 +237,11 @@ export interface ConnectionRecord {
  *     case "listen-failed":
  *       console.error(`cannot listen on ${event.address}: ${event.error}`);
  *       break;
+ *     case "accept-error":
+ *     case "local-error":
+ *     case "internal-error":
+ *       console.error(`${event.type}: ${event.error} (${event.suppressed} more)`);
+ *       break;
  *   }
  * }
  * const proxy = startProxy(parseConfig('[[listeners]]\naddress = "127.0.0.1:0"'), { onEvent });
@@ -225,7 +253,24 @@ export type ProxyEvent =
   | { type: "backend-ejected"; cluster: string; backend: string }
   | { type: "listening"; address: string; port: number }
   | { type: "listener-closed"; address: string }
-  | { type: "listen-failed"; address: string; error: string };
+  | { type: "listen-failed"; address: string; error: string }
+  | {
+    type: "accept-error";
+    address: string;
+    code: string;
+    error: string;
+    pauseMs: number;
+    suppressed: number;
+  }
+  | {
+    type: "local-error";
+    cluster: string;
+    backend: string;
+    code: string;
+    error: string;
+    suppressed: number;
+  }
+  | { type: "internal-error"; error: string; suppressed: number };
 
 /**
  * Counters, as served on the metrics endpoint: what {@linkcode TcpProxy.stats} returns.
@@ -260,8 +305,20 @@ export interface ProxyStats {
   splicedConnections: number;
   /** Finished connections relayed with the userspace copy loop. */
   copiedConnections: number;
-  /** Connects to backends that failed or timed out. */
+  /** Connects to backends that failed or timed out (the backend's fault). */
   connectFailures: number;
+  /**
+   * Errors of `accept()`, by errno name (`EMFILE`, `ECONNABORTED`...): the listeners paused on
+   * the resource ones and skipped the transient ones.
+   */
+  acceptErrors: Record<string, number>;
+  /**
+   * Connects that failed for the proxy's own reasons, by errno name (`EMFILE`,
+   * `EADDRNOTAVAIL`...) or `permission` (not allowed by `--allow-net`); no backend is blamed.
+   */
+  localErrors: Record<string, number>;
+  /** Connections closed because of a bug in the proxy or its `onEvent`. */
+  internalErrors: number;
   /** Calls to {@linkcode TcpProxy.reload}. */
   reloads: number;
   /** Per backend, keyed `cluster/host:port`. */
@@ -287,8 +344,12 @@ interface RunningListener {
   spec: ListenerSpec;
   listener: Deno.TcpListener;
   open: number;
-  done: Promise<void>;
+  /** Set by the proxy when it closes the listener: the only way its accept loop ends. */
+  closed: boolean;
 }
+
+/** How often a kind of failure may be reported as a {@linkcode ProxyEvent}. */
+const REPORT_INTERVAL_MS = 1_000;
 
 interface ClusterRuntime {
   spec: ClusterSpec;
@@ -335,6 +396,9 @@ export class TcpProxy {
   #settled = new Set<Promise<void>>();
   #onEvent: (event: ProxyEvent) => void;
   #stopping = false;
+  #throttle = new Throttle(REPORT_INTERVAL_MS);
+  /** Accept loops paused for want of fds: a closing connection frees some and resumes them. */
+  #paused = new Set<() => void>();
   #stats: ProxyStats = {
     connectionsOpen: 0,
     connectionsTotal: 0,
@@ -344,6 +408,9 @@ export class TcpProxy {
     splicedConnections: 0,
     copiedConnections: 0,
     connectFailures: 0,
+    acceptErrors: {},
+    localErrors: {},
+    internalErrors: 0,
     reloads: 0,
     backends: {},
   };
@@ -373,7 +440,7 @@ export class TcpProxy {
     try {
       for (const listener of spec.listeners) proxy.#listen(listener);
     } catch (error) {
-      for (const running of proxy.#listeners.values()) running.listener.close();
+      for (const running of [...proxy.#listeners.values()]) proxy.#stopListener(running, false);
       throw error;
     }
     return proxy;
@@ -425,7 +492,12 @@ export class TcpProxy {
         backends[key].ejected = entry.ejected;
       }
     }
-    return { ...this.#stats, backends };
+    return {
+      ...this.#stats,
+      acceptErrors: { ...this.#stats.acceptErrors },
+      localErrors: { ...this.#stats.localErrors },
+      backends,
+    };
   }
 
   /**
@@ -480,7 +552,8 @@ export class TcpProxy {
         this.#listen(listener);
         added.push(listener.address);
       } catch (error) {
-        this.#onEvent({ type: "listen-failed", address: listener.address, error: String(error) });
+        const message = error instanceof Error ? error.message : String(error);
+        this.#emit({ type: "listen-failed", address: listener.address, error: message });
       }
     }
     this.#stats.reloads++;
@@ -543,32 +616,69 @@ export class TcpProxy {
   }
 
   #listen(spec: ListenerSpec): void {
-    const listener = Deno.listen({ hostname: spec.hostname, port: spec.port });
-    const running: RunningListener = { spec, listener, open: 0, done: Promise.resolve() };
+    let listener: Deno.TcpListener;
+    try {
+      listener = Deno.listen({ hostname: spec.hostname, port: spec.port });
+    } catch (error) {
+      throw listenError(spec.address, error);
+    }
+    const running: RunningListener = { spec, listener, open: 0, closed: false };
     this.#listeners.set(spec.address, running);
-    running.done = this.#acceptLoop(running);
-    this.#onEvent({ type: "listening", address: spec.address, port: listener.addr.port });
+    // The loop catches what it can; anything else is a bug, reported without ending the proxy.
+    this.#acceptLoop(running).catch((error) => this.#internalError(error));
+    this.#emit({ type: "listening", address: spec.address, port: listener.addr.port });
   }
 
-  #stopListener(running: RunningListener): void {
+  #stopListener(running: RunningListener, announce = true): void {
     if (this.#listeners.get(running.spec.address) === running) {
       this.#listeners.delete(running.spec.address);
     }
+    running.closed = true;
     try {
       running.listener.close();
     } catch {
       // already closed
     }
-    this.#onEvent({ type: "listener-closed", address: running.spec.address });
+    this.#resumeAccepting();
+    if (announce) this.#emit({ type: "listener-closed", address: running.spec.address });
   }
 
+  /**
+   * Accepts until the proxy closes the listener, and only then. A transient error (a client
+   * that reset before it was accepted) is counted and skipped. Out of fds or memory, accepting
+   * again at once would fail again: the loop pauses, 5 ms doubling to 1 s, or until one of the
+   * proxy's connections closes and frees fds, whichever comes first; the connections waiting in
+   * the kernel's queue are accepted then.
+   */
   async #acceptLoop(running: RunningListener): Promise<void> {
-    for (;;) {
+    let pause = 0;
+    while (!running.closed) {
       let client: Deno.TcpConn;
       try {
         client = await running.listener.accept();
-      } catch {
-        return; // closed by reload or shutdown
+        pause = 0;
+      } catch (error) {
+        if (running.closed) return;
+        const code = errorCode(error);
+        this.#stats.acceptErrors[code] = (this.#stats.acceptErrors[code] ?? 0) + 1;
+        if (acceptErrorKind(code) === "transient") continue;
+        pause = nextBackoff(pause);
+        const { report, suppressed } = this.#throttle.pass(
+          `accept ${running.spec.address} ${code}`,
+          performance.now(),
+        );
+        if (report) {
+          this.#emit({
+            type: "accept-error",
+            address: running.spec.address,
+            code,
+            error: error instanceof Error ? error.message : String(error),
+            pauseMs: pause,
+            suppressed,
+          });
+        }
+        await this.#pauseAccepting(pause);
+        continue;
       }
       if (this.#stopping) {
         client.close();
@@ -578,13 +688,51 @@ export class TcpProxy {
         this.#stats.connectionsRejected++;
         const record = this.#newRecord(running, client);
         record.end = "over-limit";
-        this.#onEvent({ type: "connection", record });
+        this.#emit({ type: "connection", record });
         client.close();
         continue;
       }
-      const settled = this.#serve(running, client);
+      // #serve catches every failure of the connection itself; the catch here is the proof that
+      // nothing one connection does (or a throwing onEvent) can reject unhandled and end the
+      // process: a rejection here is a bug, counted and reported, and the proxy runs on.
+      const settled = this.#serve(running, client).catch((error) => this.#internalError(error));
       this.#settled.add(settled);
       settled.finally(() => this.#settled.delete(settled));
+    }
+  }
+
+  #pauseAccepting(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.#paused.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.#paused.add(done);
+    });
+  }
+
+  #resumeAccepting(): void {
+    for (const resume of [...this.#paused]) resume();
+  }
+
+  /** Reports a bug (at most once a second) and counts it; never throws. */
+  #internalError(error: unknown): void {
+    this.#stats.internalErrors++;
+    const { report, suppressed } = this.#throttle.pass("internal", performance.now());
+    if (!report) return;
+    const message = error instanceof Error ? error.stack ?? error.message : String(error);
+    this.#emit({ type: "internal-error", error: message, suppressed });
+  }
+
+  /** Passes an event to `onEvent`; an `onEvent` that throws is counted, never propagated. */
+  #emit(event: ProxyEvent): void {
+    try {
+      this.#onEvent(event);
+    } catch (error) {
+      // Reporting an internal error failed too: it is counted already.
+      if (event.type !== "internal-error") this.#internalError(error);
     }
   }
 
@@ -611,12 +759,14 @@ export class TcpProxy {
     this.#stats.connectionsOpen++;
     this.#stats.connectionsTotal++;
     try {
-      const chosen = runtime ? await this.#connect(runtime) : null;
-      if (!chosen) {
+      const chosen = runtime ? await this.#connect(runtime) : { end: "no-backend" as const };
+      if ("end" in chosen) {
+        record.end = chosen.end;
+        if (chosen.error !== undefined) record.error = chosen.error;
         client.close();
         return;
       }
-      const [backend, spec] = chosen;
+      const { conn: backend, spec } = chosen;
       record.backend = spec.address;
       const controller = new AbortController();
       this.#relays.add(controller);
@@ -636,20 +786,42 @@ export class TcpProxy {
         this.#relays.delete(controller);
         runtime!.balancer.released(spec.address);
       }
+    } catch (error) {
+      // Not a peer's doing (relay() reports those in its result): a bug. The connection is
+      // closed and the proxy goes on.
+      record.end = "internal-error";
+      record.error = error instanceof Error ? error.message : String(error);
+      closeQuietly(client);
+      this.#internalError(error);
     } finally {
       running.open--;
       this.#stats.connectionsOpen--;
       record.durationMs = Math.round(performance.now() - started);
-      this.#onEvent({ type: "connection", record });
+      this.#emit({ type: "connection", record });
+      // Its fds are free: a listener paused for want of them may accept again.
+      if (this.#paused.size > 0) this.#resumeAccepting();
     }
   }
 
-  /** Tries backends in policy order until one accepts within the connect timeout. */
-  async #connect(runtime: ClusterRuntime): Promise<[Deno.TcpConn, BackendSpec] | null> {
+  /**
+   * Tries backends in policy order until one accepts within the connect timeout. Only what a
+   * backend caused (refused, timed out, reset, unreachable) counts toward its ejection; the
+   * proxy's own failures (out of fds or local ports, not permitted) are counted apart, and end
+   * the attempt when every backend would fail the same way.
+   */
+  async #connect(
+    runtime: ClusterRuntime,
+  ): Promise<
+    { conn: Deno.TcpConn; spec: BackendSpec } | {
+      end: "no-backend" | "local-error";
+      error?: string;
+    }
+  > {
     const tried = new Set<string>();
+    let lastError: string | undefined;
     for (;;) {
       const picked = runtime.balancer.pick(performance.now(), tried);
-      if (!picked) return null;
+      if (!picked) return { end: "no-backend", error: lastError };
       tried.add(picked.address);
       const spec = runtime.spec.backends.find((b) => b.address === picked.address)!;
       const key = backendKey(runtime.spec.name, spec.address);
@@ -658,12 +830,23 @@ export class TcpProxy {
         const conn = await connectWithin(spec, this.#spec.connectTimeoutMs);
         runtime.balancer.connected(spec.address);
         this.#stats.backends[key].connections++;
-        return [conn, spec];
-      } catch {
+        return { conn, spec };
+      } catch (error) {
+        const code = errorCode(error);
+        lastError = `connect to ${spec.address}: ${
+          error instanceof Error ? error.message : String(error)
+        }`;
+        const local = localConnectFailure(code);
+        if (local !== null) {
+          // Not the backend's fault: neither counted against it nor toward its ejection.
+          this.#localError(runtime.spec.name, spec.address, local, lastError);
+          if (failsEveryBackend(local)) return { end: "local-error", error: lastError };
+          continue;
+        }
         this.#stats.connectFailures++;
         this.#stats.backends[key].failures++;
         if (runtime.balancer.failed(spec.address, performance.now())) {
-          this.#onEvent({
+          this.#emit({
             type: "backend-ejected",
             cluster: runtime.spec.name,
             backend: spec.address,
@@ -671,6 +854,15 @@ export class TcpProxy {
         }
       }
     }
+  }
+
+  #localError(cluster: string, backend: string, code: string, error: string): void {
+    this.#stats.localErrors[code] = (this.#stats.localErrors[code] ?? 0) + 1;
+    const { report, suppressed } = this.#throttle.pass(
+      `local ${cluster}/${backend} ${code}`,
+      performance.now(),
+    );
+    if (report) this.#emit({ type: "local-error", cluster, backend, code, error, suppressed });
   }
 
   #count(cluster: string, backend: string, result: RelayResult): void {
@@ -742,23 +934,46 @@ function emptyBackend(cluster: string): ProxyStats["backends"][string] {
 }
 
 /**
- * `Deno.connect` bounded in time. Deno cannot cancel a pending connect, so a late success is
- * closed when it arrives instead of leaking.
+ * `Deno.connect` bounded in time. A connect that times out is aborted through its signal, which
+ * closes its socket at once: without it the socket would live on through the kernel's SYN
+ * retries (about two minutes) and pile up toward the fd limit under a blackholed backend.
  */
-function connectWithin(backend: BackendSpec, timeoutMs: number): Promise<Deno.TcpConn> {
-  return new Promise((resolve, reject) => {
-    let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      reject(new Deno.errors.TimedOut(`connect to ${backend.address} timed out`));
-    }, timeoutMs);
-    Deno.connect({ hostname: backend.hostname, port: backend.port }).then((conn) => {
-      clearTimeout(timer);
-      if (timedOut) conn.close();
-      else resolve(conn);
-    }, (error) => {
-      clearTimeout(timer);
-      if (!timedOut) reject(error);
+async function connectWithin(backend: BackendSpec, timeoutMs: number): Promise<Deno.TcpConn> {
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), timeoutMs);
+  try {
+    return await Deno.connect({
+      hostname: backend.hostname,
+      port: backend.port,
+      signal: controller.signal,
     });
-  });
+  } catch (error) {
+    if (!controller.signal.aborted) throw error;
+    throw new Deno.errors.TimedOut(`Connect to ${backend.address} timed out after ${timeoutMs} ms`);
+  } finally {
+    // Never aborted after success: the signal stays attached to the conn, and aborting it
+    // would close the connection.
+    clearTimeout(timer);
+  }
+}
+
+/** The error of a listener that cannot listen, naming its address; same class, cause kept. */
+function listenError(address: string, error: unknown): Error {
+  const reason = error instanceof Error ? error.message : String(error);
+  const message = `Cannot listen on ${address}: ${reason}`;
+  if (!(error instanceof Error)) return new Error(message);
+  const Kind = error.constructor as new (message: string, options?: ErrorOptions) => Error;
+  try {
+    return new Kind(message, { cause: error });
+  } catch {
+    return new Error(message, { cause: error });
+  }
+}
+
+function closeQuietly(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch {
+    // already closed
+  }
 }

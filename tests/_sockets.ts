@@ -7,6 +7,10 @@
 
 const LIBC_NAMES = ["libc.so.6", "libc.musl-x86_64.so.1", "libc.musl-aarch64.so.1", "libc.so"];
 const SYMBOLS = {
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  listen: { parameters: ["i32", "i32"], result: "i32" },
+  close: { parameters: ["i32"], result: "i32" },
   connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
   getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   getpeername: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
@@ -74,4 +78,66 @@ export function resetAndClose(conn: Deno.TcpConn): void {
 /** Whether `fd`'s peer is gone (getpeername fails): a reset from the other end has arrived. */
 export function peerGone(fd: number): boolean {
   return portOf(libc().getpeername, fd) === -1;
+}
+
+const AF_INET = 2;
+const SOCK_STREAM = 1;
+const SOCK_NONBLOCK = 0o4000;
+const SOCK_CLOEXEC = 0o2000000;
+
+function loopback(port: number): Uint8Array {
+  const sockaddr = new Uint8Array(16);
+  const v = new DataView(sockaddr.buffer);
+  v.setUint16(0, AF_INET, true);
+  v.setUint16(2, port, false);
+  sockaddr.set([127, 0, 0, 1], 4);
+  return sockaddr;
+}
+
+/**
+ * Connects to 127.0.0.1:`port` and resets the connection, synchronously: the handshake completes
+ * in the kernel, so the connection sits in the listener's queue already reset when its owner
+ * gets to accept it (this thread gives its event loop no turn in between).
+ */
+export function connectAndReset(port: number): void {
+  const symbols = libc();
+  const fd = symbols.socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw new Error("Cannot create the test socket");
+  try {
+    const to = loopback(port);
+    if (symbols.connect(fd, to, to.byteLength) !== 0) throw new Error("Cannot connect");
+    if (symbols.connect(fd, UNSPEC, UNSPEC.byteLength) !== 0) throw new Error("Cannot reset");
+  } finally {
+    symbols.close(fd);
+  }
+}
+
+/**
+ * A backend that never answers a connect: a listener with an accept queue of one, filled by a
+ * connection of its own, so that the kernel drops every further SYN (a blackholed host, on
+ * loopback). Close it with `close()`.
+ */
+export function blackhole(): { port: number; close(): void } {
+  const symbols = libc();
+  const listener = symbols.socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const any = loopback(0);
+  if (listener < 0 || symbols.bind(listener, any, any.byteLength) !== 0) {
+    throw new Error("Cannot bind the blackhole");
+  }
+  if (symbols.listen(listener, 0) !== 0) throw new Error("Cannot listen on the blackhole");
+  const port = portOf(symbols.getsockname, listener);
+  // A backlog of 0 still queues one connection; two fill it whatever the kernel rounds to.
+  const fillers: number[] = [];
+  for (let i = 0; i < 2; i++) {
+    const fd = symbols.socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    const to = loopback(port);
+    symbols.connect(fd, to, to.byteLength); // EINPROGRESS: the handshake completes or hangs
+    fillers.push(fd);
+  }
+  return {
+    port,
+    close(): void {
+      for (const fd of [...fillers, listener]) symbols.close(fd);
+    },
+  };
 }

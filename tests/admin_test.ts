@@ -17,6 +17,9 @@ const STATS: ProxyStats = {
   splicedConnections: 1,
   copiedConnections: 0,
   connectFailures: 0,
+  acceptErrors: {},
+  localErrors: {},
+  internalErrors: 0,
   reloads: 0,
   backends: {},
 };

@@ -1,0 +1,108 @@
+/**
+ * How the proxy tells failures apart: those a peer caused from its own (out of fds, memory,
+ * ports or permission), and the transient accept errors that are skipped from those that call
+ * for a pause. Also the throttle that keeps a storm of one failure from flooding the log.
+ *
+ * @module
+ */
+
+/**
+ * What an `accept()` error means for the accept loop, as Go's net/http and HAProxy read them:
+ * - `"transient"`: about one connection only (it was reset or aborted before it was accepted,
+ *   or a firewall refused it); skip it and accept the next at once;
+ * - `"resources"`: the process or system is out of fds or memory; accepting again at once would
+ *   spin on the same error, so pause and retry (neither spinning nor stopping);
+ * - `"other"`: unexpected; treated like `"resources"`, so that nothing spins and nothing stops.
+ */
+export type AcceptErrorKind = "transient" | "resources" | "other";
+
+const TRANSIENT_ACCEPT = new Set([
+  "ECONNABORTED",
+  "ECONNRESET",
+  "ENOTCONN",
+  "EPROTO",
+  "EPERM",
+  "EINTR",
+  "EAGAIN",
+  "ENETDOWN",
+  "ENOPROTOOPT",
+  "EHOSTDOWN",
+  "ENONET",
+  "EHOSTUNREACH",
+  "EOPNOTSUPP",
+  "ENETUNREACH",
+]);
+const RESOURCES = new Set(["EMFILE", "ENFILE", "ENOBUFS", "ENOMEM"]);
+
+/** The errno name of an error from Deno (`code`), or the error's class name when it has none. */
+export function errorCode(error: unknown): string {
+  if (error instanceof Error) {
+    const code = (error as { code?: unknown }).code;
+    if (typeof code === "string" && code !== "") return code;
+    // Deno's classes for the errno values that carry none.
+    if (error instanceof Deno.errors.NotConnected) return "ENOTCONN";
+    if (error instanceof Deno.errors.ConnectionAborted) return "ECONNABORTED";
+    if (error instanceof Deno.errors.ConnectionReset) return "ECONNRESET";
+    if (error instanceof Deno.errors.Interrupted) return "EINTR";
+    if (error instanceof Deno.errors.NotCapable) return "permission";
+    return error.name;
+  }
+  return "unknown";
+}
+
+/** How the accept loop treats an error of `accept()` on a listener it did not close. */
+export function acceptErrorKind(code: string): AcceptErrorKind {
+  if (TRANSIENT_ACCEPT.has(code)) return "transient";
+  return RESOURCES.has(code) ? "resources" : "other";
+}
+
+/**
+ * Whether a failed connect to a backend was the proxy's own failure rather than the backend's:
+ * out of fds or memory, no local port left, or refused by Deno's permissions. Such failures
+ * never count toward a backend's ejection. Returns the reason, or `null` for the backend's.
+ */
+export function localConnectFailure(code: string): string | null {
+  if (RESOURCES.has(code) || code === "EADDRNOTAVAIL" || code === "permission") return code;
+  return null;
+}
+
+/** Whether a local connect failure would fail the same way on any backend. */
+export function failsEveryBackend(reason: string): boolean {
+  return RESOURCES.has(reason) || reason === "EADDRNOTAVAIL";
+}
+
+/** First back-off after an accept error that calls for a pause, in ms (Go's net/http: 5 ms). */
+export const ACCEPT_BACKOFF_MIN_MS = 5;
+/** The back-off doubles up to this (Go's and HAProxy's bound: about a second). */
+export const ACCEPT_BACKOFF_MAX_MS = 1_000;
+
+/** The next back-off after `previous` ms (0: none yet). */
+export function nextBackoff(previous: number): number {
+  return previous === 0 ? ACCEPT_BACKOFF_MIN_MS : Math.min(previous * 2, ACCEPT_BACKOFF_MAX_MS);
+}
+
+/**
+ * At most one report per key per interval: the first occurrence is reported at once, the
+ * following ones within the interval are counted, and the next report carries their count.
+ */
+export class Throttle {
+  #last = new Map<string, { at: number; suppressed: number }>();
+  constructor(readonly intervalMs: number) {}
+
+  /**
+   * Whether to report an occurrence of `key` now; `suppressed` is how many were held back since
+   * the last report of that key. Keys are dropped once quiet, so the map stays small.
+   */
+  pass(key: string, now: number): { report: boolean; suppressed: number } {
+    const last = this.#last.get(key);
+    if (last !== undefined && now - last.at < this.intervalMs) {
+      last.suppressed++;
+      return { report: false, suppressed: 0 };
+    }
+    if (this.#last.size > 1_000) {
+      for (const [k, v] of this.#last) if (now - v.at >= this.intervalMs) this.#last.delete(k);
+    }
+    this.#last.set(key, { at: now, suppressed: 0 });
+    return { report: true, suppressed: last?.suppressed ?? 0 };
+  }
+}
