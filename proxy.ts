@@ -22,6 +22,7 @@ import {
 } from "./config.ts";
 import { type ProxyEvent, TcpProxy } from "./proxy/server.ts";
 import { specFromConfig } from "./proxy/spec.ts";
+import { serveResilient } from "./proxy/http.ts";
 import { serveAdmin } from "./proxy/metrics.ts";
 import { netPermissionProblems } from "./proxy/permissions.ts";
 import { shutdownRelayEngine, spliceAvailable } from "./mod.ts";
@@ -173,9 +174,10 @@ function flatten(event: ProxyEvent): Record<string, unknown> {
 
 /** Starts a tiny HTTP backend for the demo; returns its port. */
 function demoBackend(signal: AbortSignal): number {
-  const server = Deno.serve(
-    { hostname: "127.0.0.1", port: 0, signal, onListen: () => {} },
+  const server = serveResilient(
+    { hostname: "127.0.0.1", port: 0, signal },
     () => new Response("hello from the splice demo backend\n"),
+    (error, pauseMs) => say(`demo backend: ${error}; listening again in ${pauseMs} ms`),
   );
   return server.addr.port;
 }
@@ -239,6 +241,14 @@ async function main(): Promise<number> {
     return 1;
   }
   applyConfig(config);
+  // The last line of defence: every promise on the connection and accept paths has its own
+  // catch (see TcpProxy), so this only runs on a bug elsewhere. Exiting would drop every relay in
+  // flight; it is said instead, and the proxy serves on.
+  globalThis.addEventListener("unhandledrejection", (event) => {
+    event.preventDefault();
+    const reason = event.reason instanceof Error ? event.reason.stack : String(event.reason);
+    say(`internal error (please report it): unhandled rejection: ${reason}`);
+  });
   // Stop signals are caught before anything listens, so that a stop during start-up drains too.
   const stopRequested = new Promise<void>((resolve) => {
     const onStop = (): void => resolve();

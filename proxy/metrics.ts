@@ -11,6 +11,8 @@
  * @module
  */
 
+import { errorCode, Throttle } from "./faults.ts";
+import { serveResilient } from "./http.ts";
 import type { ProxyStats } from "./server.ts";
 
 /**
@@ -278,12 +280,9 @@ export function serveAdmin(
     });
   };
 
-  const server: Deno.HttpServer<Deno.NetAddr> = Deno.serve({
-    hostname: address.hostname,
-    port: address.port,
-    signal,
-    onListen: () => {},
-  }, async (request, info): Promise<Response> => {
+  // The failure is said at most once a second, like the refusals.
+  const failures = new Throttle(LOG_INTERVAL_MS);
+  const server = serveResilient({ ...address, signal }, async (request, info) => {
     const context = { request, remote: formatRemote(info.remoteAddr) };
     const host = request.headers.get("host");
     // A browser always sends Host; only a non-browser client (HTTP/1.0) can leave it out, and
@@ -344,6 +343,14 @@ export function serveAdmin(
       });
     }
     return await route.handle();
+  }, (error, pauseMs) => {
+    const { report, suppressed } = failures.pass("accept", performance.now());
+    if (!report) return;
+    const more = suppressed > 0 ? ` (${suppressed} more in the last second)` : "";
+    options.log?.(
+      `Admin endpoint: accepting failed (${errorCode(error)}): ${error}; listening again in ` +
+        `${pauseMs} ms${more}`,
+    );
   });
   return { addr: server.addr, finished: server.finished, refused };
 }
