@@ -152,6 +152,16 @@ const ENDS: Record<number, RelayEnd> = {
  * slow reader stops the reads on the other side (backpressure, no spinning). Without FFI the
  * userspace copy loop does the same job, more slowly.
  *
+ * A side that fails (its peer reset, or another error) is passed on as a reset: what it sent
+ * before is delivered, and once the other side's peer has acknowledged it (bounded to 5 s), the
+ * other connection is reset too (TCP RST), so a stream cut short never looks complete. Without
+ * `--allow-ffi` Deno offers no way to send a reset, and that side is closed normally.
+ *
+ * Nothing a peer does makes it throw: a peer that is already gone when the relay starts (reset
+ * right after connect or accept), or gone before `initialData` is written, ends the relay with
+ * `end: "reset"`, both sides closed. A conn whose fd cannot be found is relayed by the
+ * userspace loop.
+ *
  * Ownership: the relay takes `a` and `b` and closes both when it ends, whatever the end. Do not
  * read, write or close them meanwhile. Deno conns are closed with `close()`, raw fds with
  * `close(2)`.
@@ -160,7 +170,8 @@ const ENDS: Record<number, RelayEnd> = {
  * @param b the other, e.g. the backend from `Deno.connect`
  * @param options abort signal, idle timeout, mode, pipe capacity, bytes already read
  * @returns bytes moved each way, the path used and how it ended; it rejects only on misuse
- * @throws {TypeError} when `a` and `b` are the same, or a raw fd is given without FFI
+ * @throws {TypeError} on misuse: `a` and `b` the same, a raw fd without FFI, a raw fd that is not
+ * open, `initialData` for a raw fd
  * @throws {RangeError} when an option is out of range
  *
  * @example A TCP proxy
