@@ -55,6 +55,42 @@ export async function waitFor(
   throw new Error(`Timed out after ${timeoutMs} ms waiting for ${what}`);
 }
 
+/**
+ * An echo backend on 127.0.0.1: each connection gets back what it sent, then end of input.
+ * `close()` stops it and waits for the connections it serves to end.
+ */
+export function echoBackend(): { port: number; close(): Promise<void> } {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const served = new Set<Promise<void>>();
+  const loop = (async () => {
+    for await (const conn of listener) {
+      const one = (async () => {
+        try {
+          const buffer = new Uint8Array(64 * 1024);
+          for (let n; (n = await conn.read(buffer)) !== null;) {
+            for (let off = 0; off < n;) off += await conn.write(buffer.subarray(off, n));
+          }
+          await conn.closeWrite();
+        } catch {
+          // the client went away
+        } finally {
+          closeQuietly(conn);
+        }
+      })();
+      served.add(one);
+      one.finally(() => served.delete(one));
+    }
+  })();
+  return {
+    port: listener.addr.port,
+    async close(): Promise<void> {
+      listener.close();
+      await loop.catch(() => {});
+      await Promise.all([...served]);
+    },
+  };
+}
+
 export { fillPattern, receiveAll, sendPattern } from "../_payload.ts";
 
 /** The result of a Deno subprocess. */

@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { closeQuietly, waitFor } from "./_helpers.ts";
+import { closeQuietly, echoBackend, waitFor } from "./_helpers.ts";
 import { within } from "./_relay_helpers.ts";
 import { resetAndClose } from "./_sockets.ts";
 
@@ -120,23 +120,6 @@ async function withConfig<T>(text: string, fn: (path: string) => Promise<T>): Pr
   }
 }
 
-/** An echo backend in this process. */
-function echoBackend(): { port: number; close(): void } {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  (async () => {
-    for await (const conn of listener) {
-      (async () => {
-        const buffer = new Uint8Array(16 * 1024);
-        for (let n; (n = await conn.read(buffer)) !== null;) {
-          for (let off = 0; off < n;) off += await conn.write(buffer.subarray(off, n));
-        }
-        await conn.closeWrite();
-      })().catch(() => {}).finally(() => closeQuietly(conn));
-    }
-  })().catch(() => {});
-  return { port: listener.addr.port, close: () => listener.close() };
-}
-
 /** One byte there and back through the proxy. */
 async function echoOnce(port: number): Promise<boolean> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
@@ -216,7 +199,7 @@ Deno.test("proxy.ts: out of fds, accepting pauses and resumes; 300 connects at o
       } finally {
         for (const conn of clients) closeQuietly(conn);
         await proxy.stop();
-        backend.close();
+        await backend.close();
       }
     },
   );

@@ -9,42 +9,9 @@
 import assert from "node:assert/strict";
 import { shutdownRelayEngine } from "../mod.ts";
 import { type ProxyEvent, type ProxySpec, TcpProxy } from "../proxy/server.ts";
-import { closeQuietly, openFdCount, receiveAll, runDeno, waitFor } from "./_helpers.ts";
+import { echoBackend, openFdCount, receiveAll, runDeno, waitFor } from "./_helpers.ts";
 import { within } from "./_relay_helpers.ts";
 import { blackhole, connectAndReset, resetAndClose } from "./_sockets.ts";
-
-/** An echo backend: each connection gets back what it sent, then end of input. */
-function echoBackend(): { port: number; close(): Promise<void> } {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const served = new Set<Promise<void>>();
-  const loop = (async () => {
-    for await (const conn of listener) {
-      const one = (async () => {
-        try {
-          const buffer = new Uint8Array(64 * 1024);
-          for (let n; (n = await conn.read(buffer)) !== null;) {
-            for (let off = 0; off < n;) off += await conn.write(buffer.subarray(off, n));
-          }
-          await conn.closeWrite();
-        } catch {
-          // the client went away
-        } finally {
-          closeQuietly(conn);
-        }
-      })();
-      served.add(one);
-      one.finally(() => served.delete(one));
-    }
-  })();
-  return {
-    port: listener.addr.port,
-    async close(): Promise<void> {
-      listener.close();
-      await loop.catch(() => {});
-      await Promise.all([...served]);
-    },
-  };
-}
 
 function spec(backendPort: number, extra?: Partial<ProxySpec>): ProxySpec {
   return {
