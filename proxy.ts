@@ -22,7 +22,7 @@ import {
 } from "./config.ts";
 import { type ProxyEvent, TcpProxy } from "./proxy/server.ts";
 import { specFromConfig } from "./proxy/spec.ts";
-import { serveResilient } from "./proxy/http.ts";
+import { describeHttpEvent, serveHttp } from "./proxy/http.ts";
 import { serveAdmin } from "./proxy/metrics.ts";
 import { netPermissionProblems } from "./proxy/permissions.ts";
 import { shutdownRelayEngine, spliceAvailable } from "./mod.ts";
@@ -174,10 +174,14 @@ function flatten(event: ProxyEvent): Record<string, unknown> {
 
 /** Starts a tiny HTTP backend for the demo; returns its port. */
 function demoBackend(signal: AbortSignal): number {
-  const server = serveResilient(
-    { hostname: "127.0.0.1", port: 0, signal },
+  const server = serveHttp(
+    {
+      hostname: "127.0.0.1",
+      port: 0,
+      signal,
+      onEvent: (event) => say(`demo backend: ${describeHttpEvent(event)}`),
+    },
     () => new Response("hello from the splice demo backend\n"),
-    (error, pauseMs) => say(`demo backend: ${error}; listening again in ${pauseMs} ms`),
   );
   return server.addr.port;
 }

@@ -1,69 +1,354 @@
 /**
- * `Deno.serve` that outlives a failed accept. Deno 2.9's HTTP server ends when its accept fails
- * (EMFILE, when the proxy's connections have used up the fds): its listener is closed and its
- * `finished` promise rejects, which, unhandled, ends the whole process. A peer can cause that,
- * so the rejection is taken here and the server listens again, after a pause that grows like the
- * proxy's own accept back-off, until the signal aborts.
+ * A small HTTP/1.1 server on `Deno.listen`, for the admin endpoint and the demo backend, built to
+ * the proxy's own standard: nothing a peer does stops the listener or holds its fds for long.
+ *
+ * `Deno.serve` fell short of that twice: a connection that sent part of a request head stayed
+ * open indefinitely (so a few slow clients could hold fds until the proxy's listeners ran out),
+ * and one failed accept (EMFILE) ended the whole server. Here accepting never stops before the
+ * signal aborts (errors are skipped or paused on, as in the proxy's accept loop), every phase of
+ * a connection has a deadline, heads and connections are bounded, and every refusal is counted
+ * (`refused`) and reported (`onEvent`, at most once a second per kind).
+ *
+ * Responses are buffered whole (their length is sent as Content-Length): the handlers served
+ * answer small bodies. A handler is trusted to return; a peer is not.
  *
  * @module
  */
 
-import { ACCEPT_BACKOFF_MAX_MS, nextBackoff } from "./faults.ts";
+import {
+  ACCEPT_BACKOFF_MAX_MS,
+  acceptErrorKind,
+  errorCode,
+  nextBackoff,
+  Throttle,
+} from "./faults.ts";
+import {
+  closeQuietly,
+  Connection,
+  type ConnectionHost,
+  responseBytes,
+  writeAll,
+} from "./http_connection.ts";
 
-/** A server that listens again after an accept failure. */
-export interface ResilientServer {
-  /** The address it listens on (with port 0 asked, the port it got; kept across restarts). */
-  readonly addr: Deno.NetAddr;
-  /** Settles once the signal aborted and the server stopped. */
-  readonly finished: Promise<void>;
+/** Answers a request; the same shape as a `Deno.serve` handler. */
+export type HttpHandler = (
+  request: Request,
+  info: { remoteAddr: Deno.NetAddr },
+) => Response | Promise<Response>;
+
+/**
+ * Why the server refused a connection or request before (or instead of) the handler:
+ * - `"slow"`: the head (or body) did not arrive within its deadline, or no request came at all on
+ *   a new connection (408, or closed without an answer when nothing was sent);
+ * - `"head-too-large"`: the request line and headers passed `maxHeadBytes` (431);
+ * - `"malformed"`: not HTTP/1.x syntax, ambiguous framing, a bad chunked body (400);
+ * - `"unsupported"`: a version, method or transfer coding this server does not do (505, 501);
+ * - `"too-many"`: `maxConnections` were open already (503, closed at once).
+ */
+export type HttpRefusal = "slow" | "head-too-large" | "malformed" | "unsupported" | "too-many";
+
+/** Deadlines and bounds of {@linkcode serveHttp}. */
+export interface HttpLimits {
+  /** The request head must be complete this long after accept, or after the previous response. */
+  readonly headTimeoutMs: number;
+  /** A kept-alive connection that sends nothing for this long after a response is closed. */
+  readonly idleTimeoutMs: number;
+  /** A request body must be complete this long after its head. */
+  readonly bodyTimeoutMs: number;
+  /** A response (or a 100 Continue) must be written within this long. */
+  readonly writeTimeoutMs: number;
+  /** The largest request head (request line and headers, and a chunked body's trailer). */
+  readonly maxHeadBytes: number;
+  /** Connections served at once; further ones get 503 and are closed. */
+  readonly maxConnections: number;
 }
 
 /**
- * Serves `handler` on `hostname:port` until `signal` aborts; when the server fails, says so
- * through `onFailure` (with the pause before the next try) and listens again on the same port.
- * The first listen throws like `Deno.serve` (address in use, not permitted).
+ * The defaults. 10 s for a head or a body is far more than a local client or a scraper needs
+ * (Prometheus' own scrape timeout is 10 s) and bounds how long a slow client holds an fd; 5 s
+ * idle is Node's keep-alive default; 16 KiB of head is twice what curl or a browser sends; 64
+ * connections is plenty for an admin port and caps the fds it can take from the proxy.
  */
-export function serveResilient(
-  options: { hostname: string; port: number; signal: AbortSignal },
-  handler: Deno.ServeHandler<Deno.NetAddr>,
-  onFailure: (error: unknown, pauseMs: number) => void,
-): ResilientServer {
-  const listen = (port: number): Deno.HttpServer<Deno.NetAddr> =>
-    Deno.serve({
-      hostname: options.hostname,
-      port,
-      signal: options.signal,
-      onListen: () => {},
-    }, handler);
-  const first = listen(options.port);
-  const addr = first.addr;
-  const finished = (async () => {
-    let server: Deno.HttpServer<Deno.NetAddr> | null = first;
-    let pause = 0;
-    while (!options.signal.aborted) {
-      const since = performance.now();
-      let failure: unknown = new Error("The HTTP server stopped by itself");
-      try {
-        server ??= listen(addr.port);
-        await server.finished;
-      } catch (error) {
-        failure = error;
-      }
-      server = null;
-      if (options.signal.aborted) return;
-      // A server that ran a while before failing starts the back-off over.
-      pause = nextBackoff(performance.now() - since > ACCEPT_BACKOFF_MAX_MS ? 0 : pause);
-      onFailure(failure, pause);
-      await new Promise<void>((resolve) => {
-        const done = (): void => {
-          clearTimeout(timer);
-          options.signal.removeEventListener("abort", done);
-          resolve();
-        };
-        const timer = setTimeout(done, pause);
-        options.signal.addEventListener("abort", done, { once: true });
+export const DEFAULT_HTTP_LIMITS: Readonly<HttpLimits> = {
+  headTimeoutMs: 10_000,
+  idleTimeoutMs: 5_000,
+  bodyTimeoutMs: 10_000,
+  writeTimeoutMs: 10_000,
+  maxHeadBytes: 16 * 1024,
+  maxConnections: 64,
+};
+
+/**
+ * What the server reports. Each kind (each reason, for refusals) at most once a second; the
+ * next report of a kind carries how many were held back (`suppressed`).
+ */
+export type HttpServerEvent =
+  | { type: "accept-error"; code: string; error: string; pauseMs: number; suppressed: number }
+  | {
+    type: "refused";
+    reason: HttpRefusal;
+    /** The status answered, or null when the connection was closed without an answer. */
+    status: number | null;
+    remote: string;
+    message: string;
+    suppressed: number;
+  }
+  | { type: "handler-error" | "internal-error"; error: string; suppressed: number };
+
+/** Options of {@linkcode serveHttp}. */
+export interface HttpServerOptions {
+  /** The address to listen on, as for `Deno.listen`. */
+  hostname: string;
+  /** The port to listen on; 0 for any free one (see {@linkcode HttpServer.addr}). */
+  port: number;
+  /** Aborting it stops the server (see {@linkcode serveHttp}). */
+  signal: AbortSignal;
+  /** Overrides of {@linkcode DEFAULT_HTTP_LIMITS}. */
+  limits?: Partial<HttpLimits>;
+  /** Receives failures and refusals, throttled; an exception it throws is ignored. */
+  onEvent?: (event: HttpServerEvent) => void;
+}
+
+/** A running server. */
+export interface HttpServer {
+  /** The address it listens on (with port 0 asked, the port it got). */
+  readonly addr: Deno.NetAddr;
+  /** Resolves once the signal aborted and every connection has ended; never rejects. */
+  readonly finished: Promise<void>;
+  /** Connections and requests refused so far, by reason. */
+  readonly refused: Readonly<Record<HttpRefusal, number>>;
+}
+
+/**
+ * Serves `handler` on `hostname:port` until `signal` aborts. Listening throws at once, like
+ * `Deno.listen` (address in use, not permitted); after that nothing throws or rejects.
+ *
+ * Stopping closes the listener and the connections waiting for a request, lets responses in
+ * flight be written (with `Connection: close`), then resolves `finished`.
+ *
+ * @example
+ * ```ts
+ * import { serveHttp } from "./http.ts";
+ *
+ * const stop = new AbortController();
+ * const server = serveHttp(
+ *   { hostname: "127.0.0.1", port: 0, signal: stop.signal, limits: { maxConnections: 8 } },
+ *   (request) => new Response(`hello ${new URL(request.url).pathname}\n`),
+ * );
+ * console.log(await (await fetch(`http://127.0.0.1:${server.addr.port}/x`)).text()); // hello /x
+ * stop.abort();
+ * await server.finished;
+ * ```
+ */
+export function serveHttp(options: HttpServerOptions, handler: HttpHandler): HttpServer {
+  const listener = Deno.listen({ hostname: options.hostname, port: options.port });
+  const server = new Server(listener, handler, { ...DEFAULT_HTTP_LIMITS, ...options.limits }, {
+    onEvent: options.onEvent,
+  });
+  return {
+    addr: listener.addr,
+    finished: server.run(options.signal),
+    refused: server.refused,
+  };
+}
+
+/** One line for an event, without a prefix naming the server. */
+export function describeHttpEvent(event: HttpServerEvent): string {
+  const more = event.suppressed > 0 ? ` (${event.suppressed} more in the last second)` : "";
+  switch (event.type) {
+    case "accept-error":
+      return `accepting failed (${event.code}): ${event.error}; accepting again in ` +
+        `${event.pauseMs} ms or when a connection closes${more}`;
+    case "refused": {
+      const answer = event.status === null ? "closed" : String(event.status);
+      return `refused a connection from ${event.remote} (${event.reason}, ${answer}): ` +
+        `${event.message}${more}`;
+    }
+    case "handler-error":
+      return `handler failed, answered 500: ${event.error}${more}`;
+    case "internal-error":
+      return `internal error (please report it): ${event.error}${more}`;
+  }
+}
+
+/** The listener, its accept loop, the connections, the counters. */
+class Server implements ConnectionHost {
+  readonly refused: Record<HttpRefusal, number> = {
+    slow: 0,
+    "head-too-large": 0,
+    malformed: 0,
+    unsupported: 0,
+    "too-many": 0,
+  };
+  readonly limits: HttpLimits;
+  readonly handler: HttpHandler;
+  readonly addr: Deno.NetAddr;
+  #listener: Deno.TcpListener;
+  #onEvent: ((event: HttpServerEvent) => void) | undefined;
+  #throttle = new Throttle(1_000);
+  #stopping = false;
+  #connections = new Set<Connection>();
+  /** Every connection's task, including refusals answered at once: `finished` waits for all. */
+  #tasks = new Set<Promise<void>>();
+  #paused = new Set<() => void>();
+
+  constructor(
+    listener: Deno.TcpListener,
+    handler: HttpHandler,
+    limits: HttpLimits,
+    hooks: { onEvent: ((event: HttpServerEvent) => void) | undefined },
+  ) {
+    this.#listener = listener;
+    this.addr = listener.addr;
+    this.handler = handler;
+    this.limits = limits;
+    this.#onEvent = hooks.onEvent;
+  }
+
+  async run(signal: AbortSignal): Promise<void> {
+    const stop = (): void => this.#stop();
+    if (signal.aborted) stop();
+    else signal.addEventListener("abort", stop, { once: true });
+    while (!this.#stopping) {
+      // The loop catches what a peer or the system can cause; a rejection is a bug, reported,
+      // and accepting goes on after a pause rather than stopping.
+      await this.#acceptLoop().catch(async (error) => {
+        this.report("internal-error", error);
+        await this.#pause(ACCEPT_BACKOFF_MAX_MS);
       });
     }
-  })();
-  return { addr, finished };
+    signal.removeEventListener("abort", stop);
+    while (this.#tasks.size > 0) await Promise.all(this.#tasks);
+  }
+
+  /**
+   * Accepts until stopped, and only then, with the proxy's rules (TcpProxy's accept loop): a
+   * transient error (a client gone before it was accepted) is skipped; out of fds or memory, or
+   * an unknown error, accepting at once would fail again, so the loop pauses 5 ms doubling to
+   * 1 s, cut short when one of its connections closes and frees an fd. Connections that arrive
+   * meanwhile wait in the kernel's queue and are served after: the listener is never replaced.
+   */
+  async #acceptLoop(): Promise<void> {
+    let pause = 0;
+    while (!this.#stopping) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await this.#listener.accept();
+        pause = 0;
+      } catch (error) {
+        if (this.#stopping) return;
+        const code = errorCode(error);
+        if (acceptErrorKind(code) === "transient") continue;
+        pause = nextBackoff(pause);
+        this.#emit("accept", (suppressed) => ({
+          type: "accept-error",
+          code,
+          error: error instanceof Error ? error.message : String(error),
+          pauseMs: pause,
+          suppressed,
+        }));
+        await this.#pause(pause);
+        continue;
+      }
+      if (this.#stopping) {
+        closeQuietly(conn);
+        continue;
+      }
+      if (this.#connections.size >= this.limits.maxConnections) {
+        this.#track(this.#refuseAtOnce(conn));
+        continue;
+      }
+      const connection = new Connection(this, conn);
+      this.#connections.add(connection);
+      this.#track(
+        connection.serve().finally(() => {
+          this.#connections.delete(connection);
+          this.#resume();
+        }),
+      );
+    }
+  }
+
+  /**
+   * 503 without reading: the answer fits in a fresh socket's buffer, so the write completes at
+   * once, and the fd is freed at once too; that is the point of a bound under a flood.
+   */
+  async #refuseAtOnce(conn: Deno.TcpConn): Promise<void> {
+    const message = `Too many connections (${this.limits.maxConnections} open); try again later`;
+    this.count("too-many", conn, 503, message);
+    const timer = setTimeout(() => closeQuietly(conn), 1_000);
+    try {
+      await writeAll(conn, responseBytes(503, message, { "retry-after": "1" }));
+    } catch {
+      // the peer is gone; nothing to say
+    } finally {
+      clearTimeout(timer);
+      closeQuietly(conn);
+    }
+  }
+
+  #track(task: Promise<void>): void {
+    const tracked = task.catch((error) => this.report("internal-error", error));
+    this.#tasks.add(tracked);
+    tracked.finally(() => this.#tasks.delete(tracked));
+  }
+
+  /** Waits `ms`, or less when a connection closes or the server stops. */
+  #pause(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.#paused.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.#paused.add(done);
+    });
+  }
+
+  #resume(): void {
+    for (const resume of [...this.#paused]) resume();
+  }
+
+  #stop(): void {
+    if (this.#stopping) return;
+    this.#stopping = true;
+    closeQuietly(this.#listener);
+    this.#resume();
+    for (const connection of this.#connections) connection.stop();
+  }
+
+  /** Counts a refusal and reports it. */
+  count(reason: HttpRefusal, conn: Deno.TcpConn, status: number | null, message: string): void {
+    this.refused[reason]++;
+    this.#emit(`refused ${reason}`, (suppressed) => ({
+      type: "refused",
+      reason,
+      status,
+      remote: formatRemote(conn.remoteAddr),
+      message,
+      suppressed,
+    }));
+  }
+
+  report(type: "handler-error" | "internal-error", error: unknown): void {
+    const text = error instanceof Error ? error.stack ?? error.message : String(error);
+    this.#emit(type, (suppressed) => ({ type, error: text, suppressed }));
+  }
+
+  #emit(key: string, event: (suppressed: number) => HttpServerEvent): void {
+    const { report, suppressed } = this.#throttle.pass(key, performance.now());
+    if (!report || !this.#onEvent) return;
+    try {
+      this.#onEvent(event(suppressed));
+    } catch {
+      // A logger that throws must not take the server with it.
+    }
+  }
+}
+
+function formatRemote(address: Deno.NetAddr): string {
+  return address.hostname.includes(":")
+    ? `[${address.hostname}]:${address.port}`
+    : `${address.hostname}:${address.port}`;
 }

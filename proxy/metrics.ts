@@ -11,8 +11,7 @@
  * @module
  */
 
-import { errorCode, Throttle } from "./faults.ts";
-import { serveResilient } from "./http.ts";
+import { describeHttpEvent, type HttpLimits, type HttpRefusal, serveHttp } from "./http.ts";
 import type { ProxyStats } from "./server.ts";
 
 /**
@@ -126,6 +125,11 @@ export interface AdminOptions {
    * `SPLICE_ADMIN_TOKEN` might be set but not granted.
    */
   log?: (line: string) => void;
+  /**
+   * Deadlines and bounds of the HTTP server under the endpoint (see `DEFAULT_HTTP_LIMITS` in
+   * ./http.ts: 10 s for a request head, 16 KiB of it, 64 connections); for tests, mostly.
+   */
+  limits?: Partial<HttpLimits>;
 }
 
 /** A running admin endpoint. */
@@ -136,6 +140,12 @@ export interface AdminServer {
   readonly finished: Promise<void>;
   /** Requests refused so far, by reason; also on `/metrics`. */
   readonly refused: Readonly<Record<AdminRefusal, number>>;
+  /**
+   * Connections and requests the HTTP server refused before they reached the checks above
+   * (too slow, head too large, malformed, unsupported, over the connection limit); also on
+   * `/metrics`, in the same family as `refused`.
+   */
+  readonly refusedByServer: Readonly<Record<HttpRefusal, number>>;
 }
 
 /** The environment variable that sets the admin token. */
@@ -171,7 +181,9 @@ interface Route {
  * with `Allow`), for routes that change state (`POST /reload`) a cross-site check (403 when
  * `Origin` is not this request's own origin or `Sec-Fetch-Site` is neither `same-origin` nor
  * `none`) and the token check (401), then the body is read up to the limit (413 past it) and discarded. Refusals are counted
- * in `refused` and on `/metrics` as `splice_admin_requests_refused_total{reason}`.
+ * in `refused` and on `/metrics` as `splice_admin_requests_refused_total{reason}`. Before any of
+ * that, the HTTP server under it (./http.ts) bounds each connection's time and head size and the
+ * number of connections; its refusals are in `refusedByServer` and the same metric family.
  *
  * @example
  * ```ts
@@ -229,7 +241,7 @@ export function serveAdmin(
       path: "/metrics",
       changesState: false,
       handle: () =>
-        new Response(prometheusText(handlers.stats()) + refusalText(refused), {
+        new Response(prometheusText(handlers.stats()) + refusalText(refused, server.refused), {
           headers: { "content-type": "text/plain; version=0.0.4" },
         }),
     },
@@ -280,9 +292,13 @@ export function serveAdmin(
     });
   };
 
-  // The failure is said at most once a second, like the refusals.
-  const failures = new Throttle(LOG_INTERVAL_MS);
-  const server = serveResilient({ ...address, signal }, async (request, info) => {
+  // The server says each kind of failure or refusal at most once a second, like the ones below.
+  const server = serveHttp({
+    ...address,
+    signal,
+    limits: options.limits,
+    onEvent: (event) => options.log?.(`Admin endpoint: ${describeHttpEvent(event)}`),
+  }, async (request, info) => {
     const context = { request, remote: formatRemote(info.remoteAddr) };
     const host = request.headers.get("host");
     // A browser always sends Host; only a non-browser client (HTTP/1.0) can leave it out, and
@@ -296,7 +312,7 @@ export function serveAdmin(
     }
     const declared = request.headers.get("content-length");
     if (declared !== null && Number(declared) > MAX_BODY_BYTES) {
-      // Not read: Deno answers and then closes the connection instead of keeping it alive.
+      // Not read: the server answers and then closes the connection instead of keeping it alive.
       return refuse("too-large", context, {
         status: 413,
         message: `Request body too large: ${declared} bytes, the limit is ${MAX_BODY_BYTES}`,
@@ -307,7 +323,7 @@ export function serveAdmin(
     if (onPath.length === 0) {
       return new Response("not found: try /metrics, /status or POST /reload\n", { status: 404 });
     }
-    // HEAD is answered as GET; Deno leaves the body out.
+    // HEAD is answered as GET; the server leaves the body out.
     const method = request.method === "HEAD" ? "GET" : request.method;
     const route = onPath.find((r) => r.method === method);
     if (!route) {
@@ -343,26 +359,29 @@ export function serveAdmin(
       });
     }
     return await route.handle();
-  }, (error, pauseMs) => {
-    const { report, suppressed } = failures.pass("accept", performance.now());
-    if (!report) return;
-    const more = suppressed > 0 ? ` (${suppressed} more in the last second)` : "";
-    options.log?.(
-      `Admin endpoint: accepting failed (${errorCode(error)}): ${error}; listening again in ` +
-        `${pauseMs} ms${more}`,
-    );
   });
-  return { addr: server.addr, finished: server.finished, refused };
+  return {
+    addr: server.addr,
+    finished: server.finished,
+    refused,
+    refusedByServer: server.refused,
+  };
 }
 
-/** `splice_admin_requests_refused_total`, one line per reason, zeros included. */
-function refusalText(refused: Readonly<Record<AdminRefusal, number>>): string {
+/**
+ * `splice_admin_requests_refused_total`, one line per reason, zeros included: the endpoint's own
+ * reasons, then the server's.
+ */
+function refusalText(
+  refused: Readonly<Record<AdminRefusal, number>>,
+  byServer: Readonly<Record<HttpRefusal, number>>,
+): string {
   const name = "splice_admin_requests_refused_total";
   const lines = [
     `# HELP ${name} Admin endpoint requests refused, by reason.`,
     `# TYPE ${name} counter`,
   ];
-  for (const [reason, count] of Object.entries(refused)) {
+  for (const [reason, count] of [...Object.entries(refused), ...Object.entries(byServer)]) {
     lines.push(`${name}{reason="${reason}"} ${count}`);
   }
   return lines.join("\n") + "\n";
@@ -469,8 +488,8 @@ async function discardBody(request: Request, limit: number): Promise<boolean> {
       if (total > limit) return false;
     }
   } finally {
-    // Released, not cancelled: a cancelled body counts as consumed, and Deno would then keep
-    // the connection alive and drain the rest of an oversized body; unread, it closes instead.
+    // Released, not cancelled: either way the server closes the connection after the response
+    // instead of draining the rest of an oversized body, but release says "unread" plainly.
     reader.releaseLock();
   }
 }

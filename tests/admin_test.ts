@@ -6,6 +6,7 @@
 
 import assert from "node:assert/strict";
 import { type AdminRefusal, serveAdmin } from "../proxy/metrics.ts";
+import type { HttpLimits, HttpRefusal } from "../proxy/http.ts";
 import type { ProxyStats } from "../proxy/server.ts";
 
 const STATS: ProxyStats = {
@@ -33,11 +34,12 @@ interface Admin {
   statsCalls: number;
   logged: string[];
   refused: Readonly<Record<AdminRefusal, number>>;
+  refusedByServer: Readonly<Record<HttpRefusal, number>>;
 }
 
 /** Runs `body` against a fresh admin endpoint on 127.0.0.1 (any free port), then stops it. */
 async function withAdmin(
-  options: { token?: string },
+  options: { token?: string; limits?: Partial<HttpLimits> },
   body: (admin: Admin) => Promise<void>,
 ): Promise<void> {
   const stop = new AbortController();
@@ -63,6 +65,7 @@ async function withAdmin(
     port: server.addr.port,
     logged,
     refused: server.refused,
+    refusedByServer: server.refusedByServer,
   });
   try {
     await body(admin);
@@ -116,6 +119,24 @@ class RawHttp {
     const body = new TextDecoder().decode(this.#buffered.subarray(end + 4, end + 4 + length));
     this.#buffered = this.#buffered.slice(end + 4 + length);
     return { status: Number(statusLine.split(" ")[1]), headers, body };
+  }
+
+  /** Waits until the server has closed the connection; fails if it sends more first. */
+  async end(): Promise<void> {
+    if (this.#buffered.length > 0) throw new Error("Unread bytes before the end");
+    const chunk = new Uint8Array(1024);
+    const timer = setTimeout(() => this.close(), TIMEOUT_MS);
+    try {
+      const n = await this.#conn.read(chunk);
+      if (n !== null) throw new Error(`${n} more bytes instead of the end`);
+    } catch (error) {
+      // A reset is an end too; a read cut short by the timer is not.
+      if (!(error instanceof Deno.errors.ConnectionReset)) {
+        throw new Error(`The connection did not end within ${TIMEOUT_MS} ms`, { cause: error });
+      }
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   async #fill(): Promise<void> {
@@ -507,5 +528,104 @@ Deno.test("admin: refusals are counted on /metrics by reason and logged at most 
       assert.ok(admin.logged.some((line) => line.includes(reason)), `a line for ${reason}`);
     }
     for (const line of admin.logged) assert.match(line, /^[A-Z]/);
+  });
+});
+
+Deno.test("admin: slow, oversized and malformed requests are refused by the server, counted on /metrics and logged", async () => {
+  await withAdmin({ limits: { headTimeoutMs: 300 } }, async (admin) => {
+    const host = `127.0.0.1:${admin.port}`;
+    // Half a head, then nothing: answered 408 and closed at the deadline, however long the
+    // client would wait.
+    const slow = await RawHttp.open(admin.port);
+    try {
+      const started = Date.now();
+      await slow.send(`GET /metrics HTTP/1.1\r\nHost: ${host}\r\n`);
+      assert.equal((await slow.reply()).status, 408);
+      await slow.end();
+      assert.ok(Date.now() - started < 2_000, "closed at the head deadline");
+    } finally {
+      slow.close();
+    }
+    const big = await request(
+      admin.port,
+      http11("GET", "/status", { Host: host, "X-Big": "a".repeat(20 * 1024) }),
+    );
+    assert.equal(big.status, 431);
+    const malformed = await request(admin.port, `GET /status HTTP/1.1\r\nHost : ${host}\r\n\r\n`);
+    assert.equal(malformed.status, 400);
+    const ambiguous = await request(
+      admin.port,
+      http11("POST", "/reload", {
+        Host: host,
+        "Content-Length": "5",
+        "Transfer-Encoding": "chunked",
+      }, "0\r\n\r\n"),
+    );
+    assert.equal(ambiguous.status, 400);
+    assert.equal(admin.reloads, 0);
+    assert.equal(admin.statsCalls, 0, "no refused request reached a handler");
+
+    const metrics = await request(admin.port, http11("GET", "/metrics", { Host: host }));
+    assert.equal(metrics.status, 200);
+    const name = "splice_admin_requests_refused_total";
+    const expected = {
+      host: 0,
+      "cross-site": 0,
+      token: 0,
+      "too-large": 0,
+      method: 0,
+      slow: 1,
+      "head-too-large": 1,
+      malformed: 2,
+      unsupported: 0,
+      "too-many": 0,
+    };
+    for (const [reason, count] of Object.entries(expected)) {
+      assert.match(metrics.body, new RegExp(`^${name}\\{reason="${reason}"\\} ${count}$`, "m"));
+    }
+    assert.deepEqual(admin.refusedByServer, {
+      slow: 1,
+      "head-too-large": 1,
+      malformed: 2,
+      unsupported: 0,
+      "too-many": 0,
+    });
+    for (const reason of ["slow, 408", "head-too-large, 431", "malformed, 400"]) {
+      assert.ok(
+        admin.logged.some((line) =>
+          line.startsWith("Admin endpoint: refused") && line.includes(reason)
+        ),
+        `a line for ${reason}:\n${admin.logged.join("\n")}`,
+      );
+    }
+  });
+});
+
+Deno.test("admin: past the connection limit, 503 at once and counted, while held connections still scrape", async () => {
+  await withAdmin({ limits: { maxConnections: 2 } }, async (admin) => {
+    const host = `127.0.0.1:${admin.port}`;
+    const held = [await RawHttp.open(admin.port), await RawHttp.open(admin.port)];
+    try {
+      for (const http of held) {
+        await http.send(http11("GET", "/status", { Host: host }));
+        assert.equal((await http.reply()).status, 200);
+      }
+      const extra = await RawHttp.open(admin.port);
+      try {
+        const reply = await extra.reply();
+        assert.equal(reply.status, 503);
+        assert.equal(reply.headers.get("connection"), "close");
+        await extra.end();
+      } finally {
+        extra.close();
+      }
+      await held[0].send(http11("GET", "/metrics", { Host: host }));
+      const metrics = await held[0].reply();
+      assert.equal(metrics.status, 200);
+      assert.match(metrics.body, /^splice_admin_requests_refused_total\{reason="too-many"\} 1$/m);
+      assert.equal(admin.refusedByServer["too-many"], 1);
+    } finally {
+      for (const http of held) http.close();
+    }
   });
 });
