@@ -15,13 +15,8 @@
  * @module
  */
 
-import {
-  ACCEPT_BACKOFF_MAX_MS,
-  acceptErrorKind,
-  errorCode,
-  nextBackoff,
-  Throttle,
-} from "./faults.ts";
+import { acceptLoop, AcceptPauses } from "./accept.ts";
+import { ACCEPT_BACKOFF_MAX_MS, Throttle } from "./faults.ts";
 import {
   closeQuietly,
   Connection,
@@ -190,7 +185,7 @@ class Server implements ConnectionHost {
   #connections = new Set<Connection>();
   /** Every connection's task, including refusals answered at once: `finished` waits for all. */
   #tasks = new Set<Promise<void>>();
-  #paused = new Set<() => void>();
+  #pauses = new AcceptPauses();
 
   constructor(
     listener: Deno.TcpListener,
@@ -209,64 +204,50 @@ class Server implements ConnectionHost {
     const stop = (): void => this.#stop();
     if (signal.aborted) stop();
     else signal.addEventListener("abort", stop, { once: true });
+    const hooks = {
+      closed: () => this.#stopping,
+      accepted: (conn: Deno.TcpConn) => this.#accepted(conn),
+      failed: (code: string, error: unknown, pauseMs: number) => {
+        if (pauseMs === 0) return; // transient: a client gone before it was accepted
+        this.#emit("accept", (suppressed) => ({
+          type: "accept-error",
+          code,
+          error: error instanceof Error ? error.message : String(error),
+          pauseMs,
+          suppressed,
+        }));
+      },
+    };
     while (!this.#stopping) {
-      // The loop catches what a peer or the system can cause; a rejection is a bug, reported,
-      // and accepting goes on after a pause rather than stopping.
-      await this.#acceptLoop().catch(async (error) => {
+      // The loop takes every error of accept() (proxy/accept.ts); a rejection is a bug,
+      // reported, and accepting goes on after a pause rather than stopping.
+      await acceptLoop(this.#listener, hooks, this.#pauses).catch(async (error) => {
         this.report("internal-error", error);
-        await this.#pause(ACCEPT_BACKOFF_MAX_MS);
+        await this.#pauses.wait(ACCEPT_BACKOFF_MAX_MS);
       });
     }
     signal.removeEventListener("abort", stop);
     while (this.#tasks.size > 0) await Promise.all(this.#tasks);
   }
 
-  /**
-   * Accepts until stopped, and only then, with the proxy's rules (TcpProxy's accept loop): a
-   * transient error (a client gone before it was accepted) is skipped; out of fds or memory, or
-   * an unknown error, accepting at once would fail again, so the loop pauses 5 ms doubling to
-   * 1 s, cut short when one of its connections closes and frees an fd. Connections that arrive
-   * meanwhile wait in the kernel's queue and are served after: the listener is never replaced.
-   */
-  async #acceptLoop(): Promise<void> {
-    let pause = 0;
-    while (!this.#stopping) {
-      let conn: Deno.TcpConn;
-      try {
-        conn = await this.#listener.accept();
-        pause = 0;
-      } catch (error) {
-        if (this.#stopping) return;
-        const code = errorCode(error);
-        if (acceptErrorKind(code) === "transient") continue;
-        pause = nextBackoff(pause);
-        this.#emit("accept", (suppressed) => ({
-          type: "accept-error",
-          code,
-          error: error instanceof Error ? error.message : String(error),
-          pauseMs: pause,
-          suppressed,
-        }));
-        await this.#pause(pause);
-        continue;
-      }
-      if (this.#stopping) {
-        closeQuietly(conn);
-        continue;
-      }
-      if (this.#connections.size >= this.limits.maxConnections) {
-        this.#track(this.#refuseAtOnce(conn));
-        continue;
-      }
-      const connection = new Connection(this, conn);
-      this.#connections.add(connection);
-      this.#track(
-        connection.serve().finally(() => {
-          this.#connections.delete(connection);
-          this.#resume();
-        }),
-      );
+  #accepted(conn: Deno.TcpConn): void {
+    if (this.#stopping) {
+      closeQuietly(conn);
+      return;
     }
+    if (this.#connections.size >= this.limits.maxConnections) {
+      this.#track(this.#refuseAtOnce(conn));
+      return;
+    }
+    const connection = new Connection(this, conn);
+    this.#connections.add(connection);
+    this.#track(
+      connection.serve().finally(() => {
+        this.#connections.delete(connection);
+        // Its fd is free: an accept loop paused for want of fds may go on.
+        this.#pauses.wake();
+      }),
+    );
   }
 
   /**
@@ -293,28 +274,11 @@ class Server implements ConnectionHost {
     tracked.finally(() => this.#tasks.delete(tracked));
   }
 
-  /** Waits `ms`, or less when a connection closes or the server stops. */
-  #pause(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const done = (): void => {
-        clearTimeout(timer);
-        this.#paused.delete(done);
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      this.#paused.add(done);
-    });
-  }
-
-  #resume(): void {
-    for (const resume of [...this.#paused]) resume();
-  }
-
   #stop(): void {
     if (this.#stopping) return;
     this.#stopping = true;
     closeQuietly(this.#listener);
-    this.#resume();
+    this.#pauses.wake();
     for (const connection of this.#connections) connection.stop();
   }
 

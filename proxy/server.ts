@@ -9,14 +9,8 @@
 import { applyConfig, type Config } from "../config.ts";
 import { relay, type RelayMode, type RelayResult } from "../relay.ts";
 import { Balancer, type LoadBalancing } from "./balancer.ts";
-import {
-  acceptErrorKind,
-  errorCode,
-  failsEveryBackend,
-  localConnectFailure,
-  nextBackoff,
-  Throttle,
-} from "./faults.ts";
+import { acceptLoop, AcceptPauses } from "./accept.ts";
+import { errorCode, failsEveryBackend, localConnectFailure, Throttle } from "./faults.ts";
 import { specFromConfig } from "./spec.ts";
 
 /**
@@ -397,8 +391,8 @@ export class TcpProxy {
   #onEvent: (event: ProxyEvent) => void;
   #stopping = false;
   #throttle = new Throttle(REPORT_INTERVAL_MS);
-  /** Accept loops paused for want of fds: a closing connection frees some and resumes them. */
-  #paused = new Set<() => void>();
+  /** Accept loops paused for want of fds: a closing connection frees some and wakes them. */
+  #pauses = new AcceptPauses();
   #stats: ProxyStats = {
     connectionsOpen: 0,
     connectionsTotal: 0,
@@ -624,8 +618,13 @@ export class TcpProxy {
     }
     const running: RunningListener = { spec, listener, open: 0, closed: false };
     this.#listeners.set(spec.address, running);
-    // The loop catches what it can; anything else is a bug, reported without ending the proxy.
-    this.#acceptLoop(running).catch((error) => this.#internalError(error));
+    // The loop takes every error of accept(); anything else is a bug, reported without ending
+    // the proxy.
+    acceptLoop(listener, {
+      closed: () => running.closed,
+      accepted: (client) => this.#accepted(running, client),
+      failed: (code, error, pauseMs) => this.#acceptFailed(running, code, error, pauseMs),
+    }, this.#pauses).catch((error) => this.#internalError(error));
     this.#emit({ type: "listening", address: spec.address, port: listener.addr.port });
   }
 
@@ -639,82 +638,49 @@ export class TcpProxy {
     } catch {
       // already closed
     }
-    this.#resumeAccepting();
+    this.#pauses.wake();
     if (announce) this.#emit({ type: "listener-closed", address: running.spec.address });
   }
 
-  /**
-   * Accepts until the proxy closes the listener, and only then. A transient error (a client
-   * that reset before it was accepted) is counted and skipped. Out of fds or memory, accepting
-   * again at once would fail again: the loop pauses, 5 ms doubling to 1 s, or until one of the
-   * proxy's connections closes and frees fds, whichever comes first; the connections waiting in
-   * the kernel's queue are accepted then.
-   */
-  async #acceptLoop(running: RunningListener): Promise<void> {
-    let pause = 0;
-    while (!running.closed) {
-      let client: Deno.TcpConn;
-      try {
-        client = await running.listener.accept();
-        pause = 0;
-      } catch (error) {
-        if (running.closed) return;
-        const code = errorCode(error);
-        this.#stats.acceptErrors[code] = (this.#stats.acceptErrors[code] ?? 0) + 1;
-        if (acceptErrorKind(code) === "transient") continue;
-        pause = nextBackoff(pause);
-        const { report, suppressed } = this.#throttle.pass(
-          `accept ${running.spec.address} ${code}`,
-          performance.now(),
-        );
-        if (report) {
-          this.#emit({
-            type: "accept-error",
-            address: running.spec.address,
-            code,
-            error: error instanceof Error ? error.message : String(error),
-            pauseMs: pause,
-            suppressed,
-          });
-        }
-        await this.#pauseAccepting(pause);
-        continue;
-      }
-      if (this.#stopping) {
-        client.close();
-        continue;
-      }
-      if (running.open >= running.spec.maxConnections) {
-        this.#stats.connectionsRejected++;
-        const record = this.#newRecord(running, client);
-        record.end = "over-limit";
-        this.#emit({ type: "connection", record });
-        client.close();
-        continue;
-      }
-      // #serve catches every failure of the connection itself; the catch here is the proof that
-      // nothing one connection does (or a throwing onEvent) can reject unhandled and end the
-      // process: a rejection here is a bug, counted and reported, and the proxy runs on.
-      const settled = this.#serve(running, client).catch((error) => this.#internalError(error));
-      this.#settled.add(settled);
-      settled.finally(() => this.#settled.delete(settled));
+  /** Takes a connection from `running`'s accept loop (see proxy/accept.ts). */
+  #accepted(running: RunningListener, client: Deno.TcpConn): void {
+    if (this.#stopping) {
+      client.close();
+      return;
     }
+    if (running.open >= running.spec.maxConnections) {
+      this.#stats.connectionsRejected++;
+      const record = this.#newRecord(running, client);
+      record.end = "over-limit";
+      this.#emit({ type: "connection", record });
+      client.close();
+      return;
+    }
+    // #serve catches every failure of the connection itself; the catch here is the proof that
+    // nothing one connection does (or a throwing onEvent) can reject unhandled and end the
+    // process: a rejection here is a bug, counted and reported, and the proxy runs on.
+    const settled = this.#serve(running, client).catch((error) => this.#internalError(error));
+    this.#settled.add(settled);
+    settled.finally(() => this.#settled.delete(settled));
   }
 
-  #pauseAccepting(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const done = (): void => {
-        clearTimeout(timer);
-        this.#paused.delete(done);
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      this.#paused.add(done);
+  /** Counts an accept error; a pause is reported at most once a second per listener and errno. */
+  #acceptFailed(running: RunningListener, code: string, error: unknown, pauseMs: number): void {
+    this.#stats.acceptErrors[code] = (this.#stats.acceptErrors[code] ?? 0) + 1;
+    if (pauseMs === 0) return;
+    const { report, suppressed } = this.#throttle.pass(
+      `accept ${running.spec.address} ${code}`,
+      performance.now(),
+    );
+    if (!report) return;
+    this.#emit({
+      type: "accept-error",
+      address: running.spec.address,
+      code,
+      error: error instanceof Error ? error.message : String(error),
+      pauseMs,
+      suppressed,
     });
-  }
-
-  #resumeAccepting(): void {
-    for (const resume of [...this.#paused]) resume();
   }
 
   /** Reports a bug (at most once a second) and counts it; never throws. */
@@ -799,7 +765,7 @@ export class TcpProxy {
       record.durationMs = Math.round(performance.now() - started);
       this.#emit({ type: "connection", record });
       // Its fds are free: a listener paused for want of them may accept again.
-      if (this.#paused.size > 0) this.#resumeAccepting();
+      this.#pauses.wake();
     }
   }
 
