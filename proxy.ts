@@ -20,7 +20,8 @@ import {
   loadConfig,
   parseConfig,
 } from "./config.ts";
-import { type ProxyEvent, TcpProxy } from "./proxy/server.ts";
+import { TcpProxy } from "./proxy/server.ts";
+import type { ProxyEvent } from "./proxy/types.ts";
 import { specFromConfig } from "./proxy/spec.ts";
 import { describeHttpEvent, serveHttp } from "./proxy/http.ts";
 import { serveAdmin } from "./proxy/metrics.ts";

@@ -12,7 +12,7 @@
  */
 
 import { describeHttpEvent, type HttpLimits, type HttpRefusal, serveHttp } from "./http.ts";
-import type { ProxyStats } from "./server.ts";
+import type { ProxyStats } from "./types.ts";
 
 /**
  * Prometheus text exposition of the proxy's counters.

@@ -28,17 +28,16 @@
  * @module
  */
 
-export {
-  type BackendSpec,
-  type ClusterSpec,
-  type ConnectionRecord,
-  type ListenerSpec,
-  type ProxyEvent,
-  type ProxySpec,
-  type ProxyStats,
-  startProxy,
-  TcpProxy,
-} from "./server.ts";
+export { startProxy, TcpProxy } from "./server.ts";
+export type {
+  BackendSpec,
+  ClusterSpec,
+  ConnectionRecord,
+  ListenerSpec,
+  ProxyEvent,
+  ProxySpec,
+  ProxyStats,
+} from "./types.ts";
 export { specFromConfig } from "./spec.ts";
 export type { LoadBalancing } from "./balancer.ts";
 // Referenced by the exports above (the types of their fields and parameters): re-exported so

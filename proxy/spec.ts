@@ -5,7 +5,7 @@
  */
 
 import { type Config, formatAddress } from "../config.ts";
-import type { ProxySpec } from "./server.ts";
+import type { ProxySpec } from "./types.ts";
 
 /**
  * The proxy spec a checked config describes, for {@linkcode TcpProxy.start} and

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { type AdminRefusal, serveAdmin } from "../proxy/metrics.ts";
 import type { HttpLimits, HttpRefusal } from "../proxy/http.ts";
-import type { ProxyStats } from "../proxy/server.ts";
+import type { ProxyStats } from "../proxy/types.ts";
 
 const STATS: ProxyStats = {
   connectionsOpen: 1,

@@ -8,7 +8,8 @@
 
 import assert from "node:assert/strict";
 import { shutdownRelayEngine } from "../mod.ts";
-import { type ProxyEvent, type ProxySpec, TcpProxy } from "../proxy/server.ts";
+import { TcpProxy } from "../proxy/server.ts";
+import type { ProxyEvent, ProxySpec } from "../proxy/types.ts";
 import { echoBackend, openFdCount, receiveAll, runDeno, waitFor } from "./_helpers.ts";
 import { within } from "./_relay_helpers.ts";
 import { blackhole, connectAndReset, resetAndClose } from "./_sockets.ts";

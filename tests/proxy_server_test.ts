@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { shutdownRelayEngine } from "../mod.ts";
-import { type ProxyEvent, type ProxySpec, TcpProxy } from "../proxy/server.ts";
+import { TcpProxy } from "../proxy/server.ts";
+import type { ProxyEvent, ProxySpec } from "../proxy/types.ts";
 import { receiveAll, sendPattern, waitFor } from "./_helpers.ts";
 
 /**

@@ -1,0 +1,331 @@
+/**
+ * The proxy's public types: what it runs on (the spec), what it reports (events, connection
+ * records) and what it counts (stats). Kept apart from the server so that the spec's builders
+ * and the server's users depend on the types, not on each other.
+ *
+ * @module
+ */
+
+import type { RelayMode, RelayResult } from "../relay.ts";
+import type { LoadBalancing } from "./balancer.ts";
+
+/**
+ * A listening address, as in `[[listeners]]` of the config file.
+ *
+ * @example
+ * ```ts
+ * import type { ListenerSpec } from "@zerocopy/splice/proxy";
+ *
+ * const listener: ListenerSpec = {
+ *   address: "127.0.0.1:8080",
+ *   hostname: "127.0.0.1",
+ *   port: 8080,
+ *   maxConnections: 10_000,
+ * };
+ * ```
+ */
+export interface ListenerSpec {
+  /** `host:port` as configured; the key that frontends refer to. */
+  address: string;
+  /** The host to listen on, IPv6 without brackets (`"::1"`). */
+  hostname: string;
+  /** 0 picks a free port (see {@linkcode TcpProxy.listenerPorts}). */
+  port: number;
+  /** Connections beyond this are closed at once. */
+  maxConnections: number;
+}
+
+/**
+ * A backend server, as in a cluster's `backends` in the config file.
+ *
+ * @example
+ * ```ts
+ * import type { BackendSpec } from "@zerocopy/splice/proxy";
+ *
+ * const backend: BackendSpec = {
+ *   address: "[::1]:9000",
+ *   hostname: "::1",
+ *   port: 9000,
+ *   weight: 100,
+ * };
+ * ```
+ */
+export interface BackendSpec {
+  /** `host:port` as configured; the backend's key in stats and events. */
+  address: string;
+  /** The host to connect to, IPv6 without brackets (`"::1"`). */
+  hostname: string;
+  /** The port to connect to, 1 to 65535. */
+  port: number;
+  /** Relative share of new connections; 0 takes none (drained). */
+  weight: number;
+}
+
+/**
+ * A cluster: the backends that serve some frontends.
+ *
+ * @example
+ * ```ts
+ * import type { ClusterSpec } from "@zerocopy/splice/proxy";
+ *
+ * const cluster: ClusterSpec = {
+ *   name: "app",
+ *   loadBalancing: "least_connections",
+ *   frontends: ["127.0.0.1:8080"],
+ *   backends: [
+ *     { address: "127.0.0.1:9000", hostname: "127.0.0.1", port: 9000, weight: 100 },
+ *     { address: "127.0.0.1:9001", hostname: "127.0.0.1", port: 9001, weight: 50 },
+ *   ],
+ * };
+ * ```
+ */
+export interface ClusterSpec {
+  /** The cluster's name, unique in the spec; a key in stats and events. */
+  name: string;
+  /** How new connections are spread over {@linkcode ClusterSpec.backends}. */
+  loadBalancing: LoadBalancing;
+  /** Listener addresses whose connections go to this cluster. */
+  frontends: string[];
+  /** The servers connections are relayed to, tried in policy order until one accepts. */
+  backends: BackendSpec[];
+}
+
+/**
+ * Everything the proxy runs on; reloadable as a whole with {@linkcode TcpProxy.reload}.
+ * {@linkcode specFromConfig} builds one from a checked config file, or write it by hand.
+ *
+ * @example
+ * ```ts
+ * import { type ProxySpec, TcpProxy } from "@zerocopy/splice/proxy";
+ *
+ * const spec: ProxySpec = {
+ *   listeners: [{ address: "127.0.0.1:0", hostname: "127.0.0.1", port: 0, maxConnections: 100 }],
+ *   clusters: [{
+ *     name: "app",
+ *     loadBalancing: "round_robin",
+ *     frontends: ["127.0.0.1:0"],
+ *     backends: [{ address: "127.0.0.1:9000", hostname: "127.0.0.1", port: 9000, weight: 100 }],
+ *   }],
+ *   connectTimeoutMs: 3000,
+ *   idleTimeoutMs: 0,
+ *   drainTimeoutMs: 10_000,
+ *   spliceMode: "auto",
+ * };
+ * const proxy = TcpProxy.start(spec);
+ * await proxy.shutdown();
+ * ```
+ */
+export interface ProxySpec {
+  /** The addresses to accept connections on. */
+  listeners: ListenerSpec[];
+  /** Where each listener's connections go; a listener no cluster claims closes them. */
+  clusters: ClusterSpec[];
+  /** How long a connect to one backend may take before the next is tried, in ms. */
+  connectTimeoutMs: number;
+  /** A relay with no traffic for this long is ended, in ms; 0 never ends one. */
+  idleTimeoutMs: number;
+  /** How long {@linkcode TcpProxy.shutdown} lets connections finish, in ms. */
+  drainTimeoutMs: number;
+  /** `relay()`'s mode: `"auto"` splices where it can, `"splice"` or `"copy"` forces one. */
+  spliceMode: RelayMode;
+}
+
+/**
+ * One finished connection, for the access log: the `record` of a `"connection"`
+ * {@linkcode ProxyEvent}.
+ *
+ * @example
+ * ```ts
+ * import type { ConnectionRecord } from "@zerocopy/splice/proxy";
+ *
+ * function logLine(record: ConnectionRecord): string {
+ *   return `${record.client} -> ${record.backend ?? "-"} ${record.end} ` +
+ *     `in=${record.bytesIn} out=${record.bytesOut} ${record.durationMs}ms`;
+ * }
+ * console.log(logLine({
+ *   client: "127.0.0.1:51000",
+ *   listener: "127.0.0.1:8080",
+ *   cluster: "app",
+ *   backend: "127.0.0.1:9000",
+ *   bytesIn: 120,
+ *   bytesOut: 4096,
+ *   durationMs: 12,
+ *   mode: "splice",
+ *   end: "done",
+ * }));
+ * ```
+ */
+export interface ConnectionRecord {
+  /** The client's `host:port`. */
+  client: string;
+  /** The configured address of the listener that accepted it. */
+  listener: string;
+  /** The cluster it went to; `""` when no cluster claims the listener. */
+  cluster: string;
+  /** The backend that served it; `null` when none accepted. */
+  backend: string | null;
+  /** Bytes relayed from the client to the backend. */
+  bytesIn: number;
+  /** Bytes relayed from the backend to the client. */
+  bytesOut: number;
+  /** From accept to close, in ms. */
+  durationMs: number;
+  /** How the bytes moved (`relay()`'s mode); `"none"` when no relay ran. */
+  mode: RelayResult["mode"] | "none";
+  /**
+   * Why it ended: the relay's end; `"no-backend"` (every backend refused, timed out or was not
+   * permitted); `"local-error"` (the proxy itself could not connect: out of fds, memory or
+   * local ports); `"over-limit"` (the listener was at `max_connections`; closed at once); or
+   * `"internal-error"` (a bug in the proxy or its `onEvent`; counted, the proxy runs on).
+   */
+  end: RelayResult["end"] | "no-backend" | "local-error" | "over-limit" | "internal-error";
+  /** The error message, when it ended on one: the relay's, or the last connect failure's. */
+  error?: string;
+}
+
+/**
+ * Proxy events for logs, passed to the `onEvent` option of {@linkcode TcpProxy.start}:
+ *
+ * - `"connection"`: a connection finished, with its {@linkcode ConnectionRecord};
+ * - `"backend-ejected"`: a backend failed too many connects in a row and is skipped a while;
+ * - `"listening"`: a listener started, with the port it got;
+ * - `"listener-closed"`: a listener stopped accepting (reload or shutdown);
+ * - `"listen-failed"`: a listener added by a reload could not start;
+ * - `"accept-error"`: accepting failed for want of fds or memory (or unexpectedly); the listener
+ *   pauses `pauseMs` and accepts again. At most one a second per listener and errno, with the
+ *   number of such errors `suppressed` since the last one; each is counted in
+ *   {@linkcode ProxyStats.acceptErrors}. Transient errors (a client that reset before it was
+ *   accepted) are counted there too, but not reported;
+ * - `"local-error"`: a connect to a backend failed for the proxy's own reasons (out of fds or
+ *   local ports, or not permitted by `--allow-net`); the backend is not blamed. At most one a
+ *   second per backend and reason;
+ * - `"internal-error"`: a bug, in the proxy or in `onEvent` itself; the connection is closed,
+ *   the proxy runs on. At most one a second.
+ *
+ * Every `suppressed` count says how many events of that kind were held back since the last one
+ * reported.
+ *
+ * @example
+ * ```ts
+ * import { type ProxyEvent, startProxy } from "@zerocopy/splice/proxy";
+ * import { parseConfig } from "@zerocopy/splice/config";
+ *
+ * function onEvent(event: ProxyEvent): void {
+ *   switch (event.type) {
+ *     case "connection":
+ *       console.log(event.record.client, event.record.backend, event.record.end);
+ *       break;
+ *     case "backend-ejected":
+ *       console.warn(`${event.cluster}: ${event.backend} ejected`);
+ *       break;
+ *     case "listening":
+ *       console.log(`listening on ${event.address} (port ${event.port})`);
+ *       break;
+ *     case "listener-closed":
+ *       console.log(`closed ${event.address}`);
+ *       break;
+ *     case "listen-failed":
+ *       console.error(`cannot listen on ${event.address}: ${event.error}`);
+ *       break;
+ *     case "accept-error":
+ *     case "local-error":
+ *     case "internal-error":
+ *       console.error(`${event.type}: ${event.error} (${event.suppressed} more)`);
+ *       break;
+ *   }
+ * }
+ * const proxy = startProxy(parseConfig('[[listeners]]\naddress = "127.0.0.1:0"'), { onEvent });
+ * await proxy.shutdown();
+ * ```
+ */
+export type ProxyEvent =
+  | { type: "connection"; record: ConnectionRecord }
+  | { type: "backend-ejected"; cluster: string; backend: string }
+  | { type: "listening"; address: string; port: number }
+  | { type: "listener-closed"; address: string }
+  | { type: "listen-failed"; address: string; error: string }
+  | {
+    type: "accept-error";
+    address: string;
+    code: string;
+    error: string;
+    pauseMs: number;
+    suppressed: number;
+  }
+  | {
+    type: "local-error";
+    cluster: string;
+    backend: string;
+    code: string;
+    error: string;
+    suppressed: number;
+  }
+  | { type: "internal-error"; error: string; suppressed: number };
+
+/**
+ * Counters, as served on the metrics endpoint: what {@linkcode TcpProxy.stats} returns.
+ * Totals count since {@linkcode TcpProxy.start} and survive reloads.
+ *
+ * @example
+ * ```ts
+ * import { type ProxyStats, startProxy } from "@zerocopy/splice/proxy";
+ * import { parseConfig } from "@zerocopy/splice/config";
+ *
+ * const proxy = startProxy(parseConfig('[[listeners]]\naddress = "127.0.0.1:0"'));
+ * const stats: ProxyStats = proxy.stats();
+ * console.log(stats.connectionsOpen, stats.bytesIn, stats.bytesOut);
+ * for (const [key, backend] of Object.entries(stats.backends)) {
+ *   console.log(key, backend.active, backend.ejected ? "ejected" : "healthy");
+ * }
+ * await proxy.shutdown();
+ * ```
+ */
+export interface ProxyStats {
+  /** Connections accepted and not yet closed. */
+  connectionsOpen: number;
+  /** Connections accepted, over-limit ones excluded. */
+  connectionsTotal: number;
+  /** Connections closed at once because their listener was at `maxConnections`. */
+  connectionsRejected: number;
+  /** Bytes relayed from clients to backends, counted when a connection ends. */
+  bytesIn: number;
+  /** Bytes relayed from backends to clients, counted when a connection ends. */
+  bytesOut: number;
+  /** Finished connections relayed with `splice(2)`. */
+  splicedConnections: number;
+  /** Finished connections relayed with the userspace copy loop. */
+  copiedConnections: number;
+  /** Connects to backends that failed or timed out (the backend's fault). */
+  connectFailures: number;
+  /**
+   * Errors of `accept()`, by errno name (`EMFILE`, `ECONNABORTED`...): the listeners paused on
+   * the resource ones and skipped the transient ones.
+   */
+  acceptErrors: Record<string, number>;
+  /**
+   * Connects that failed for the proxy's own reasons, by errno name (`EMFILE`,
+   * `EADDRNOTAVAIL`...) or `permission` (not allowed by `--allow-net`); no backend is blamed.
+   */
+  localErrors: Record<string, number>;
+  /** Connections closed because of a bug in the proxy or its `onEvent`. */
+  internalErrors: number;
+  /** Calls to {@linkcode TcpProxy.reload}. */
+  reloads: number;
+  /** Per backend, keyed `cluster/host:port`. */
+  backends: Record<string, {
+    /** The backend's cluster. */
+    cluster: string;
+    /** Connections to it now. */
+    active: number;
+    /** Whether passive health skips it now. */
+    ejected: boolean;
+    /** Connects to it that succeeded. */
+    connections: number;
+    /** Connects to it that failed or timed out. */
+    failures: number;
+    /** Bytes relayed to it, counted when a connection ends. */
+    bytesIn: number;
+    /** Bytes relayed from it, counted when a connection ends. */
+    bytesOut: number;
+  }>;
+}
