@@ -10,7 +10,9 @@
 //                                             connections per second and failures
 //   benchtool spliceproxy PORT BACKEND        reference floor: a C proxy, two threads per
 //                                             connection, each a blocking splice loop through a
-//                                             1 MiB pipe (what Go's io.Copy does), no event loop
+//                                             1 MiB pipe (Go's io.Copy splices the same way, but
+//                                             through the kernel's default 64 KiB pipe), no
+//                                             event loop
 //   benchtool idle PORT COUNT [noecho]        opens COUNT connections (each proved by a 1-byte
 //                                             echo unless noecho), prints "ready", holds them
 //                                             until stdin closes

@@ -1,12 +1,13 @@
 // deno-lint-ignore-file no-console -- a benchmark CLI: printing is its job
 /**
  * The benchmark: the relay proxy against a direct connection, Deno `readable.pipeTo` and a
- * Deno read/write loop, interleaved in one run, as ratios. External load generators (iperf3,
+ * Deno read/write loop, interleaved in one run, as ratios, with real proxies outside Deno as
+ * anchors (HAProxy with forced splice, and Go's io.Copy). External load generators (iperf3,
  * bench/benchtool.c) so that JS is not the bottleneck of the measurement.
  *
  *     deno task bench [--rounds N] [--only bulk1,bulk8,pingpong,churn,idle,memory]
  *
- * Needs root for `apt-get install iperf3` when it is missing, and `cc`.
+ * Needs root for `apt-get install iperf3 haproxy golang-go` when they are missing, and `cc`.
  *
  * @module
  */
@@ -14,22 +15,53 @@
 const ROOT = new URL("../", import.meta.url).pathname;
 const BUILD = `${ROOT}bench/.build`;
 const TOOL = `${BUILD}/benchtool`;
+const GOPROXY = `${BUILD}/goproxy`;
 /** `proxy` is the module's own proxy (proxy.ts, text access log to a pipe) on one backend. */
 const IMPLS = ["direct", "relay", "proxy", "pipeto", "copy"] as const;
+/**
+ * The anchors, run in every row they make sense for, so that each run shows where the relay
+ * stands against programs people deploy, on the same machine at the same moment:
+ * `haproxy1` / `haproxy2` are HAProxy in TCP mode with splice forced both ways, `nbthread 1` (as
+ * relay() has one engine thread) and `nbthread 2` (both cores); `go` / `go2` are
+ * bench/goproxy.go, io.Copy both ways (splice(2) underneath), with GOMAXPROCS=1 and 2.
+ */
+const ANCHORS = ["haproxy1", "haproxy2", "go", "go2"] as const;
 /**
  * `hold` accepts and connects but moves nothing: Deno's own floor for two open conns.
  * `csplice` is a C proxy, a blocking splice loop per direction (bench/benchtool.c): the
  * kernel's floor for a splice relay on this machine, for the bulk rows.
  */
-type Impl = typeof IMPLS[number] | "hold" | "csplice";
-const BULK_IMPLS: Impl[] = [...IMPLS, "csplice"];
-const IDLE_IMPLS: Impl[] = ["hold", "relay", "proxy", "pipeto", "copy"];
-/** `direct` has no proxy process to measure; `copy` is the control that does not leak. */
+type Impl = typeof IMPLS[number] | typeof ANCHORS[number] | "hold" | "csplice";
+const BULK_IMPLS: Impl[] = [...IMPLS, "csplice", ...ANCHORS];
+const ROW_IMPLS: Impl[] = [...IMPLS, ...ANCHORS];
+/**
+ * `go2` is left out here: an idle connection costs a goroutine pair and two sockets whatever
+ * GOMAXPROCS is, so it would repeat `go` at the cost of another 1,000-connection run.
+ */
+const IDLE_IMPLS: Impl[] = [
+  "hold",
+  "relay",
+  "proxy",
+  "pipeto",
+  "copy",
+  "haproxy1",
+  "haproxy2",
+  "go",
+];
+/**
+ * `direct` has no proxy process to measure; `copy` is the control that does not leak. The
+ * anchors are left out: the row asks whether a Deno process keeps memory per connection, and
+ * `copy` answers what Deno alone does; a Go heap's or HAProxy's pools' trend over 200,000
+ * connections says nothing about that, and would add about 30 s per anchor to the run.
+ */
 const MEMORY_IMPLS: Impl[] = ["relay", "proxy", "copy"];
 /** The memory row: rounds of short connections, 1 KiB each way from 8 clients, one held. */
 const MEMORY_ROUNDS = 4;
 const MEMORY_PER_ROUND = 50_000;
 const CLOCK_TICKS = 100;
+/** How long a process may take to say it is ready, and to exit once told to stop. */
+const START_TIMEOUT_MS = 15_000;
+const STOP_TIMEOUT_MS = 5_000;
 
 function arg(name: string, fallback: string): string {
   const i = Deno.args.indexOf(name);
@@ -38,23 +70,64 @@ function arg(name: string, fallback: string): string {
 const ROUNDS = Number(arg("--rounds", "3"));
 const ONLY = arg("--only", "bulk1,bulk8,pingpong,churn,idle,memory").split(",");
 
-async function run(cmd: string, args: string[]): Promise<string> {
-  const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
+async function run(cmd: string, args: string[], env?: Record<string, string>): Promise<string> {
+  const out = await new Deno.Command(cmd, { args, env, stdout: "piped", stderr: "piped" }).output();
   if (!out.success) {
     throw new Error(`${cmd} ${args.join(" ")} failed: ${new TextDecoder().decode(out.stderr)}`);
   }
   return new TextDecoder().decode(out.stdout);
 }
 
-async function ensureTools(): Promise<void> {
-  try {
-    await run("iperf3", ["--version"]);
-  } catch {
-    console.log("installing iperf3 (apt-get)");
-    await run("apt-get", ["install", "-y", "iperf3"]);
+/**
+ * A command's path: on PATH, or in /usr/sbin (Debian's haproxy is there, and a PATH without
+ * the sbin directories is common outside a root login shell). Null when it is nowhere.
+ */
+function findCommand(name: string): string | null {
+  const dirs = [...(Deno.env.get("PATH") ?? "").split(":").filter(Boolean), "/usr/sbin", "/sbin"];
+  for (const dir of dirs) {
+    try {
+      if (Deno.statSync(`${dir}/${name}`).isFile) return `${dir}/${name}`;
+    } catch { /* not here */ }
   }
+  return null;
+}
+
+/** The HAProxy binary, found by ensureTools(). */
+let haproxy = "haproxy";
+
+/**
+ * Installs the peers the rows run (Debian packages, as root) when missing, and builds the two
+ * programs of this folder: the anchors are real programs, installed here, never assumed present.
+ */
+async function ensureTools(): Promise<void> {
+  const packages: Array<[command: string, pkg: string]> = [
+    ["iperf3", "iperf3"],
+    ["haproxy", "haproxy"],
+    ["go", "golang-go"],
+  ];
+  const missing = packages.filter(([command]) => !findCommand(command)).map(([, pkg]) => pkg);
+  if (missing.length > 0) {
+    // The package lists first, once: a fresh machine may have none, or stale ones.
+    console.log(`installing ${missing.join(", ")} (apt-get)`);
+    const env = { DEBIAN_FRONTEND: "noninteractive" };
+    await run("apt-get", ["update"], env);
+    await run("apt-get", ["install", "-y", ...missing], env);
+  }
+  haproxy = findCommand("haproxy") ?? "haproxy";
   await Deno.mkdir(BUILD, { recursive: true });
   await run("cc", ["-O2", "-pthread", "-o", TOOL, `${ROOT}bench/benchtool.c`]);
+  // A single-file main package of the standard library: no module, nothing to download. Go's
+  // home and caches stay under bench/.build, so the build works as root with any HOME (CI's
+  // may be unset or read-only), and GOTOOLCHAIN=local forbids fetching a newer toolchain.
+  const goHome = `${BUILD}/go`;
+  await run(findCommand("go") ?? "go", ["build", "-o", GOPROXY, `${ROOT}bench/goproxy.go`], {
+    HOME: goHome,
+    GOCACHE: `${goHome}/cache`,
+    GOPATH: `${goHome}/path`,
+    GOFLAGS: "",
+    GOTOOLCHAIN: "local",
+    GO111MODULE: "auto",
+  });
 }
 
 interface Proc {
@@ -63,10 +136,43 @@ interface Proc {
   stop(): Promise<void>;
 }
 
-/** Starts a process and waits for it to print "ready". */
-async function start(cmd: string, args: string[], stdin = false): Promise<Proc> {
+/**
+ * Stops a child: SIGTERM, then SIGKILL if it has not exited within STOP_TIMEOUT_MS, and always
+ * waits for its status, so no run leaves a process behind on the two cores of the next one.
+ */
+async function stopChild(child: Deno.ChildProcess): Promise<void> {
+  try {
+    child.kill("SIGTERM");
+  } catch { /* already gone */ }
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<"late">((resolve) => {
+    timer = setTimeout(() => resolve("late"), STOP_TIMEOUT_MS);
+  });
+  try {
+    if (await Promise.race([child.status, late]) === "late") {
+      try {
+        child.kill("SIGKILL");
+      } catch { /* gone just now */ }
+    }
+    await child.status;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Starts a process and waits for it to print "ready" (within START_TIMEOUT_MS, or it is killed).
+ * `env` adds to the harness's environment.
+ */
+async function start(
+  cmd: string,
+  args: string[],
+  stdin = false,
+  env?: Record<string, string>,
+): Promise<Proc> {
   const child = new Deno.Command(cmd, {
     args,
+    env,
     stdout: "piped",
     stderr: "inherit",
     stdin: stdin ? "piped" : "null",
@@ -74,12 +180,35 @@ async function start(cmd: string, args: string[], stdin = false): Promise<Proc> 
   const reader = child.stdout.getReader();
   const decoder = new TextDecoder();
   let seen = "";
-  const deadline = Date.now() + 15_000;
-  while (!seen.includes("ready")) {
-    if (Date.now() > deadline) throw new Error(`${cmd} did not start`);
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`${cmd} exited before ready`);
-    seen += decoder.decode(value, { stream: true });
+  // A process that neither prints nor exits would hold a read forever: killing it at the
+  // deadline ends its stdout, and so the read.
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    try {
+      child.kill("SIGKILL");
+    } catch { /* gone */ }
+  }, START_TIMEOUT_MS);
+  try {
+    while (!seen.includes("ready")) {
+      const { value, done } = await reader.read();
+      if (done) {
+        throw new Error(
+          `${cmd} ${
+            timedOut ? `did not start within ${START_TIMEOUT_MS} ms` : "exited before ready"
+          }`,
+        );
+      }
+      seen += decoder.decode(value, { stream: true });
+    }
+  } catch (error) {
+    reader.releaseLock();
+    await child.stdout.cancel().catch(() => {});
+    if (stdin) await child.stdin.close().catch(() => {});
+    await stopChild(child);
+    throw error;
+  } finally {
+    clearTimeout(timer);
   }
   // Later output (access logs) goes to /dev/null as raw bytes: decoding it here would spend
   // this harness's CPU on the same two cores as the proxy being measured.
@@ -90,13 +219,111 @@ async function start(cmd: string, args: string[], stdin = false): Promise<Proc> 
     child,
     pid: child.pid,
     async stop(): Promise<void> {
-      try {
-        if (stdin) await child.stdin.close();
-        child.kill("SIGTERM");
-      } catch { /* already gone */ }
-      await child.status;
+      if (stdin) await child.stdin.close().catch(() => {});
+      await stopChild(child);
     },
   };
+}
+
+/**
+ * The inode of the socket listening on 127.0.0.1:port, from /proc/net/tcp; null if none is.
+ * Lets the harness see that a program which prints nothing (HAProxy) is up without connecting
+ * to it: a probe connection would be relayed to the backend, and iperf3's server takes every
+ * connection for a test's control channel.
+ */
+function listeningInode(port: number): string | null {
+  const local = `0100007F:${port.toString(16).toUpperCase().padStart(4, "0")}`;
+  for (const line of Deno.readTextFileSync("/proc/net/tcp").split("\n").slice(1)) {
+    const fields = line.trim().split(/\s+/);
+    if (fields[1] === local && fields[3] === "0A") return fields[9];
+  }
+  return null;
+}
+
+/**
+ * HAProxy in the foreground (`-db`: no daemon, no master process), so the child is the one
+ * process that holds every thread and its /proc CPU and PSS are HAProxy's whole cost. It says
+ * nothing when up: ready is when its own socket listens on `port` (bounded by
+ * START_TIMEOUT_MS).
+ */
+async function startHaproxy(threads: number, port: number, backendPort: number): Promise<Proc> {
+  const config = await Deno.makeTempFile({ suffix: ".cfg" });
+  await Deno.writeTextFile(config, haproxyConfig(threads, port, backendPort));
+  const child = new Deno.Command(haproxy, {
+    args: ["-db", "-f", config],
+    stdin: "null",
+    stdout: "null",
+    stderr: "inherit",
+  }).spawn();
+  const stop = async (): Promise<void> => {
+    await stopChild(child);
+    await Deno.remove(config).catch(() => {});
+  };
+  try {
+    let exited = false;
+    child.status.then(() => exited = true);
+    const deadline = Date.now() + START_TIMEOUT_MS;
+    for (;;) {
+      if (exited) throw new Error("haproxy exited before listening");
+      const inode = listeningInode(port);
+      if (inode && ownsSocket(child.pid, inode)) break;
+      if (Date.now() > deadline) {
+        throw new Error(`haproxy did not listen within ${START_TIMEOUT_MS} ms`);
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  return { child, pid: child.pid, stop };
+}
+
+/** Whether the process holds the socket with this inode (and not some other program). */
+function ownsSocket(pid: number, inode: string): boolean {
+  for (const entry of Deno.readDirSync(`/proc/${pid}/fd`)) {
+    try {
+      if (Deno.readLinkSync(`/proc/${pid}/fd/${entry.name}`) === `socket:[${inode}]`) return true;
+    } catch { /* closed while listed */ }
+  }
+  return false;
+}
+
+/**
+ * HAProxy as a plain L4 proxy to one backend, splicing both ways whatever the traffic looks
+ * like (`splice-auto` would decide per stream; the anchor is the splice path itself). No `log`
+ * line: HAProxy then logs nothing, where proxy.ts writes an access log line per connection.
+ */
+function haproxyConfig(threads: number, port: number, backendPort: number): string {
+  return [
+    "global",
+    `  nbthread ${threads}`,
+    // The idle row holds 1,000 connections (2,000 sockets) and churn has more closing at once.
+    // HAProxy sizes its fd limit from this (about 2 per connection, and 2 per pipe, a quarter
+    // of maxconn) and refuses to start if it cannot raise it: 5,000 fits under a hard limit of
+    // 20,000, as on these machines.
+    "  maxconn 5000",
+    // 1 MiB pipes, as relay() and csplice use by default: the same bytes per splice call, so
+    // CPU per GiB compares the programs, not pipe sizes (HAProxy's default is the system's,
+    // 64 KiB, at which the relay measured about twice the CPU per GiB).
+    "  tune.pipesize 1048576",
+    "defaults",
+    "  mode tcp",
+    "  maxconn 5000",
+    "  timeout connect 5s",
+    // Longer than any row: an idle connection is never cut while it is measured.
+    "  timeout client 1h",
+    "  timeout server 1h",
+    "  option splice-request",
+    "  option splice-response",
+    "  no option splice-auto",
+    "frontend bench",
+    `  bind 127.0.0.1:${port}`,
+    "  default_backend bench",
+    "backend bench",
+    `  server backend 127.0.0.1:${backendPort}`,
+    "",
+  ].join("\n");
 }
 
 function cpuSeconds(pid: number): number {
@@ -130,28 +357,46 @@ async function withProxy<T>(
 ): Promise<T> {
   if (impl === "direct") return await body(backendPort, null);
   const port = nextPort++;
-  const proxy = impl === "csplice"
-    ? await start(TOOL, ["spliceproxy", String(port), String(backendPort)])
-    : impl === "proxy"
-    ? await start(Deno.execPath(), [
-      "run",
-      "-A",
-      `${ROOT}proxy.ts`,
-      "--config",
-      await proxyConfig(port, backendPort),
-    ])
-    : await start(Deno.execPath(), [
-      "run",
-      "-A",
-      `${ROOT}bench/proxy.ts`,
-      impl,
-      String(port),
-      String(backendPort),
-    ]);
+  const proxy = await launch(impl, port, backendPort);
   try {
     return await body(port, proxy.pid);
   } finally {
     await proxy.stop();
+  }
+}
+
+/** Starts one implementation's proxy process on `port`, relaying to `backendPort`. */
+async function launch(impl: Impl, port: number, backendPort: number): Promise<Proc> {
+  switch (impl) {
+    case "csplice":
+      return await start(TOOL, ["spliceproxy", String(port), String(backendPort)]);
+    case "haproxy1":
+    case "haproxy2":
+      return await startHaproxy(impl === "haproxy1" ? 1 : 2, port, backendPort);
+    case "go":
+    case "go2":
+      // GOMAXPROCS=1 for one thread running Go code, as relay() has one engine thread (the
+      // runtime's few helper threads, sysmon and the like, are in the same process's CPU).
+      return await start(GOPROXY, [String(port), String(backendPort)], false, {
+        GOMAXPROCS: impl === "go" ? "1" : "2",
+      });
+    case "proxy":
+      return await start(Deno.execPath(), [
+        "run",
+        "-A",
+        `${ROOT}proxy.ts`,
+        "--config",
+        await proxyConfig(port, backendPort),
+      ]);
+    default:
+      return await start(Deno.execPath(), [
+        "run",
+        "-A",
+        `${ROOT}bench/proxy.ts`,
+        impl,
+        String(port),
+        String(backendPort),
+      ]);
   }
 }
 
@@ -321,7 +566,6 @@ async function main(): Promise<void> {
     stdout: "null",
     stderr: "null",
   }).spawn();
-  await new Promise((r) => setTimeout(r, 300));
   const results: Record<string, Record<Impl, Sample[]>> = {};
   const rows: Array<[string, (impl: Impl) => Promise<Sample>]> = [
     ["bulk1", (impl) => bulk(impl, iperfPort, 1)],
@@ -332,6 +576,7 @@ async function main(): Promise<void> {
     ["memory", (impl) => memory(impl, echoPort)],
   ];
   try {
+    await new Promise((r) => setTimeout(r, 300));
     for (let round = 0; round < ROUNDS; round++) {
       for (const [name, measure] of rows) {
         if (!ONLY.includes(name)) continue;
@@ -339,33 +584,24 @@ async function main(): Promise<void> {
         // connections per implementation (about 30 s each here), and it measures a trend
         // within one process, not a rate that a noisy moment could skew.
         if (name === "memory" && round > 0) continue;
-        results[name] ??= {
-          direct: [],
-          relay: [],
-          proxy: [],
-          pipeto: [],
-          copy: [],
-          hold: [],
-          csplice: [],
-        };
+        results[name] ??= {} as Record<Impl, Sample[]>;
         const impls = name === "idle"
           ? IDLE_IMPLS
           : name === "memory"
           ? MEMORY_IMPLS
           : name.startsWith("bulk")
           ? BULK_IMPLS
-          : IMPLS;
+          : ROW_IMPLS;
         for (const impl of impls) {
           const sample = await measure(impl);
-          results[name][impl].push(sample);
+          (results[name][impl] ??= []).push(sample);
           console.log(`round ${round + 1} ${name} ${impl}: ${JSON.stringify(sample)}`);
         }
       }
     }
   } finally {
     await echo.stop();
-    iperf.kill("SIGTERM");
-    await iperf.status;
+    await stopChild(iperf);
   }
   report(results);
 }
@@ -373,17 +609,20 @@ async function main(): Promise<void> {
 function report(results: Record<string, Record<Impl, Sample[]>>): void {
   const med = (name: string, impl: Impl, pick: (s: Sample) => number | undefined): number =>
     median(results[name][impl].map(pick).filter((v): v is number => v !== undefined));
+  /** The implementations a row measured, in the order of `list`. */
+  const ran = (name: string, list: Impl[]): Impl[] =>
+    list.filter((impl) => results[name][impl]?.length);
   const lines: string[] = [];
   lines.push(`Medians of ${ROUNDS} interleaved rounds; x = ratio to direct (or to pipeTo).`);
   for (const name of ["bulk1", "bulk8"]) {
     if (!results[name]) continue;
     const direct = med(name, "direct", (s) => s.value);
-    for (const impl of BULK_IMPLS) {
+    for (const impl of ran(name, BULK_IMPLS)) {
       const mib = med(name, impl, (s) => s.value);
       const cpu = impl === "direct" ? NaN : med(name, impl, (s) => s.cpuPerGiB);
       const cpuPipe = med(name, "pipeto", (s) => s.cpuPerGiB);
       lines.push(
-        `${name} ${impl.padEnd(6)} ${mib.toFixed(0).padStart(6)} MiB/s  ${
+        `${name} ${impl.padEnd(8)} ${mib.toFixed(0).padStart(6)} MiB/s  ${
           (mib / direct).toFixed(2)
         }x direct` +
           (impl === "direct"
@@ -396,32 +635,32 @@ function report(results: Record<string, Record<Impl, Sample[]>>): void {
     const d = [0, 1, 2].map((i) =>
       med("pingpong", "direct", (s) => i === 0 ? s.value : s.extra![i - 1])
     );
-    for (const impl of IMPLS) {
+    for (const impl of ran("pingpong", ROW_IMPLS)) {
       const v = [0, 1, 2].map((i) =>
         med("pingpong", impl, (s) => i === 0 ? s.value : s.extra![i - 1])
       );
       lines.push(
-        `pingpong ${impl.padEnd(6)} p50 ${v[0].toFixed(1)} us (${(v[0] / d[0]).toFixed(2)}x)  ` +
+        `pingpong ${impl.padEnd(8)} p50 ${v[0].toFixed(1)} us (${(v[0] / d[0]).toFixed(2)}x)  ` +
           `p99 ${v[1].toFixed(1)} us (${(v[1] / d[1]).toFixed(2)}x)  p99.9 ${v[2].toFixed(1)} us`,
       );
     }
   }
   if (results.churn) {
     const direct = med("churn", "direct", (s) => s.value);
-    for (const impl of IMPLS) {
+    for (const impl of ran("churn", ROW_IMPLS)) {
       const rate = med("churn", impl, (s) => s.value);
       lines.push(
-        `churn ${impl.padEnd(6)} ${rate.toFixed(0).padStart(6)} conn/s  ${
+        `churn ${impl.padEnd(8)} ${rate.toFixed(0).padStart(6)} conn/s  ${
           (rate / direct).toFixed(2)
         }x direct`,
       );
     }
   }
   if (results.idle) {
-    for (const impl of IDLE_IMPLS) {
+    for (const impl of ran("idle", IDLE_IMPLS)) {
       const kib = med("idle", impl, (s) => s.value);
       const cpu = med("idle", impl, (s) => s.extra?.[0]);
-      lines.push(`idle ${impl.padEnd(6)} ${kib.toFixed(1)} KiB PSS/conn  CPU ${cpu.toFixed(2)}%`);
+      lines.push(`idle ${impl.padEnd(8)} ${kib.toFixed(1)} KiB PSS/conn  CPU ${cpu.toFixed(2)}%`);
     }
   }
   if (results.memory) {
@@ -432,7 +671,7 @@ function report(results: Record<string, Record<Impl, Sample[]>>): void {
         `(8 clients, 1 KiB each way), one held open`,
     );
     for (const impl of MEMORY_IMPLS) {
-      const sample = results.memory[impl][0];
+      const sample = results.memory[impl]?.[0];
       if (!sample) continue;
       const [anon, failed, rate] = sample.extra!;
       const perConn = sample.value * 2 ** 20 / (total - MEMORY_PER_ROUND);
