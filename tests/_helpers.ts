@@ -91,6 +91,47 @@ export function echoBackend(): { port: number; close(): Promise<void> } {
   };
 }
 
+/** A child process's output, line by line, as it arrives. */
+export interface OutputLines {
+  /** The stdout and stderr lines so far, in order of arrival per stream. */
+  lines: string[];
+  /** Resolves when both streams have ended. */
+  done: Promise<void>;
+  /** Waits (bounded) for a line matching `pattern`; the failure quotes all output so far. */
+  line(pattern: RegExp, what: string, timeoutMs?: number): Promise<string>;
+}
+
+/** Collects `child`'s piped stdout and stderr as lines. */
+export function outputLines(child: Deno.ChildProcess): OutputLines {
+  const lines: string[] = [];
+  const collect = async (stream: ReadableStream<Uint8Array>): Promise<void> => {
+    let rest = "";
+    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+      const parts = (rest + chunk).split("\n");
+      rest = parts.pop()!;
+      lines.push(...parts);
+    }
+    if (rest) lines.push(rest);
+  };
+  const done = Promise.all([collect(child.stdout), collect(child.stderr)]).then(() => {});
+  return {
+    lines,
+    done,
+    async line(pattern, what, timeoutMs = 15_000): Promise<string> {
+      let found: string | undefined;
+      await waitFor(
+        () => (found = lines.find((l) => pattern.test(l))) !== undefined,
+        what,
+        timeoutMs,
+      )
+        .catch((error) => {
+          throw new Error(`${error.message}; the process said:\n${lines.join("\n")}`);
+        });
+      return found!;
+    },
+  };
+}
+
 export { fillPattern, receiveAll, sendPattern } from "../_payload.ts";
 
 /** The result of a Deno subprocess. */

@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { type AdminRefusal, serveAdmin } from "../proxy/metrics.ts";
 import type { HttpLimits, HttpRefusal } from "../proxy/http.ts";
 import type { ProxyStats } from "../proxy/types.ts";
+import { RawHttp, type Reply } from "./_raw_http.ts";
 
 const STATS: ProxyStats = {
   connectionsOpen: 1,
@@ -24,9 +25,6 @@ const STATS: ProxyStats = {
   reloads: 0,
   backends: {},
 };
-
-/** Every wait on a socket gives up after this long. */
-const TIMEOUT_MS = 5_000;
 
 interface Admin {
   port: number;
@@ -73,106 +71,6 @@ async function withAdmin(
     stop.abort();
     await server.finished;
   }
-}
-
-interface Reply {
-  status: number;
-  headers: Headers;
-  body: string;
-}
-
-/**
- * One HTTP/1.1 client connection. Responses are parsed by their Content-Length, so several can be
- * read from one kept-alive connection. A read that takes longer than TIMEOUT_MS closes the socket
- * and fails.
- */
-class RawHttp {
-  #conn: Deno.TcpConn;
-  #buffered = new Uint8Array(0);
-
-  private constructor(conn: Deno.TcpConn) {
-    this.#conn = conn;
-  }
-
-  static async open(port: number): Promise<RawHttp> {
-    return new RawHttp(await Deno.connect({ hostname: "127.0.0.1", port }));
-  }
-
-  async send(text: string | Uint8Array): Promise<void> {
-    const bytes = typeof text === "string" ? new TextEncoder().encode(text) : text;
-    for (let off = 0; off < bytes.length;) off += await this.#conn.write(bytes.subarray(off));
-  }
-
-  /** The next response; `head` for a response to HEAD, which has no body. */
-  async reply(head = false): Promise<Reply> {
-    let end: number;
-    while ((end = indexOf(this.#buffered, "\r\n\r\n")) < 0) await this.#fill();
-    const [statusLine, ...fields] = new TextDecoder().decode(this.#buffered.subarray(0, end))
-      .split("\r\n");
-    const headers = new Headers();
-    for (const field of fields) {
-      const colon = field.indexOf(":");
-      headers.append(field.slice(0, colon).trim(), field.slice(colon + 1).trim());
-    }
-    const length = head ? 0 : Number(headers.get("content-length") ?? 0);
-    while (this.#buffered.length < end + 4 + length) await this.#fill();
-    const body = new TextDecoder().decode(this.#buffered.subarray(end + 4, end + 4 + length));
-    this.#buffered = this.#buffered.slice(end + 4 + length);
-    return { status: Number(statusLine.split(" ")[1]), headers, body };
-  }
-
-  /** Waits until the server has closed the connection; fails if it sends more first. */
-  async end(): Promise<void> {
-    if (this.#buffered.length > 0) throw new Error("Unread bytes before the end");
-    const chunk = new Uint8Array(1024);
-    const timer = setTimeout(() => this.close(), TIMEOUT_MS);
-    try {
-      const n = await this.#conn.read(chunk);
-      if (n !== null) throw new Error(`${n} more bytes instead of the end`);
-    } catch (error) {
-      // A reset is an end too; a read cut short by the timer is not.
-      if (!(error instanceof Deno.errors.ConnectionReset)) {
-        throw new Error(`The connection did not end within ${TIMEOUT_MS} ms`, { cause: error });
-      }
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  async #fill(): Promise<void> {
-    const chunk = new Uint8Array(16 * 1024);
-    const timer = setTimeout(() => this.close(), TIMEOUT_MS);
-    let n: number | null;
-    try {
-      n = await this.#conn.read(chunk);
-    } catch (error) {
-      throw new Error(`No complete response within ${TIMEOUT_MS} ms`, { cause: error });
-    } finally {
-      clearTimeout(timer);
-    }
-    if (n === null) throw new Error("The server closed the connection before a full response");
-    const joined = new Uint8Array(this.#buffered.length + n);
-    joined.set(this.#buffered);
-    joined.set(chunk.subarray(0, n), this.#buffered.length);
-    this.#buffered = joined;
-  }
-
-  close(): void {
-    try {
-      this.#conn.close();
-    } catch {
-      // already closed
-    }
-  }
-}
-
-function indexOf(bytes: Uint8Array, text: string): number {
-  const needle = new TextEncoder().encode(text);
-  outer: for (let i = 0; i + needle.length <= bytes.length; i++) {
-    for (let j = 0; j < needle.length; j++) if (bytes[i + j] !== needle[j]) continue outer;
-    return i;
-  }
-  return -1;
 }
 
 /** Sends one request on a new connection and returns the response. */

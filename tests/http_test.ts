@@ -7,13 +7,14 @@
  */
 
 import assert from "node:assert/strict";
-import { closeQuietly, waitFor } from "./_helpers.ts";
+import { outputLines, waitFor } from "./_helpers.ts";
 import {
   bodyFraming,
   ChunkedDecoder,
   closeRequested,
   findHeadEnd,
   HttpParseError,
+  latin1Bytes as latin1,
   parseRequestHead,
   requestUrl,
   serializeResponse,
@@ -24,12 +25,11 @@ import {
   type HttpServerEvent,
   serveHttp,
 } from "../proxy/http.ts";
+import { RAW_HTTP_TIMEOUT_MS as TIMEOUT_MS, RawHttp } from "./_raw_http.ts";
 
 /** The module the EMFILE subprocess serves with. */
 const HTTP_MODULE = new URL("../proxy/http.ts", import.meta.url).href;
 const CONFIG = new URL("../deno.json", import.meta.url).pathname;
-/** Every wait on a socket gives up after this long. */
-const TIMEOUT_MS = 5_000;
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
@@ -244,106 +244,6 @@ Deno.test("http_parse: responses carry their own framing, whatever the handler's
 // ---------------------------------------------------------------------------------------------
 // The server, over loopback sockets
 
-interface Reply {
-  status: number;
-  headers: Headers;
-  body: string;
-}
-
-/** A raw HTTP/1.1 client connection; responses are read by their Content-Length. */
-class Client {
-  #buffered = new Uint8Array(0);
-  #eof = false;
-  private constructor(readonly conn: Deno.TcpConn) {}
-
-  static async open(port: number): Promise<Client> {
-    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-    conn.setNoDelay(true);
-    return new Client(conn);
-  }
-
-  async send(text: string | Uint8Array): Promise<void> {
-    const bytes = typeof text === "string" ? latin1(text) : text;
-    for (let off = 0; off < bytes.length;) off += await this.conn.write(bytes.subarray(off));
-  }
-
-  /** Sends `text` one byte per `gapMs`; stops quietly once the server stops reading. */
-  async trickle(text: string, gapMs: number): Promise<void> {
-    for (const byte of latin1(text)) {
-      if (this.#eof) return;
-      try {
-        await this.conn.write(new Uint8Array([byte]));
-      } catch {
-        return;
-      }
-      await new Promise((resolve) => setTimeout(resolve, gapMs));
-    }
-  }
-
-  /** The next response; `head` for a response to HEAD, which has no body. */
-  async reply(head = false): Promise<Reply> {
-    let end: number;
-    while ((end = indexOf(this.#buffered, "\r\n\r\n")) < 0) await this.#fill();
-    const [statusLine, ...fields] = decoder.decode(this.#buffered.subarray(0, end)).split("\r\n");
-    const headers = new Headers();
-    for (const field of fields) {
-      const colon = field.indexOf(":");
-      headers.append(field.slice(0, colon).trim(), field.slice(colon + 1).trim());
-    }
-    const length = head ? 0 : Number(headers.get("content-length") ?? 0);
-    while (this.#buffered.length < end + 4 + length) await this.#fill();
-    const body = decoder.decode(this.#buffered.subarray(end + 4, end + 4 + length));
-    this.#buffered = this.#buffered.slice(end + 4 + length);
-    return { status: Number(statusLine.split(" ")[1]), headers, body };
-  }
-
-  /** Resolves with what was left unread once the server has closed (end or reset). */
-  async closed(): Promise<string> {
-    while (!this.#eof) await this.#fill();
-    return decoder.decode(this.#buffered);
-  }
-
-  async #fill(): Promise<void> {
-    if (this.#eof) throw new Error("The server closed the connection before a full response");
-    const chunk = new Uint8Array(64 * 1024);
-    const timer = setTimeout(() => this.close(), TIMEOUT_MS);
-    let n: number | null;
-    try {
-      n = await this.conn.read(chunk);
-    } catch (error) {
-      if (error instanceof Deno.errors.ConnectionReset) n = null;
-      else throw new Error(`Nothing from the server within ${TIMEOUT_MS} ms`, { cause: error });
-    } finally {
-      clearTimeout(timer);
-    }
-    if (n === null) {
-      this.#eof = true;
-      return;
-    }
-    const joined = new Uint8Array(this.#buffered.length + n);
-    joined.set(this.#buffered);
-    joined.set(chunk.subarray(0, n), this.#buffered.length);
-    this.#buffered = joined;
-  }
-
-  close(): void {
-    closeQuietly(this.conn);
-  }
-}
-
-function latin1(text: string): Uint8Array {
-  return Uint8Array.from(text, (c) => c.charCodeAt(0));
-}
-
-function indexOf(bytes: Uint8Array, text: string): number {
-  const needle = encoder.encode(text);
-  outer: for (let i = 0; i + needle.length <= bytes.length; i++) {
-    for (let j = 0; j < needle.length; j++) if (bytes[i + j] !== needle[j]) continue outer;
-    return i;
-  }
-  return -1;
-}
-
 interface Served {
   port: number;
   refused: Readonly<Record<string, number>>;
@@ -390,7 +290,7 @@ const GET = "GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
 
 Deno.test("http: a head trickled a byte at a time is served; trickled past the deadline, cut off at it (408)", async () => {
   await withServer({ headTimeoutMs: 800 }, async (served) => {
-    const quick = await Client.open(served.port);
+    const quick = await RawHttp.open(served.port);
     try {
       const started = Date.now();
       await quick.trickle(GET, 5);
@@ -403,7 +303,7 @@ Deno.test("http: a head trickled a byte at a time is served; trickled past the d
     }
     // A byte every 50 ms forever: each byte is prompt, but the head never ends. The deadline
     // runs from the accept, not from the last byte.
-    const slow = await Client.open(served.port);
+    const slow = await RawHttp.open(served.port);
     try {
       const started = Date.now();
       const sending = slow.trickle(`GET / HTTP/1.1\r\nX-Slow: ${"a".repeat(10_000)}`, 50);
@@ -424,7 +324,7 @@ Deno.test("http: a head trickled a byte at a time is served; trickled past the d
 
 Deno.test("http: a head that stops half way gets 408 and is closed at the deadline; counted and reported", async () => {
   await withServer({ headTimeoutMs: 300 }, async (served) => {
-    const client = await Client.open(served.port);
+    const client = await RawHttp.open(served.port);
     try {
       const started = Date.now();
       await client.send("GET /half HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Part");
@@ -446,7 +346,7 @@ Deno.test("http: a head that stops half way gets 408 and is closed at the deadli
 
 Deno.test("http: a connection that sends nothing is closed at the deadline without an answer, and counted", async () => {
   await withServer({ headTimeoutMs: 300 }, async (served) => {
-    const client = await Client.open(served.port);
+    const client = await RawHttp.open(served.port);
     try {
       const started = Date.now();
       assert.equal(await client.closed(), "", "closed without a response");
@@ -467,7 +367,7 @@ Deno.test("http: a 100 KiB head gets 431, whether in a header or the request lin
         `GET /${"a".repeat(100 * 1024)} HTTP/1.1\r\nHost: x\r\n\r\n`,
       ]
     ) {
-      const client = await Client.open(served.port);
+      const client = await RawHttp.open(served.port);
       try {
         // The server answers after 16 KiB and stops reading: the rest may not all be taken.
         const sending = client.send(text).catch(() => {});
@@ -500,7 +400,7 @@ Deno.test("http: malformed request lines and headers get 400 and close; other ve
   ];
   await withServer({}, async (served) => {
     for (const text of malformed) {
-      const client = await Client.open(served.port);
+      const client = await RawHttp.open(served.port);
       try {
         await client.send(text);
         const reply = await client.reply();
@@ -511,7 +411,7 @@ Deno.test("http: malformed request lines and headers get 400 and close; other ve
         client.close();
       }
     }
-    const http2 = await Client.open(served.port);
+    const http2 = await RawHttp.open(served.port);
     try {
       await http2.send("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
       assert.equal((await http2.reply()).status, 505);
@@ -535,7 +435,7 @@ Deno.test("http: Content-Length with Transfer-Encoding, or a bad Content-Length,
   ];
   await withServer({}, async (served) => {
     for (const text of requests) {
-      const client = await Client.open(served.port);
+      const client = await RawHttp.open(served.port);
       try {
         await client.send(text);
         assert.equal((await client.reply()).status, 400, JSON.stringify(text));
@@ -553,7 +453,7 @@ Deno.test("http: chunked bodies with bad sizes get 400; good ones are read; a sl
   await withServer({ bodyTimeoutMs: 300 }, async (served) => {
     const post = "POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
     for (const chunks of ["-5\r\nhello\r\n", "0x5\r\nhello\r\n", "zz\r\n", "5 \r\nhello\r\n"]) {
-      const client = await Client.open(served.port);
+      const client = await RawHttp.open(served.port);
       try {
         await client.send(post + chunks + "0\r\n\r\n");
         assert.equal((await client.reply()).status, 400, JSON.stringify(chunks));
@@ -565,7 +465,7 @@ Deno.test("http: chunked bodies with bad sizes get 400; good ones are read; a sl
     assert.equal(served.refused.malformed, 4);
     // A good body, with an extension and a trailer, leaves the connection usable; Expect:
     // 100-continue is answered when the handler reads.
-    const good = await Client.open(served.port);
+    const good = await RawHttp.open(served.port);
     try {
       await good.send(post.replace("\r\n\r\n", "\r\nExpect: 100-continue\r\n\r\n"));
       assert.equal((await good.reply()).status, 100);
@@ -580,7 +480,7 @@ Deno.test("http: chunked bodies with bad sizes get 400; good ones are read; a sl
     }
     // Half a body, then silence: the handler's read fails at the body deadline, and the client
     // is told so.
-    const slow = await Client.open(served.port);
+    const slow = await RawHttp.open(served.port);
     try {
       await slow.send("POST /s HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello");
       const reply = await slow.reply();
@@ -596,7 +496,7 @@ Deno.test("http: chunked bodies with bad sizes get 400; good ones are read; a sl
 
 Deno.test("http: keep-alive serves requests in turn on one connection, then closes it when idle, uncounted", async () => {
   await withServer({ idleTimeoutMs: 300 }, async (served) => {
-    const client = await Client.open(served.port);
+    const client = await RawHttp.open(served.port);
     try {
       await client.send(GET);
       const first = await client.reply();
@@ -629,7 +529,7 @@ Deno.test("http: keep-alive serves requests in turn on one connection, then clos
         "GET / HTTP/1.0\r\n\r\n",
       ]
     ) {
-      const once = await Client.open(served.port);
+      const once = await RawHttp.open(served.port);
       try {
         await once.send(text);
         const reply = await once.reply();
@@ -647,15 +547,15 @@ Deno.test("http: keep-alive serves requests in turn on one connection, then clos
 
 Deno.test("http: past the connection limit, 503 at once, counted; a freed slot serves again", async () => {
   await withServer({ maxConnections: 2 }, async (served) => {
-    const held: Client[] = [];
+    const held: RawHttp[] = [];
     try {
       for (let i = 0; i < 2; i++) {
-        const client = await Client.open(served.port);
+        const client = await RawHttp.open(served.port);
         held.push(client);
         await client.send(GET);
         assert.equal((await client.reply()).status, 200, "kept alive, holding a slot");
       }
-      const extra = await Client.open(served.port);
+      const extra = await RawHttp.open(served.port);
       try {
         const reply = await extra.reply();
         assert.equal(reply.status, 503);
@@ -669,7 +569,7 @@ Deno.test("http: past the connection limit, 503 at once, counted; a freed slot s
       held.shift()!.close();
       // The slot frees when the server sees the close; until then a connection may still get 503.
       await waitFor(async () => {
-        const next = await Client.open(served.port);
+        const next = await RawHttp.open(served.port);
         try {
           await next.send(GET);
           return (await next.reply()).status === 200;
@@ -695,9 +595,9 @@ Deno.test("http: stopping closes waiting connections, even half-sent ones, and l
     return new Response("late\n");
   });
   const port = server.addr.port;
-  const idle = await Client.open(port);
-  const half = await Client.open(port);
-  const busy = await Client.open(port);
+  const idle = await RawHttp.open(port);
+  const half = await RawHttp.open(port);
+  const busy = await RawHttp.open(port);
   try {
     await half.send("GET / HTTP/1.1\r\nHost: x\r\n");
     await busy.send(GET);
@@ -717,7 +617,7 @@ Deno.test("http: stopping closes waiting connections, even half-sent ones, and l
       new Promise((resolve) => setTimeout(resolve, TIMEOUT_MS)),
     ]);
     assert.ok(done, "finished resolved");
-    await assert.rejects(Client.open(port), "the listener is closed");
+    await assert.rejects(RawHttp.open(port), "the listener is closed");
   } finally {
     for (const client of [idle, half, busy]) client.close();
     release();
@@ -772,37 +672,21 @@ Deno.test("http: out of fds, a connection queued meanwhile is served once fds ar
     env: { NO_COLOR: "1" },
   }).spawn();
   const killer = setTimeout(() => child.kill("SIGKILL"), 30_000);
-  const lines: string[] = [];
-  const collect = async (stream: ReadableStream<Uint8Array>): Promise<void> => {
-    let rest = "";
-    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-      const parts = (rest + chunk).split("\n");
-      rest = parts.pop()!;
-      lines.push(...parts);
-    }
-    if (rest) lines.push(rest);
-  };
-  const collected = Promise.all([collect(child.stdout), collect(child.stderr)]);
+  const output = outputLines(child);
+  const { lines, line } = output;
+  const collected = output.done;
   const stdin = child.stdin.getWriter();
-  const line = async (pattern: RegExp, what: string): Promise<string> => {
-    let found: string | undefined;
-    await waitFor(() => (found = lines.find((l) => pattern.test(l))) !== undefined, what, 15_000)
-      .catch((error) => {
-        throw new Error(`${error.message}; the server said:\n${lines.join("\n")}`);
-      });
-    return found!;
-  };
-  const queued: Client[] = [];
+  const queued: RawHttp[] = [];
   try {
     const port = Number((await line(/^port \d+$/, "the port")).slice(5));
-    const before = await Client.open(port);
+    const before = await RawHttp.open(port);
     queued.push(before);
     await before.send(GET);
     assert.equal((await before.reply()).status, 200, "served before the fds run out");
     await stdin.write(encoder.encode("fill\n"));
     await line(/^full \d+ EMFILE$/, "the fds taken");
     // Queued in the kernel: the server's accept fails with EMFILE while it waits.
-    const during = await Client.open(port);
+    const during = await RawHttp.open(port);
     queued.push(during);
     await during.send(GET);
     await line(/"type":"accept-error".*"code":"EMFILE"/, "the EMFILE report");
@@ -811,7 +695,7 @@ Deno.test("http: out of fds, a connection queued meanwhile is served once fds ar
     const reply = await during.reply();
     assert.equal(reply.status, 200);
     assert.equal(reply.body, "served\n");
-    const after = await Client.open(port);
+    const after = await RawHttp.open(port);
     queued.push(after);
     await after.send(GET);
     assert.equal((await after.reply()).status, 200, "the same listener serves new connections");

@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { closeQuietly, echoBackend, waitFor } from "./_helpers.ts";
+import { closeQuietly, echoBackend, outputLines, waitFor } from "./_helpers.ts";
 import { within } from "./_relay_helpers.ts";
 import { resetAndClose } from "./_sockets.ts";
 
@@ -41,32 +41,12 @@ function spawnProxy(
     stderr: "piped",
     env: { NO_COLOR: "1" },
   }).spawn();
-  const lines: string[] = [];
-  const collect = async (stream: ReadableStream<Uint8Array>): Promise<void> => {
-    let rest = "";
-    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-      const parts = (rest + chunk).split("\n");
-      rest = parts.pop()!;
-      lines.push(...parts);
-    }
-    if (rest) lines.push(rest);
-  };
-  const collected = Promise.all([collect(child.stdout), collect(child.stderr)]);
+  const output = outputLines(child);
+  const collected = output.done;
   return {
     child,
-    lines,
-    async line(pattern, what, timeoutMs = 15_000): Promise<string> {
-      let found: string | undefined;
-      await waitFor(
-        () => (found = lines.find((l) => pattern.test(l))) !== undefined,
-        what,
-        timeoutMs,
-      )
-        .catch((error) => {
-          throw new Error(`${error.message}; the proxy said:\n${lines.join("\n")}`);
-        });
-      return found!;
-    },
+    lines: output.lines,
+    line: output.line,
     async exited(): Promise<Deno.CommandStatus> {
       const status = await within(child.status, 15_000, "the proxy to exit");
       await collected;
