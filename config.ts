@@ -21,8 +21,8 @@
  * [metrics]                        # optional: no metrics endpoint without it
  * address = "127.0.0.1:9901"       # required
  * # Optional: state-changing admin routes (POST /reload) then need the header
- * # "Authorization: Bearer <token>". At least 16 characters, no whitespace or control
- * # characters. The environment variable SPLICE_ADMIN_TOKEN, when readable, takes precedence.
+ * # "Authorization: Bearer <token>". At least 16 printable ASCII characters, no whitespace.
+ * # The environment variable SPLICE_ADMIN_TOKEN, when readable, takes precedence.
  * token = "a-long-random-secret-string"
  *
  * [[listeners]]                    # any number, addresses unique
@@ -174,8 +174,8 @@ export interface MetricsConfig {
   /**
    * `token`: when set, state-changing admin routes (POST /reload) need
    * `Authorization: Bearer <token>`; the environment variable SPLICE_ADMIN_TOKEN, when
-   * readable, takes precedence. At least 16 characters, without whitespace or control
-   * characters; `undefined` when absent.
+   * readable, takes precedence. At least 16 printable ASCII characters, without whitespace;
+   * `undefined` when absent.
    */
   readonly token?: string;
 }
@@ -648,9 +648,9 @@ interface EnumField {
 }
 
 /**
- * A secret string, such as a token: at least `minLength` characters (code points), without
- * whitespace or control characters. Messages show no more than its first few characters, and
- * issues carry no value.
+ * A secret string, such as a token: at least `minLength` characters, printable ASCII without
+ * whitespace (it travels in an HTTP header). Messages show no more than its first few
+ * characters, and issues carry no value.
  */
 interface SecretField {
   readonly kind: "secret";
@@ -909,8 +909,8 @@ function validateSecret(
   keyPath: string,
   issues: ConfigIssue[],
 ): string | undefined {
-  const expected = `expected a string of at least ${field.minLength} characters without ` +
-    "whitespace or control characters";
+  const expected = `expected a string of at least ${field.minLength} printable ASCII ` +
+    "characters, without whitespace";
   if (typeof value !== "string") {
     issues.push(secretIssue(keyPath, value, `${expected}, got ${tomlTypeName(value)}`));
     return undefined;
@@ -920,10 +920,16 @@ function validateSecret(
   let length = 0;
   for (const _ of value) length++;
   if (length < field.minLength) found.push(`${length} characters`);
-  const bad = /[\s\p{Cc}]/u.exec(value);
+  // A token travels in an HTTP header, whose bytes are read as Latin-1: outside printable
+  // ASCII it could never match.
+  const bad = /[^\x21-\x7e]/u.exec(value);
   if (bad !== null) {
     const code = bad[0].codePointAt(0)!;
-    const kind = /\s/u.test(bad[0]) ? "whitespace" : "a control character";
+    const kind = /\s/u.test(bad[0])
+      ? "whitespace"
+      : /\p{Cc}/u.test(bad[0])
+      ? "a control character"
+      : "a character outside printable ASCII";
     let position = 1;
     for (const _ of value.slice(0, bad.index)) position++;
     const unicode = `U+${code.toString(16).toUpperCase().padStart(4, "0")}`;
