@@ -308,13 +308,15 @@ export async function copyBidirectional(
   const failed = new Set<DuplexConn>();
   /** Directions that ended, by source. */
   const ended = new Set<DuplexConn>();
-  // The survivor of a failure is reset once (where it can be), then both are closed. After an
-  // abort or the linger closed both, there is nothing left to pass on.
+  // The survivor of a failure is reset once, then both are closed. A conn that cannot be reset
+  // is left to the usual course instead: closing it now, with its peer's bytes unread, would
+  // reset it anyway and could destroy what was just delivered; the drain and the linger end it.
+  // After an abort or the linger closed both, there is nothing left to pass on.
   let passing: Promise<void> | undefined;
-  const passOn = (survivor: DuplexConn): Promise<void> =>
-    passing ??= closed
-      ? Promise.resolve()
-      : (survivor.reset?.() ?? Promise.resolve()).then(closeBoth);
+  const passOn = (survivor: DuplexConn): Promise<void> => {
+    if (survivor.reset === undefined || closed) return Promise.resolve();
+    return passing ??= survivor.reset().then(closeBoth);
+  };
 
   const direction = async (from: DuplexConn, to: DuplexConn): Promise<CopyResult> => {
     const buffer = new Uint8Array(size);
@@ -339,8 +341,9 @@ export async function copyBidirectional(
       await passOn(to);
     } else if (failed.has(to) && !failed.has(from)) {
       // `to` takes no more bytes. Its own bytes may still be on their way to `from`; once that
-      // direction has ended, `from` is the survivor to reset.
-      if (ended.has(to)) await passOn(from);
+      // direction has ended, `from` is the survivor to reset. Until then, or when `from` cannot
+      // be reset, its bytes are read and dropped.
+      if (ended.has(to) && from.reset !== undefined) await passOn(from);
       else await discard(from, buffer);
     }
     return result;
