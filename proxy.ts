@@ -215,9 +215,10 @@ async function main(): Promise<number> {
       console.error(error instanceof Error ? error.message : String(error));
       return 1;
     }
-    const warnings = warningsOf(checked);
+    const net = netPermissionProblems(checked);
+    const warnings = warningsOf(checked, net);
     for (const line of warnings) say(`${args.config}: warning: ${line}`);
-    if (!netPermissionProblems(checked).checked) {
+    if (!net.checked) {
       say(
         `${args.config}: note: network permissions not checked (this --check has no ` +
           "--allow-net for any of its addresses); run it with the proxy's own --allow-net to " +
@@ -346,11 +347,8 @@ async function main(): Promise<number> {
  * What a config gets right but almost certainly does not mean (a cluster that can take no
  * connection), and the addresses this process's `--allow-net` would refuse.
  */
-function warningsOf(config: Config): string[] {
-  return [
-    ...configWarnings(config).map((issue) => issue.message),
-    ...netPermissionProblems(config).problems,
-  ];
+function warningsOf(config: Config, net = netPermissionProblems(config)): string[] {
+  return [...configWarnings(config).map((issue) => issue.message), ...net.problems];
 }
 
 /**

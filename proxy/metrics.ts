@@ -11,6 +11,7 @@
  * @module
  */
 
+import { Throttle } from "./faults.ts";
 import { describeHttpEvent, type HttpLimits, type HttpRefusal, serveHttp } from "./http.ts";
 import type { ProxyStats } from "./types.ts";
 
@@ -264,27 +265,21 @@ export function serveAdmin(
     },
   ];
 
-  const lastLogged = new Map<AdminRefusal, { at: number; skipped: number }>();
+  const logged = new Throttle(LOG_INTERVAL_MS);
   const refuse = (
     reason: AdminRefusal,
     context: { request: Request; remote: string },
     response: { status: number; message: string; headers?: HeadersInit },
   ): Response => {
     refused[reason]++;
-    if (options.log) {
-      const now = performance.now();
-      const last = lastLogged.get(reason);
-      if (last && now - last.at < LOG_INTERVAL_MS) {
-        last.skipped++;
-      } else {
-        const { request, remote } = context;
-        const skipped = last?.skipped ? `; ${last.skipped} more refused for ${reason}` : "";
-        options.log(
-          `Admin endpoint refused ${request.method} ${new URL(request.url).pathname} from ` +
-            `${remote} (${reason}, ${response.status}): ${response.message}${skipped}`,
-        );
-        lastLogged.set(reason, { at: now, skipped: 0 });
-      }
+    const { report, suppressed } = logged.pass(reason, performance.now());
+    if (options.log && report) {
+      const { request, remote } = context;
+      const skipped = suppressed > 0 ? `; ${suppressed} more refused for ${reason}` : "";
+      options.log(
+        `Admin endpoint refused ${request.method} ${new URL(request.url).pathname} from ` +
+          `${remote} (${reason}, ${response.status}): ${response.message}${skipped}`,
+      );
     }
     return new Response(response.message + "\n", {
       status: response.status,
