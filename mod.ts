@@ -19,6 +19,7 @@ export {
   requestedPipeCapacity,
   setPipeCapacity,
   type SocketLike,
+  spliceAvailable,
   spliceIn,
   spliceOut,
   SplicePipe,
@@ -40,7 +41,6 @@ export {
   type DuplexConn,
 } from "./copy.ts";
 export { SyscallError } from "./errors.ts";
-export { spliceAvailable } from "./availability.ts";
 export {
   relay,
   RELAY_PIPE_CAPACITY,

@@ -14,8 +14,8 @@ import { resetConnection, unackedBytes } from "./ffi/tcp.ts";
 import { SyscallError } from "./errors.ts";
 import { COPY_LINGER_MS, copyBidirectional, type DuplexConn } from "./copy.ts";
 import { pipeCapacityOverride, validateCapacity } from "./splice_pipe.ts";
-import { engine, lastFatal, stopEngine } from "./_engine.ts";
-import { findDenoReactors, returnToDenoReactor } from "./_deno_reactor.ts";
+import { engine, lastFatal, stopEngine } from "./engine/engine.ts";
+import { findDenoReactors, returnToDenoReactor } from "./engine/deno_reactor.ts";
 import {
   END_ABORTED,
   END_DONE,
@@ -27,7 +27,7 @@ import {
   MODE_COPY,
   MODE_SPLICE,
   SYSCALLS,
-} from "./_engine_protocol.ts";
+} from "./engine/wire.ts";
 
 /** One end of a relay: a Deno TCP or Unix connection, or a raw connected socket fd. */
 export type RelayEndpoint = Deno.TcpConn | Deno.UnixConn | number;

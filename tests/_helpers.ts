@@ -132,7 +132,7 @@ export function outputLines(child: Deno.ChildProcess): OutputLines {
   };
 }
 
-export { fillPattern, receiveAll, sendPattern } from "../_payload.ts";
+export { fillPattern, receiveAll, sendPattern } from "../demo/payload.ts";
 
 /** The result of a Deno subprocess. */
 export interface RunResult {

@@ -125,7 +125,7 @@ Deno.test("relay: the copy loop that stands in for the engine passes a reset on 
       "--allow-ffi",
       "--allow-net=127.0.0.1",
       "--allow-read",
-      `--deny-read=${new URL("../_engine_worker.ts", import.meta.url).pathname}`,
+      `--deny-read=${new URL("../engine/worker.ts", import.meta.url).pathname}`,
     ],
   );
   assert.equal(result.code, 0, result.stderr);

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { decideRelay, type ReadState, type SideView } from "../_relay_state.ts";
+import { decideRelay, type ReadState, type SideView } from "../engine/decision.ts";
 
 const READS: ReadState[] = ["open", "eof", "broken"];
 const SIDES: SideView[] = READS.flatMap((read) => [

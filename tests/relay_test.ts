@@ -913,7 +913,7 @@ Deno.test("fds run out (low RLIMIT_NOFILE): every relay still delivers intact, c
  * after the engine stopped on its 1 s linger): `relay()` starts the engine Worker, and Deno
  * needs fds for it (a tokio runtime, module files). Measured on 2.9.6 with 200 fds: with 2 free,
  * Deno panics in thread worker-1 (runtime/tokio_util.rs: "Too many open files") and the whole
- * process dies; with 6 free, the Worker's import of _engine_worker.ts fails, the engine goes
+ * process dies; with 6 free, the Worker's import of engine/worker.ts fails, the engine goes
  * fatal, and the relay ends as "error" with nothing delivered, where the copy path could have
  * served. Expected: relay() still delivers the bytes (by copy) and the process survives.
  */
@@ -1286,7 +1286,7 @@ Deno.test("without read access to the engine's module: one warning, the copy loo
       "--allow-ffi",
       "--allow-net=127.0.0.1",
       "--allow-read",
-      `--deny-read=${new URL("../_engine_worker.ts", import.meta.url).pathname}`,
+      `--deny-read=${new URL("../engine/worker.ts", import.meta.url).pathname}`,
     ],
   );
   assert.equal(result.code, 0, result.stderr);

@@ -6,7 +6,7 @@ import {
   spliceOut,
   SplicePipe,
 } from "../mod.ts";
-import { spliceStream } from "../_splice_stream.ts";
+import { spliceStream } from "./_splice_stream.ts";
 import {
   closeQuietly,
   openFdCount,

@@ -13,8 +13,8 @@
  * @module
  */
 
-import { copyBidirectional, relay, shutdownRelayEngine, spliceAvailable } from "./mod.ts";
-import { receiveAll, sendPattern } from "./_payload.ts";
+import { copyBidirectional, relay, shutdownRelayEngine, spliceAvailable } from "../mod.ts";
+import { receiveAll, sendPattern } from "./payload.ts";
 
 const DEFAULT_SIZE_MIB = 512;
 

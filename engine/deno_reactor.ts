@@ -23,8 +23,8 @@ import {
   EPOLL_DATA_OFFSET,
   EPOLL_EVENT_SIZE,
   EPOLLET,
-} from "./ffi/constants.ts";
-import { libc } from "./ffi/libc.ts";
+} from "../ffi/constants.ts";
+import { libc } from "../ffi/libc.ts";
 
 const encoder = new TextEncoder();
 const EVENTPOLL = encoder.encode("anon_inode:[eventpoll]");

@@ -10,7 +10,7 @@
  * @module
  */
 
-import { errno, libc } from "./ffi/libc.ts";
+import { errno, libc } from "../ffi/libc.ts";
 import {
   EPOLL_CLOEXEC,
   EPOLL_CTL_ADD,
@@ -27,11 +27,11 @@ import {
   SO_ERROR,
   SOL_SOCKET,
   SPLICE_FLAGS,
-} from "./ffi/constants.ts";
-import { EAGAIN, ECONNRESET, EINTR, EPIPE } from "./ffi/errno.ts";
-import { closeFd, openPipe, resizePipe } from "./ffi/pipe.ts";
-import { resetConnection, unackedBytes } from "./ffi/tcp.ts";
-import { decideRelay, type ReadState } from "./_relay_state.ts";
+} from "../ffi/constants.ts";
+import { EAGAIN, ECONNRESET, EINTR, EPIPE } from "../ffi/errno.ts";
+import { closeFd, openPipe, resizePipe } from "../ffi/pipe.ts";
+import { resetConnection, unackedBytes } from "../ffi/tcp.ts";
+import { decideRelay, type ReadState } from "./decision.ts";
 import {
   END_ABORTED,
   END_DONE,
@@ -52,7 +52,7 @@ import {
   TAIL,
   type WorkerInit,
   type WorkerMessage,
-} from "./_engine_protocol.ts";
+} from "./wire.ts";
 
 /** Copy-path buffer; a read that fills it means bulk traffic, which splice moves cheaper. */
 const COPY_BUFFER_SIZE = 64 * 1024;

@@ -5,9 +5,9 @@
  * @module
  */
 
-import { spliceIn, spliceOut, type SplicePipe } from "./splice_pipe.ts";
-import { libc } from "./ffi/libc.ts";
-import { socketFd, type SocketLike } from "./ffi/socket_fd.ts";
+import { spliceIn, spliceOut, type SplicePipe } from "../splice_pipe.ts";
+import { libc } from "../ffi/libc.ts";
+import { socketFd, type SocketLike } from "../ffi/socket_fd.ts";
 
 const POLLIN = 0x001;
 const POLLOUT = 0x004;

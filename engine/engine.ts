@@ -7,11 +7,11 @@
  * @module
  */
 
-import { EFD_CLOEXEC, EFD_NONBLOCK } from "./ffi/constants.ts";
-import { errno, libc } from "./ffi/libc.ts";
-import { closeFd, openPipe } from "./ffi/pipe.ts";
-import { leaveDenoReactor } from "./_deno_reactor.ts";
-import { SyscallError } from "./errors.ts";
+import { EFD_CLOEXEC, EFD_NONBLOCK } from "../ffi/constants.ts";
+import { errno, libc } from "../ffi/libc.ts";
+import { closeFd, openPipe } from "../ffi/pipe.ts";
+import { leaveDenoReactor } from "./deno_reactor.ts";
+import { SyscallError } from "../errors.ts";
 import {
   END_FATAL,
   END_NOT_STARTED,
@@ -28,7 +28,7 @@ import {
   TAIL,
   type WorkerInit,
   type WorkerMessage,
-} from "./_engine_protocol.ts";
+} from "./wire.ts";
 
 /** How long the Worker outlives its last relay: long enough to serve bursts of short ones. */
 const LINGER_MS = 1_000;
@@ -243,7 +243,7 @@ export function engine(): Engine | null {
   return current;
 }
 
-const WORKER_URL = new URL("./_engine_worker.ts", import.meta.url);
+const WORKER_URL = new URL("./worker.ts", import.meta.url);
 let warnedUnreadable = false;
 
 /**
