@@ -286,7 +286,7 @@ export async function copyBidirectional(
   const size = options?.bufferSize ?? COPY_BUFFER_SIZE;
   if (!Number.isInteger(size) || size <= 0) {
     closeAll(a, b);
-    throw new RangeError(`Invalid bufferSize: ${size} (expected a positive whole number)`);
+    throw new RangeError(`Cannot copy with bufferSize ${size}: expected a positive whole number`);
   }
   let closed = false;
   let aborted = false;

@@ -2,51 +2,23 @@
  * `relay()`: hand over two connections and the bytes flow both ways inside the kernel until
  * both sides are done, with half-close, backpressure, idle timeout and abort handled.
  *
+ * This module checks the caller's input and chooses the path; the engine (engine/) moves the
+ * bytes, and the userspace loop (engine/fallback.ts) does where the engine cannot.
+ *
  * @module
  */
 
-import { F_GETFL, F_SETFL, O_NONBLOCK } from "./ffi/constants.ts";
-import { errnoName } from "./ffi/errno.ts";
-import { errno, ffiAvailable, libc } from "./ffi/libc.ts";
-import { closeFd } from "./ffi/pipe.ts";
-import { socketFd } from "./ffi/socket_fd.ts";
-import { resetConnection, unackedBytes } from "./ffi/tcp.ts";
-import { SyscallError } from "./errors.ts";
-import { COPY_LINGER_MS, copyBidirectional, type DuplexConn } from "./copy.ts";
+import { ffiAvailable } from "./ffi/libc.ts";
 import { pipeCapacityOverride, validateCapacity } from "./splice_pipe.ts";
-import { engine, lastFatal, stopEngine } from "./engine/engine.ts";
-import { findDenoReactors, returnToDenoReactor } from "./engine/deno_reactor.ts";
-import {
-  END_ABORTED,
-  END_DONE,
-  END_IDLE,
-  END_NOT_STARTED,
-  END_RESET,
-  type EngineResult,
-  MODE_AUTO,
-  MODE_COPY,
-  MODE_SPLICE,
-  SYSCALLS,
-} from "./engine/wire.ts";
+import { lastFatal, relayInEngine, stopEngine } from "./engine/engine.ts";
+import { type Conn, fallbackRelay, isResetError } from "./engine/fallback.ts";
+import { closeEndpoint, connFd, rawFd } from "./engine/endpoint.ts";
+import type { RelayMode, RelayResult } from "./engine/types.ts";
+
+export type { RelayEnd, RelayMode, RelayResult } from "./engine/types.ts";
 
 /** One end of a relay: a Deno TCP or Unix connection, or a raw connected socket fd. */
 export type RelayEndpoint = Deno.TcpConn | Deno.UnixConn | number;
-
-/**
- * How bytes move:
- * - `"auto"` (default): per direction, small messages are copied through a reused buffer and
- *   bulk transfers are spliced, switching as the traffic changes (like HAProxy's splice-auto);
- * - `"splice"`: always splice (copy only when no pipe can be had);
- * - `"copy"`: never splice; bytes are copied by the engine's `read`/`write` loop.
- *
- * @example
- * ```ts
- * import type { RelayMode } from "@zerocopy/splice";
- *
- * const mode: RelayMode = "auto";
- * ```
- */
-export type RelayMode = "auto" | "splice" | "copy";
 
 /** Options for {@linkcode relay}. */
 export interface RelayOptions {
@@ -70,51 +42,6 @@ export interface RelayOptions {
 }
 
 /**
- * How a relay ended:
- * - `"done"`: both sides finished sending and every byte was delivered;
- * - `"reset"`: a peer reset the connection or went away while bytes were owed to it;
- * - `"idle-timeout"`, `"aborted"`: ended on the option of that name;
- * - `"error"`: another failure; `error` says which syscall and errno.
- *
- * @example
- * ```ts
- * import type { RelayEnd } from "@zerocopy/splice";
- *
- * const clean: RelayEnd = "done";
- * ```
- */
-export type RelayEnd = "done" | "reset" | "idle-timeout" | "aborted" | "error";
-
-/**
- * The outcome of {@linkcode relay}.
- *
- * @example
- * ```ts ignore
- * const result = await relay(client, backend);
- * console.log(`${result.aToB} up, ${result.bToA} down, ${result.end} via ${result.mode}`);
- * ```
- */
-export interface RelayResult {
-  /** Bytes delivered from `a` to `b` (not counting `initialData`). */
-  aToB: number;
-  /** Bytes delivered from `b` to `a`. */
-  bToA: number;
-  /** Of those, the bytes moved by splice (both directions). */
-  splicedBytes: number;
-  /**
-   * The path used: `"splice"` when any byte was spliced, `"copy"` when the engine copied them
-   * all, `"fallback"` for the userspace copy loop used without FFI.
-   */
-  mode: "splice" | "copy" | "fallback";
-  /** How it ended. */
-  end: RelayEnd;
-  /** Which side failed, for `"reset"` and `"error"`. */
-  side?: "a" | "b";
-  /** The failure, for `"reset"` and `"error"`: a {@linkcode SyscallError} where one is known. */
-  error?: Error;
-}
-
-/**
  * The pipe capacity relays use unless told otherwise: 1 MiB, as Go's `io.Copy` does. Measured
  * on loopback (BENCHMARKS.md), 64 KiB pipes cost about 1.8x the CPU per GiB of 1 MiB pipes,
  * because each splice moves at most a pipe's worth. An empty pooled pipe holds no pages; the
@@ -129,18 +56,6 @@ export interface RelayResult {
  * ```
  */
 export const RELAY_PIPE_CAPACITY = 1 << 20;
-
-const MODES: Record<RelayMode, number> = {
-  auto: MODE_AUTO,
-  splice: MODE_SPLICE,
-  copy: MODE_COPY,
-};
-const ENDS: Record<number, RelayEnd> = {
-  [END_DONE]: "done",
-  [END_RESET]: "reset",
-  [END_IDLE]: "idle-timeout",
-  [END_ABORTED]: "aborted",
-};
 
 /**
  * Relays bytes both ways between `a` and `b` until both have finished, then closes both.
@@ -193,12 +108,14 @@ export async function relay(
 ): Promise<RelayResult> {
   if (a === b) throw new TypeError("Cannot relay a connection to itself");
   const mode = options?.mode ?? "auto";
-  if (typeof mode !== "string" || !Object.hasOwn(MODES, mode)) {
-    throw new TypeError(`Invalid relay mode "${mode}": expected "auto", "splice" or "copy"`);
+  if (mode !== "auto" && mode !== "splice" && mode !== "copy") {
+    throw new TypeError(`Cannot relay in mode "${mode}": expected "auto", "splice" or "copy"`);
   }
   const idleTimeout = options?.idleTimeout ?? 0;
   if (!Number.isInteger(idleTimeout) || idleTimeout < 0 || idleTimeout > 2 ** 31 - 1) {
-    throw new RangeError(`Invalid idleTimeout: ${idleTimeout} (expected whole ms >= 0)`);
+    throw new RangeError(
+      `Cannot relay with idleTimeout ${idleTimeout}: expected whole ms from 0 to ${2 ** 31 - 1}`,
+    );
   }
   const capacity = options?.pipeCapacity ?? 0;
   validateCapacity(capacity, "pipeCapacity");
@@ -254,40 +171,22 @@ export async function relay(
     closeEndpoint(b);
     return { aToB: 0, bToA: 0, splicedBytes: 0, mode: "copy", end: "aborted" };
   }
-  findDenoReactors();
-  const running = engine();
-  // No engine (it could not start: too few fds for a Worker): Deno conns still get the
-  // userspace loop, which needs no fd of its own.
-  if (running === null) return await withoutEngine(a, b, signal, idleTimeout);
   const denoFds = [a, b].flatMap((end, i) => typeof end === "number" ? [] : [i === 0 ? fdA : fdB]);
-  let onAbort: (() => void) | undefined;
-  const result = await new Promise<EngineResult>((resolve) => {
-    const id = running.add(
-      {
-        fdA,
-        fdB,
-        mode: MODES[mode as RelayMode],
-        idleMs: idleTimeout,
-        capacity: capacity || (pipeCapacityOverride() ?? RELAY_PIPE_CAPACITY),
-      },
-      resolve,
-      denoFds,
-    );
-    onAbort = () => running.abort(id);
-    signal?.addEventListener("abort", onAbort, { once: true });
+  const result = await relayInEngine({
+    fdA,
+    fdB,
+    denoFds,
+    mode,
+    idleMs: idleTimeout,
+    capacity: capacity || (pipeCapacityOverride() ?? RELAY_PIPE_CAPACITY),
+    signal,
   });
-  if (onAbort) signal?.removeEventListener("abort", onAbort);
-  // The engine died before it started (e.g. its Worker could not load): the relay never
-  // reached it and the conns are still in Deno's hands, so the userspace loop can take them.
-  if (result[5] === END_NOT_STARTED) {
-    return await withoutEngine(a, b, signal, idleTimeout);
-  }
-  // The engine deregistered both fds before reporting: closing them now is safe, once they are
-  // back in Deno's reactor (see _deno_reactor.ts).
-  for (const fd of denoFds) returnToDenoReactor(fd);
+  // No engine (it could not start, or died before it took the relay): the conns are still in
+  // Deno's hands, and Deno conns get the userspace loop, which needs no fd of its own.
+  if (result === "unavailable") return await withoutEngine(a, b, signal, idleTimeout);
   closeEndpoint(a);
   closeEndpoint(b);
-  return toRelayResult(result);
+  return result;
 }
 
 async function withoutEngine(
@@ -300,35 +199,12 @@ async function withoutEngine(
     closeEndpoint(a);
     closeEndpoint(b);
     return failedBeforeStart(
-      new Error(`The relay engine could not start (${lastFatal() || "too few free fds"})`),
+      new Error(`Cannot start the relay engine (${lastFatal() || "too few free fds"})`),
       undefined,
       "copy",
     );
   }
   return await fallbackRelay(a, b, signal, idleTimeout, true);
-}
-
-function toRelayResult(result: EngineResult): RelayResult {
-  const [, aToB, bToA, splicedAToB, splicedBToA, endCode, code, syscall, side] = result;
-  const splicedBytes = splicedAToB + splicedBToA;
-  const out: RelayResult = {
-    aToB,
-    bToA,
-    splicedBytes,
-    mode: splicedBytes > 0 ? "splice" : "copy",
-    end: ENDS[endCode] ?? "error",
-  };
-  if (out.end === "reset" || out.end === "error") {
-    if (side !== -1) out.side = side === 0 ? "a" : "b";
-    out.error = code !== 0
-      ? new SyscallError(SYSCALLS[syscall] || "relay", code, {
-        detail: `side ${out.side ?? "?"}`,
-      })
-      : new Error(
-        `The relay engine stopped unexpectedly (${lastFatal()}); the byte counts are unknown`,
-      );
-  }
-  return out;
 }
 
 /** A relay that ended before any byte moved: `side` failed, with `error`. */
@@ -349,33 +225,6 @@ function failedBeforeStart(
   return out;
 }
 
-/**
- * A raw fd, made non-blocking: the engine must never block in a syscall. One that is no open fd
- * is the caller's mistake: both endpoints are closed (the relay owns them) and it throws.
- */
-function rawFd(fd: number, other: RelayEndpoint): number {
-  const symbols = libc();
-  const flags = Number.isInteger(fd) && fd >= 0 ? symbols.fcntl(fd, F_GETFL, 0) : -1;
-  if (flags < 0 || symbols.fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
-    const reason = Number.isInteger(fd) && fd >= 0
-      ? errnoName(errno())
-      : "expected a non-negative integer";
-    closeEndpoint(fd);
-    closeEndpoint(other);
-    throw new TypeError(`Invalid fd ${fd}: ${reason}`);
-  }
-  return fd;
-}
-
-/** The fd of a Deno conn (Deno sockets are non-blocking already); -1 when it cannot be found. */
-function connFd(conn: Conn): number {
-  try {
-    return socketFd(conn);
-  } catch {
-    return -1;
-  }
-}
-
 /** Writes bytes read earlier to `endpoint`; a failure (the peer is gone) becomes the result. */
 async function writeInitialData(
   endpoint: RelayEndpoint,
@@ -392,123 +241,6 @@ async function writeInitialData(
   } catch (error) {
     return failedBeforeStart(error, side, mode);
   }
-}
-
-function closeEndpoint(endpoint: RelayEndpoint): void {
-  if (typeof endpoint === "number") {
-    if (ffiAvailable()) closeFd(endpoint);
-    return;
-  }
-  try {
-    endpoint.close();
-  } catch {
-    // Already closed: nothing more to release.
-  }
-}
-
-type Conn = Deno.TcpConn | Deno.UnixConn;
-
-/**
- * The userspace path: Deno reads and writes, same result shape and half-close semantics. With
- * FFI (`resets`), a failure of one side is passed on to the other as a reset, as the engine
- * does; without it Deno has no way to send one, and that side is closed normally.
- */
-async function fallbackRelay(
-  a: Conn,
-  b: Conn,
-  outer: AbortSignal | undefined,
-  idleTimeout: number,
-  resets: boolean,
-): Promise<RelayResult> {
-  const controller = new AbortController();
-  const onAbort = (): void => controller.abort();
-  // An already aborted signal fires no event: abort the copy up front.
-  if (outer?.aborted) controller.abort();
-  else outer?.addEventListener("abort", onAbort, { once: true });
-  let idled = false;
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  let lastActivity = Date.now();
-  // The first failure is the one reported: what follows it (the survivor's reads ended by its
-  // reset or close) is a consequence.
-  let first: { side: "a" | "b"; error: unknown } | undefined;
-  const failing = <T>(side: "a" | "b", call: () => Promise<T>): Promise<T> =>
-    call().catch((error) => {
-      first ??= { side, error };
-      throw error;
-    });
-  const watched = (conn: Conn, side: "a" | "b"): DuplexConn => ({
-    read: (buffer) =>
-      failing(side, () => conn.read(buffer)).then((n) => {
-        lastActivity = Date.now();
-        return n;
-      }),
-    write: (buffer) => failing(side, () => conn.write(buffer)),
-    closeWrite: () => failing(side, () => conn.closeWrite()),
-    close: () => conn.close(),
-    reset: resets ? () => resetWhenAcknowledged(conn) : undefined,
-  });
-  if (idleTimeout > 0) {
-    const check = (): void => {
-      const left = lastActivity + idleTimeout - Date.now();
-      if (left > 0) {
-        timer = setTimeout(check, left);
-        return;
-      }
-      idled = true;
-      controller.abort();
-    };
-    timer = setTimeout(check, idleTimeout);
-  }
-  try {
-    const result = await copyBidirectional(watched(a, "a"), watched(b, "b"), {
-      signal: controller.signal,
-    });
-    const failed = result.aToB.status === "error" || result.bToA.status === "error";
-    const out: RelayResult = {
-      aToB: result.aToB.bytes,
-      bToA: result.bToA.bytes,
-      splicedBytes: 0,
-      mode: "fallback",
-      end: idled ? "idle-timeout" : result.aborted ? "aborted" : failed ? "reset" : "done",
-    };
-    if (out.end === "reset" && first !== undefined) {
-      out.side = first.side;
-      out.error = first.error instanceof Error ? first.error : new Error(String(first.error));
-      if (!isResetError(first.error)) out.end = "error";
-    }
-    return out;
-  } finally {
-    clearTimeout(timer);
-    outer?.removeEventListener("abort", onAbort);
-  }
-}
-
-/**
- * Resets `conn` once its peer has acknowledged what was written to it (a reset destroys the
- * rest), or after {@linkcode COPY_LINGER_MS}. The fd is looked up again before the reset: the
- * conn may have been closed meanwhile, and its number reused.
- */
-async function resetWhenAcknowledged(conn: Conn): Promise<void> {
-  let fd: number;
-  try {
-    fd = socketFd(conn);
-  } catch {
-    return; // not found: it is closed normally instead
-  }
-  const deadline = Date.now() + COPY_LINGER_MS;
-  while (fd >= 0 && unackedBytes(fd) > 0 && Date.now() < deadline) {
-    await new Promise((resolve) => setTimeout(resolve, ACK_POLL_MS));
-    fd = socketFd(conn);
-  }
-  if (fd >= 0) resetConnection(fd);
-}
-
-/** How often a reset that waits for acknowledgements looks again. */
-const ACK_POLL_MS = 20;
-
-function isResetError(error: unknown): boolean {
-  return error instanceof Deno.errors.ConnectionReset || error instanceof Deno.errors.BrokenPipe ||
-    error instanceof Deno.errors.ConnectionAborted;
 }
 
 /**

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { SPLICE_FLAGS } from "./ffi/constants.ts";
+import { PIPE_DEFAULT_CAPACITY, SPLICE_FLAGS } from "./ffi/constants.ts";
 import { EAGAIN, EINTR } from "./ffi/errno.ts";
 import { errno, ffiAvailable, libc } from "./ffi/libc.ts";
 import { closeFd, openPipe, resizePipe } from "./ffi/pipe.ts";
@@ -25,7 +25,7 @@ export type { SocketLike } from "./ffi/socket_fd.ts";
  * console.log(DEFAULT_SPLICE_PIPE_CAPACITY); // 65536
  * ```
  */
-export const DEFAULT_SPLICE_PIPE_CAPACITY = 65_536;
+export const DEFAULT_SPLICE_PIPE_CAPACITY: number = PIPE_DEFAULT_CAPACITY;
 
 /**
  * The largest capacity {@linkcode setPipeCapacity} accepts: 1 GiB. The kernel refuses anything
@@ -100,8 +100,8 @@ export function validateCapacity(value: number, name: string): void {
     value > MAX_SPLICE_PIPE_CAPACITY
   ) {
     throw new RangeError(
-      `Invalid pipe capacity for "${name}": ${String(value)} ` +
-        `(expected a whole number of bytes from 0 to ${MAX_SPLICE_PIPE_CAPACITY})`,
+      `Cannot use ${String(value)} as a pipe capacity ("${name}"): expected a whole number of ` +
+        `bytes from 0 to ${MAX_SPLICE_PIPE_CAPACITY}`,
     );
   }
 }
@@ -479,7 +479,7 @@ export function spliceOut(
 function socketFdChecked(socket: SocketLike): number {
   if (!ffiAvailable()) {
     throw new TypeError(
-      "splice is unavailable: it needs Linux and --allow-ffi (use the copy loop instead)",
+      "Cannot splice without FFI: it needs Linux and --allow-ffi (use the copy loop instead)",
     );
   }
   return socketFd(socket);

@@ -4,41 +4,54 @@
  * when the Worker reports its end. The Worker stops when no relay has run for a while, so an
  * application that is done can exit.
  *
+ * On this thread it is the only module that reads or writes the wire (wire.ts): callers pass a
+ * typed job and get a {@linkcode RelayResult}.
+ *
  * @module
  */
 
 import { EFD_CLOEXEC, EFD_NONBLOCK } from "../ffi/constants.ts";
 import { errno, libc } from "../ffi/libc.ts";
 import { closeFd, openPipe } from "../ffi/pipe.ts";
-import { leaveDenoReactor } from "./deno_reactor.ts";
 import { SyscallError } from "../errors.ts";
+import { findDenoReactors, leaveDenoReactor, returnToDenoReactor } from "./deno_reactor.ts";
+import type { RelayEnd, RelayMode, RelayResult } from "./types.ts";
 import {
-  END_FATAL,
-  END_NOT_STARTED,
+  ADD_CAPACITY,
+  ADD_FD_A,
+  ADD_FD_B,
+  ADD_MODE,
+  END_ABORTED,
+  END_DONE,
+  END_IDLE,
+  END_RESET,
   type EngineResult,
   HEAD,
+  MODE_AUTO,
+  MODE_COPY,
+  MODE_SPLICE,
   OP_ABORT,
   OP_ADD,
   OP_STOP,
   RING_BYTES,
   RING_SLOTS,
   SLEEPING,
+  SLOT_ID,
+  SLOT_IDLE_MS,
   SLOT_INTS,
   SLOTS_START,
+  SYSCALL_NAMES,
   TAIL,
   type WorkerInit,
   type WorkerMessage,
 } from "./wire.ts";
 
 /** How long the Worker outlives its last relay: long enough to serve bursts of short ones. */
-const LINGER_MS = 1_000;
+const WORKER_LINGER_MS = 1_000;
 /** Relay ids stay below 2^30 so that `id * 2 + side` fits the 32-bit epoll token. */
 const MAX_ID = 2 ** 30;
-/** Default bound of the pipe pool (pipes, two fds each). */
-export const DEFAULT_MAX_PIPES = 1024;
-
-/** What the engine needs to start a relay. */
-export interface EngineRelay {
+/** A relay as the Worker takes it. */
+interface EngineRelay {
   fdA: number;
   fdB: number;
   mode: number;
@@ -46,7 +59,12 @@ export interface EngineRelay {
   capacity: number;
 }
 
-type Settle = (result: EngineResult) => void;
+/**
+ * How a relay handed to the engine ends: the Worker's result, or the engine's death after it
+ * started (`"died"`: byte counts unknown) or before (`"not-started"`: the relay never reached it).
+ */
+type Outcome = EngineResult | "died" | "not-started";
+type Settle = (outcome: Outcome) => void;
 
 const ONE = new BigUint64Array([1n]);
 const ONE_BYTES = new Uint8Array(ONE.buffer);
@@ -66,7 +84,7 @@ class Engine {
   /** fds of Deno conns handed over before the Worker started, to take out of Deno's epoll. */
   #reactorFds: number[] = [];
 
-  constructor(maxPipes: number) {
+  constructor() {
     const eventFd = libc().eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (eventFd < 0) throw new SyscallError("eventfd", errno());
     this.#eventFd = eventFd;
@@ -81,7 +99,7 @@ class Engine {
       event.preventDefault();
       this.#fatal(event.message);
     };
-    const init: WorkerInit = { ring: buffer, eventFd, maxPipes };
+    const init: WorkerInit = { ring: buffer, eventFd };
     this.#worker.postMessage(init);
   }
 
@@ -105,9 +123,15 @@ class Engine {
       clearTimeout(this.#linger);
       this.#linger = undefined;
     }
-    this.#send(
-      Int32Array.of(OP_ADD, id, relay.fdA, relay.fdB, relay.mode, relay.idleMs, relay.capacity, 0),
-    );
+    const command = new Int32Array(SLOT_INTS);
+    command[0] = OP_ADD;
+    command[SLOT_ID] = id;
+    command[ADD_FD_A] = relay.fdA;
+    command[ADD_FD_B] = relay.fdB;
+    command[ADD_MODE] = relay.mode;
+    command[SLOT_IDLE_MS] = relay.idleMs;
+    command[ADD_CAPACITY] = relay.capacity;
+    this.#send(command);
     return id;
   }
 
@@ -189,7 +213,7 @@ class Engine {
     this.#linger = setTimeout(() => {
       this.#linger = undefined;
       if (this.#waiting.size === 0 && !this.#stopping) this.#beginStop();
-    }, LINGER_MS);
+    }, WORKER_LINGER_MS);
     // The linger must never be what keeps a finished program alive.
     Deno.unrefTimer(Number(this.#linger));
   }
@@ -199,8 +223,8 @@ class Engine {
     this.#stopping = true;
     const failed = [...this.#waiting.values()];
     this.#waiting.clear();
-    const end = this.#started ? END_FATAL : END_NOT_STARTED;
-    for (const settle of failed) settle([0, 0, 0, 0, 0, end, 0, 0, -1]);
+    const outcome = this.#started ? "died" : "not-started";
+    for (const settle of failed) settle(outcome);
     fatalMessage = message;
     this.#release();
   }
@@ -220,7 +244,6 @@ let current: Engine | null = null;
 /** Engines told to stop whose Worker has not yet released everything. */
 const draining = new Set<Engine>();
 let fatalMessage = "";
-let maxPipesSetting = DEFAULT_MAX_PIPES;
 
 /** fds a new Worker and its engine need at start-up (thread, runtime, module load, epoll). */
 const START_FDS = 32;
@@ -230,12 +253,12 @@ const START_FDS = 32;
  * with the fd table full makes Deno panic (a thread that cannot create its runtime), which no
  * caller could catch, so free fds are proved first by opening and closing pipes.
  */
-export function engine(): Engine | null {
+function engine(): Engine | null {
   if (current !== null && current.accepting) return current;
   if (!workerLoadable()) return null;
   if (!fdsToSpare(START_FDS)) return null;
   try {
-    current = new Engine(maxPipesSetting);
+    current = new Engine();
   } catch (error) {
     fatalMessage = error instanceof Error ? error.message : String(error);
     return null;
@@ -258,8 +281,8 @@ function workerLoadable(): boolean {
     warnedUnreadable = true;
     // deno-lint-ignore no-console
     console.warn(
-      `splice: the relay engine needs read access to ${WORKER_URL.pathname} (--allow-read); ` +
-        "relaying with the userspace copy loop instead.",
+      `splice: Cannot start the relay engine without read access to ${WORKER_URL.pathname} ` +
+        "(--allow-read); relaying with the userspace copy loop instead.",
     );
   }
   return false;
@@ -280,18 +303,103 @@ function fdsToSpare(count: number): boolean {
   return ok;
 }
 
-/** Sets the pool bound for engines started from now on. */
-export function setMaxPipes(count: number): void {
-  maxPipesSetting = count;
-}
-
 /** Stops the running engine when it is idle; resolves at once when none runs. */
 export async function stopEngine(): Promise<void> {
   const running = current;
   await Promise.all([running?.stop(), ...[...draining].map((engine) => engine.stopped)]);
 }
 
-/** Why the last engine died, for the error of relays it took with it. */
+/** A relay for the engine: two connected sockets and how to move their bytes. */
+export interface EngineJob {
+  fdA: number;
+  fdB: number;
+  /** Of those, the fds of Deno conns: they leave Deno's reactor while the engine has them. */
+  denoFds: number[];
+  mode: RelayMode;
+  idleMs: number;
+  capacity: number;
+  signal?: AbortSignal;
+}
+
+const MODES: Record<RelayMode, number> = {
+  auto: MODE_AUTO,
+  splice: MODE_SPLICE,
+  copy: MODE_COPY,
+};
+const ENDS: Record<number, RelayEnd> = {
+  [END_DONE]: "done",
+  [END_RESET]: "reset",
+  [END_IDLE]: "idle-timeout",
+  [END_ABORTED]: "aborted",
+};
+
+/**
+ * Relays `job` in the engine and resolves with how it ended, once the Worker let go of both fds
+ * and the Deno conns among them are back in Deno's reactor: the caller closes them next.
+ * Resolves to `"unavailable"`, with both sockets untouched, when the engine cannot start (too
+ * few free fds, its module unreadable) or died before taking the relay.
+ */
+export async function relayInEngine(job: EngineJob): Promise<RelayResult | "unavailable"> {
+  // Deno's reactors are the epoll instances that exist before the engine makes its own.
+  findDenoReactors();
+  const running = engine();
+  if (running === null) return "unavailable";
+  const { signal } = job;
+  let onAbort: (() => void) | undefined;
+  const outcome = await new Promise<Outcome>((resolve) => {
+    const id = running.add(
+      {
+        fdA: job.fdA,
+        fdB: job.fdB,
+        mode: MODES[job.mode],
+        idleMs: job.idleMs,
+        capacity: job.capacity,
+      },
+      resolve,
+      job.denoFds,
+    );
+    onAbort = () => running.abort(id);
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+  if (onAbort) signal?.removeEventListener("abort", onAbort);
+  if (outcome === "not-started") return "unavailable";
+  for (const fd of job.denoFds) returnToDenoReactor(fd);
+  return toRelayResult(outcome);
+}
+
+function toRelayResult(outcome: EngineResult | "died"): RelayResult {
+  if (outcome === "died") {
+    return {
+      aToB: 0,
+      bToA: 0,
+      splicedBytes: 0,
+      mode: "copy",
+      end: "error",
+      error: new Error(
+        `Cannot finish the relay: the relay engine stopped unexpectedly (${fatalMessage}); ` +
+          "the byte counts are unknown",
+      ),
+    };
+  }
+  const [, aToB, bToA, splicedAToB, splicedBToA, endCode, code, syscall, side] = outcome;
+  const splicedBytes = splicedAToB + splicedBToA;
+  const result: RelayResult = {
+    aToB,
+    bToA,
+    splicedBytes,
+    mode: splicedBytes > 0 ? "splice" : "copy",
+    end: ENDS[endCode] ?? "error",
+  };
+  if (result.end === "reset" || result.end === "error") {
+    if (side !== -1) result.side = side === 0 ? "a" : "b";
+    result.error = new SyscallError(SYSCALL_NAMES[syscall] || "relay", code, {
+      detail: `side ${result.side ?? "?"}`,
+    });
+  }
+  return result;
+}
+
+/** Why the last engine died, or could not start; empty when none did. */
 export function lastFatal(): string {
   return fatalMessage;
 }

@@ -18,6 +18,8 @@ export const F_SETFL = 4;
 export const F_SETPIPE_SZ = 1031;
 /** `fcntl` command: read a pipe's capacity. */
 export const F_GETPIPE_SZ = 1032;
+/** A new pipe's capacity: 16 pages of 4 KiB (`PIPE_DEF_BUFFERS`). */
+export const PIPE_DEFAULT_CAPACITY = 65_536;
 
 /** `splice` flag: do not block on the pipe side. */
 export const SPLICE_F_NONBLOCK = 2;

@@ -105,17 +105,6 @@ const SYMBOLS = {
     ],
     result: "i32", // int
   },
-  poll: {
-    parameters: [
-      "buffer", // struct pollfd *fds
-      "u64", // nfds_t nfds (unsigned long)
-      "i32", // int timeout (ms)
-    ],
-    result: "i32", // int
-    // Runs on Deno's blocking thread pool and returns a Promise: a readiness wait that does not
-    // stall the event loop. errno cannot be read after it (another thread ran it).
-    nonblocking: true,
-  },
   epoll_create1: {
     parameters: [
       "i32", // int flags

@@ -47,7 +47,7 @@ export function resizePipe(fd: number, requested: number): number {
       warned.add(key);
       // deno-lint-ignore no-console
       console.warn(
-        `splice: cannot resize pipes to ${requested} bytes (F_SETPIPE_SZ failed with ${code}); ` +
+        `splice: Cannot resize pipes to ${requested} bytes (F_SETPIPE_SZ failed with ${code}); ` +
           "keeping the kernel's size. Lower splice_pipe_capacity_bytes to at most " +
           "/proc/sys/fs/pipe-max-size, raise that limit, or (for unprivileged users) raise " +
           "/proc/sys/fs/pipe-user-pages-soft.",

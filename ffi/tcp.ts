@@ -11,6 +11,12 @@ import { libc } from "./libc.ts";
 const queued = new Int32Array(1);
 
 /**
+ * How often a reset that waits for acknowledgements looks at {@linkcode unackedBytes} again:
+ * acks raise no readiness event unless a send had filled the buffer, so they are polled.
+ */
+export const ACK_POLL_MS = 20;
+
+/**
  * Bytes sent on `fd` that its peer has not acknowledged yet; 0 when unknown (not a TCP socket,
  * or already closed). Once this is 0, a reset destroys nothing the peer was sent: its kernel
  * holds every byte, and a reset received after them is reported only after they are read.

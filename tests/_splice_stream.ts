@@ -1,16 +1,58 @@
 /**
  * A one-way splice loop driven by `poll(2)` readiness: socket -> pipe -> socket until end of
- * input. It backs the demo and the primitives' tests; the relay engine has its own event loop.
+ * input. It backs the primitives' tests; the relay engine has its own event loop.
  *
  * @module
  */
 
 import { spliceIn, spliceOut, type SplicePipe } from "../splice_pipe.ts";
-import { libc } from "../ffi/libc.ts";
 import { socketFd, type SocketLike } from "../ffi/socket_fd.ts";
 
 const POLLIN = 0x001;
 const POLLOUT = 0x004;
+
+/**
+ * `poll` alone, in a binding of this helper's own: the module's libc table has no use for it.
+ * `nfds_t` is an unsigned long, a `u64` and therefore a `bigint` in JS.
+ */
+const POLL_SYMBOLS = {
+  poll: {
+    parameters: [
+      "buffer", // struct pollfd *fds
+      "u64", // nfds_t nfds (unsigned long)
+      "i32", // int timeout (ms)
+    ],
+    result: "i32", // int
+    // Runs on Deno's blocking thread pool and returns a Promise: a readiness wait that does not
+    // stall the event loop. errno cannot be read after it (another thread ran it).
+    nonblocking: true,
+  },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+/** Where glibc and musl keep their C library, most common first (as ffi/libc.ts tries them). */
+const LIBC_NAMES = ["libc.so.6", "libc.musl-x86_64.so.1", "libc.musl-aarch64.so.1", "libc.so"];
+
+let pollLibrary: Deno.DynamicLibrary<typeof POLL_SYMBOLS> | null = null;
+
+/**
+ * `poll(2)`, its library opened on first use rather than at import time (as ffi/libc.ts does):
+ * importing this file needs no permission.
+ */
+function poll(fds: Uint8Array, nfds: bigint, timeoutMs: number): Promise<number> {
+  if (pollLibrary === null) {
+    let lastError: unknown;
+    for (const name of LIBC_NAMES) {
+      try {
+        pollLibrary = Deno.dlopen(name, POLL_SYMBOLS);
+        break;
+      } catch (error) {
+        lastError = error;
+      }
+    }
+    if (pollLibrary === null) throw lastError;
+  }
+  return pollLibrary.symbols.poll(fds, nfds, timeoutMs);
+}
 
 /** How a {@linkcode spliceStream} ended. */
 export interface SpliceStreamResult {
@@ -80,6 +122,6 @@ export async function spliceStream(
       view.setInt16(count * 8 + 4, POLLOUT, true);
       count++;
     }
-    await libc().poll(pollFds, BigInt(count), 100);
+    await poll(pollFds, BigInt(count), 100);
   }
 }
