@@ -1,9 +1,12 @@
 /**
- * Socket faults for tests, made through the test's own libc binding (not the module's): a peer
- * that resets its connection, and a wait until a reset has arrived.
+ * Raw sockets and socket faults for tests, made through the test's own libc binding (not the
+ * module's): a raw connected fd, a peer that resets its connection, a wait until a reset has
+ * arrived, and a backend that never answers a connect.
  *
  * @module
  */
+
+import assert from "node:assert/strict";
 
 const LIBC_NAMES = ["libc.so.6", "libc.musl-x86_64.so.1", "libc.musl-aarch64.so.1", "libc.so"];
 const SYMBOLS = {
@@ -92,6 +95,23 @@ function loopback(port: number): Uint8Array {
   v.setUint16(2, port, false);
   sockaddr.set([127, 0, 0, 1], 4);
   return sockaddr;
+}
+
+/**
+ * A raw fd: `socket()` + blocking `connect()` to 127.0.0.1:`port`, for the relay's raw-fd
+ * endpoints. The kernel completes a loopback connect to a listening socket at once. The caller
+ * owns the fd.
+ */
+export function connectRawFd(port: number): number {
+  const symbols = libc();
+  const fd = symbols.socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  assert.ok(fd >= 0, "socket()");
+  const to = loopback(port);
+  if (symbols.connect(fd, to, to.byteLength) !== 0) {
+    symbols.close(fd);
+    throw new Error("connect() failed");
+  }
+  return fd;
 }
 
 /**

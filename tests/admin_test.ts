@@ -99,7 +99,7 @@ function http11(
   return lines.join("\r\n") + "\r\n\r\n" + body;
 }
 
-Deno.test("admin: a Host that is a name other than the admin's gets 421, before any handler", async () => {
+Deno.test("serveAdmin: a Host that is a name other than the admin's gets 421, before any handler", async () => {
   await withAdmin({}, async (admin) => {
     for (
       const host of [
@@ -119,7 +119,7 @@ Deno.test("admin: a Host that is a name other than the admin's gets 421, before 
   });
 });
 
-Deno.test("admin: IP literals, localhost (any case) and a missing Host are served, on the admin port only", async () => {
+Deno.test("serveAdmin: IP literals, localhost (any case) and a missing Host are served, on the admin port only", async () => {
   await withAdmin({}, async (admin) => {
     // The same names on another port are not this endpoint.
     const otherPort = admin.port === 65535 ? 65534 : admin.port + 1;
@@ -157,7 +157,7 @@ Deno.test("admin: IP literals, localhost (any case) and a missing Host are serve
   });
 });
 
-Deno.test("admin: a POST with a foreign or null Origin gets 403 and does not reload", async () => {
+Deno.test("serveAdmin: a POST with a foreign or null Origin gets 403 and does not reload", async () => {
   await withAdmin({}, async (admin) => {
     const host = `127.0.0.1:${admin.port}`;
     for (
@@ -184,7 +184,7 @@ Deno.test("admin: a POST with a foreign or null Origin gets 403 and does not rel
   });
 });
 
-Deno.test("admin: a form or text/plain POST marked Sec-Fetch-Site cross-site or same-site gets 403", async () => {
+Deno.test("serveAdmin: a form or text/plain POST marked Sec-Fetch-Site cross-site or same-site gets 403", async () => {
   await withAdmin({}, async (admin) => {
     const host = `localhost:${admin.port}`;
     for (const site of ["cross-site", "same-site"]) {
@@ -211,7 +211,7 @@ Deno.test("admin: a form or text/plain POST marked Sec-Fetch-Site cross-site or 
   });
 });
 
-Deno.test("admin: a same-origin POST, and one from a script without Origin, reload", async () => {
+Deno.test("serveAdmin: a same-origin POST, and one from a script without Origin, reload", async () => {
   await withAdmin({}, async (admin) => {
     for (const host of [`127.0.0.1:${admin.port}`, `localhost:${admin.port}`]) {
       const reply = await request(
@@ -242,7 +242,7 @@ Deno.test("admin: a same-origin POST, and one from a script without Origin, relo
   });
 });
 
-Deno.test("admin: with a token, POST /reload needs the bearer token; reads stay open", async () => {
+Deno.test("serveAdmin: with a token, POST /reload needs the bearer token; reads stay open", async () => {
   await withAdmin({ token: "s3cret-token" }, async (admin) => {
     const host = `127.0.0.1:${admin.port}`;
     const refusedWith: Record<string, string>[] = [
@@ -289,7 +289,7 @@ Deno.test("admin: with a token, POST /reload needs the bearer token; reads stay 
   });
 });
 
-Deno.test("admin: SPLICE_ADMIN_TOKEN guards POST /reload and takes precedence over the config's", async () => {
+Deno.test("serveAdmin: SPLICE_ADMIN_TOKEN guards POST /reload and takes precedence over the config's", async () => {
   Deno.env.set("SPLICE_ADMIN_TOKEN", "from-env");
   try {
     for (const configured of [undefined, "from-config"]) {
@@ -312,7 +312,7 @@ Deno.test("admin: SPLICE_ADMIN_TOKEN guards POST /reload and takes precedence ov
   }
 });
 
-Deno.test("admin: a 10 MB Content-Length gets 413 from the headers alone, without a reload", async () => {
+Deno.test("serveAdmin: a 10 MB Content-Length gets 413 from the headers alone, without a reload", async () => {
   await withAdmin({}, async (admin) => {
     const http = await RawHttp.open(admin.port);
     try {
@@ -331,7 +331,7 @@ Deno.test("admin: a 10 MB Content-Length gets 413 from the headers alone, withou
   });
 });
 
-Deno.test("admin: a chunked body past the limit gets 413 before it ends; a small one is read", async () => {
+Deno.test("serveAdmin: a chunked body past the limit gets 413 before it ends; a small one is read", async () => {
   await withAdmin({}, async (admin) => {
     const host = `127.0.0.1:${admin.port}`;
     const http = await RawHttp.open(admin.port);
@@ -367,7 +367,7 @@ Deno.test("admin: a chunked body past the limit gets 413 before it ends; a small
   });
 });
 
-Deno.test("admin: a wrong method on a known path gets 405 with Allow; an unknown path 404", async () => {
+Deno.test("serveAdmin: a wrong method on a known path gets 405 with Allow; an unknown path 404", async () => {
   await withAdmin({}, async (admin) => {
     const host = `127.0.0.1:${admin.port}`;
     const get = await request(admin.port, http11("GET", "/reload", { Host: host }));
@@ -394,7 +394,7 @@ Deno.test("admin: a wrong method on a known path gets 405 with Allow; an unknown
   });
 });
 
-Deno.test("admin: refusals are counted on /metrics by reason and logged at most once a second each", async () => {
+Deno.test("serveAdmin: refusals are counted on /metrics by reason and logged at most once a second each", async () => {
   await withAdmin({ token: "t0ken" }, async (admin) => {
     const host = `127.0.0.1:${admin.port}`;
     for (let i = 0; i < 5; i++) {
@@ -429,7 +429,7 @@ Deno.test("admin: refusals are counted on /metrics by reason and logged at most 
   });
 });
 
-Deno.test("admin: slow, oversized and malformed requests are refused by the server, counted on /metrics and logged", async () => {
+Deno.test("serveAdmin: slow, oversized and malformed requests are refused by the server, counted on /metrics and logged", async () => {
   await withAdmin({ limits: { headTimeoutMs: 300 } }, async (admin) => {
     const host = `127.0.0.1:${admin.port}`;
     // Half a head, then nothing: answered 408 and closed at the deadline, however long the
@@ -499,7 +499,7 @@ Deno.test("admin: slow, oversized and malformed requests are refused by the serv
   });
 });
 
-Deno.test("admin: past the connection limit, 503 at once and counted, while held connections still scrape", async () => {
+Deno.test("serveAdmin: past the connection limit, 503 at once and counted, while held connections still scrape", async () => {
   await withAdmin({ limits: { maxConnections: 2 } }, async (admin) => {
     const host = `127.0.0.1:${admin.port}`;
     const held = [await RawHttp.open(admin.port), await RawHttp.open(admin.port)];

@@ -11,7 +11,7 @@ function counts(picks: Array<string | undefined>): Record<string, number> {
   return out;
 }
 
-Deno.test("round robin alternates equal weights and honours ratios without bursts", () => {
+Deno.test("Balancer: round robin alternates equal weights and honours ratios without bursts", () => {
   const equal = new Balancer([A, B], "round_robin");
   const picks = Array.from({ length: 6 }, () => equal.pick(0)?.address);
   assert.deepEqual(picks, [A.address, B.address, A.address, B.address, A.address, B.address]);
@@ -25,13 +25,13 @@ Deno.test("round robin alternates equal weights and honours ratios without burst
   }
 });
 
-Deno.test("weight 0 takes no connections; an all-zero cluster has none to give", () => {
+Deno.test("Balancer: weight 0 takes no connections; an all-zero cluster has none to give", () => {
   const drained = new Balancer([{ ...A, weight: 0 }, B], "round_robin");
   for (let i = 0; i < 10; i++) assert.equal(drained.pick(0)?.address, B.address);
   assert.equal(new Balancer([{ ...A, weight: 0 }], "random").pick(0), null);
 });
 
-Deno.test("least connections prefers the least loaded per unit of weight", () => {
+Deno.test("Balancer: least connections prefers the least loaded per unit of weight", () => {
   const balancer = new Balancer([A, C], "least_connections");
   // C has three times the weight: it takes three connections for each of A's.
   const picks: string[] = [];
@@ -47,7 +47,7 @@ Deno.test("least connections prefers the least loaded per unit of weight", () =>
   assert.equal(balancer.pick(0)?.address, A.address);
 });
 
-Deno.test("random follows the weights (deterministic source)", () => {
+Deno.test("Balancer: random follows the weights (deterministic source)", () => {
   let seed = 7;
   const random = (): number => {
     seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31;
@@ -59,7 +59,7 @@ Deno.test("random follows the weights (deterministic source)", () => {
   assert.ok(shareC > 0.7 && shareC < 0.8, `C took ${shareC}`);
 });
 
-Deno.test("a backend that keeps failing is ejected for a while, then tried again", () => {
+Deno.test("Balancer: a backend that keeps failing is ejected for a while, then tried again", () => {
   const balancer = new Balancer([A, B], "round_robin", { failuresToEject: 2, ejectMs: 1000 });
   assert.equal(balancer.failed(A.address, 0), false);
   assert.equal(balancer.failed(A.address, 0), true, "the second failure ejects");
@@ -73,7 +73,7 @@ Deno.test("a backend that keeps failing is ejected for a while, then tried again
   assert.equal(balancer.failed(A.address, 1002), false);
 });
 
-Deno.test("exclusion skips backends already tried; all ejected still yields one", () => {
+Deno.test("Balancer: exclusion skips backends already tried; all ejected still yields one", () => {
   const balancer = new Balancer([A, B], "round_robin", { failuresToEject: 1, ejectMs: 1000 });
   assert.equal(balancer.pick(0, new Set([A.address]))?.address, B.address);
   assert.equal(balancer.pick(0, new Set([A.address, B.address])), null);

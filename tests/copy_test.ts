@@ -47,15 +47,15 @@ async function halfCloseThroughCopy(requestBytes: number, replyBytes: number): P
   }
 }
 
-Deno.test("copy loop relays a half-close: the reply after the client's FIN all arrives", async () => {
+Deno.test("copyBidirectional: relays a half-close, the reply after the client's FIN all arrives", async () => {
   await halfCloseThroughCopy(4 * 1024 * 1024, 16 * 1024 * 1024);
 });
 
-Deno.test("copy loop relays an empty request and an empty reply", async () => {
+Deno.test("copyBidirectional: relays an empty request and an empty reply", async () => {
   await halfCloseThroughCopy(0, 0);
 });
 
-Deno.test("copy reports a failed write with the bytes delivered before it", async () => {
+Deno.test("copy: reports a failed write with the bytes delivered before it", async () => {
   const from = await tcpPair();
   const to = await tcpPair();
   try {
@@ -73,7 +73,7 @@ Deno.test("copy reports a failed write with the bytes delivered before it", asyn
   }
 });
 
-Deno.test("copyBidirectional ends on abort and closes both conns", async () => {
+Deno.test("copyBidirectional: ends on abort and closes both conns", async () => {
   const left = await tcpPair();
   const right = await tcpPair();
   const controller = new AbortController();
@@ -91,7 +91,7 @@ Deno.test("copyBidirectional ends on abort and closes both conns", async () => {
   closeQuietly(right.server);
 });
 
-Deno.test("copyBidirectional rejects a bad buffer size", async () => {
+Deno.test("copyBidirectional: rejects a bad buffer size", async () => {
   const pair = await tcpPair();
   try {
     await assert.rejects(
@@ -103,7 +103,7 @@ Deno.test("copyBidirectional rejects a bad buffer size", async () => {
   }
 });
 
-Deno.test("without --allow-ffi: mod.ts imports, nothing prompts, the copy loop moves data intact", async () => {
+Deno.test("mod.ts: without --allow-ffi it imports, nothing prompts, the copy loop moves data intact", async () => {
   const result = await runDeno(
     `
       import { copyBidirectional, SplicePipe, spliceAvailable, spliceIn } from "ROOT/mod.ts";

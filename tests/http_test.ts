@@ -51,7 +51,7 @@ function parseStatus(fn: () => unknown): number | "ok" {
   }
 }
 
-Deno.test("http_parse: request lines and header lines, by table", () => {
+Deno.test("parseRequestHead: request lines and header lines, by table", () => {
   const ok = head("GET /a?b=c HTTP/1.1\r\nHost:  x:1 \r\nX-Y: a b\r\nx-y: c\r\n\r\n");
   assert.deepEqual(ok, {
     method: "GET",
@@ -98,7 +98,7 @@ Deno.test("http_parse: request lines and header lines, by table", () => {
   assert.equal(parseStatus(() => findHeadEnd(latin1("GET / HTTP/1.1\n"))), 400);
 });
 
-Deno.test("http_parse: body framing and Connection, by table", () => {
+Deno.test("bodyFraming: body framing, and Connection (closeRequested), by table", () => {
   const framing = (lines: string[], version = "1.1") =>
     parseStatus(() => bodyFraming(head(`POST / HTTP/${version}\r\n${lines.join("")}\r\n`)));
   const of = (lines: string[]) =>
@@ -166,7 +166,7 @@ function decodeChunked(text: string): string | number {
   return whole;
 }
 
-Deno.test("http_parse: chunked bodies, strictly, by table (whole and one byte at a time)", () => {
+Deno.test("ChunkedDecoder: chunked bodies, strictly, by table (whole and one byte at a time)", () => {
   const table: Array<[string, string | number]> = [
     ["5\r\nhello\r\n0\r\n\r\n", "hello"],
     ["5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", "hello world"],
@@ -199,7 +199,7 @@ Deno.test("http_parse: chunked bodies, strictly, by table (whole and one byte at
   }
 });
 
-Deno.test("http_parse: the request URL never lets a Host or a target move the path", () => {
+Deno.test("requestUrl: never lets a Host or a target move the path", () => {
   const addr: Deno.NetAddr = { transport: "tcp", hostname: "127.0.0.1", port: 9901 };
   const url = (text: string, at = addr) => requestUrl(head(text), at);
   assert.equal(url("GET /a?b HTTP/1.1\r\nHost: x:1\r\n\r\n"), "http://x:1/a?b");
@@ -223,7 +223,7 @@ Deno.test("http_parse: the request URL never lets a Host or a target move the pa
   assert.equal(parseStatus(() => url("GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n")), 400);
 });
 
-Deno.test("http_parse: responses carry their own framing, whatever the handler's headers say", () => {
+Deno.test("serializeResponse: responses carry their own framing, whatever the handler's headers say", () => {
   const text = (response: Response, body: string, isHead: boolean, keep: boolean) =>
     decoder.decode(serializeResponse(response, encoder.encode(body), isHead, keep));
   const lying = new Response(null, {
@@ -288,7 +288,7 @@ async function withServer(
 
 const GET = "GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
 
-Deno.test("http: a head trickled a byte at a time is served; trickled past the deadline, cut off at it (408)", async () => {
+Deno.test("serveHttp: a head trickled a byte at a time is served; trickled past the deadline, cut off at it (408)", async () => {
   await withServer({ headTimeoutMs: 800 }, async (served) => {
     const quick = await RawHttp.open(served.port);
     try {
@@ -322,7 +322,7 @@ Deno.test("http: a head trickled a byte at a time is served; trickled past the d
   });
 });
 
-Deno.test("http: a head that stops half way gets 408 and is closed at the deadline; counted and reported", async () => {
+Deno.test("serveHttp: a head that stops half way gets 408 and is closed at the deadline; counted and reported", async () => {
   await withServer({ headTimeoutMs: 300 }, async (served) => {
     const client = await RawHttp.open(served.port);
     try {
@@ -344,7 +344,7 @@ Deno.test("http: a head that stops half way gets 408 and is closed at the deadli
   });
 });
 
-Deno.test("http: a connection that sends nothing is closed at the deadline without an answer, and counted", async () => {
+Deno.test("serveHttp: a connection that sends nothing is closed at the deadline without an answer, and counted", async () => {
   await withServer({ headTimeoutMs: 300 }, async (served) => {
     const client = await RawHttp.open(served.port);
     try {
@@ -359,7 +359,7 @@ Deno.test("http: a connection that sends nothing is closed at the deadline witho
   });
 });
 
-Deno.test("http: a 100 KiB head gets 431, whether in a header or the request line", async () => {
+Deno.test("serveHttp: a 100 KiB head gets 431, whether in a header or the request line", async () => {
   await withServer({}, async (served) => {
     for (
       const text of [
@@ -385,7 +385,7 @@ Deno.test("http: a 100 KiB head gets 431, whether in a header or the request lin
   });
 });
 
-Deno.test("http: malformed request lines and headers get 400 and close; other versions 505; counted", async () => {
+Deno.test("serveHttp: malformed request lines and headers get 400 and close; other versions 505; counted", async () => {
   const malformed = [
     "GET /\r\n\r\n",
     "GET / HTTP/1.1 extra\r\nHost: x\r\n\r\n",
@@ -424,7 +424,7 @@ Deno.test("http: malformed request lines and headers get 400 and close; other ve
   });
 });
 
-Deno.test("http: Content-Length with Transfer-Encoding, or a bad Content-Length, gets 400 before the handler", async () => {
+Deno.test("serveHttp: Content-Length with Transfer-Encoding, or a bad Content-Length, gets 400 before the handler", async () => {
   const requests = [
     "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n" +
     "0\r\n\r\nhello",
@@ -449,7 +449,7 @@ Deno.test("http: Content-Length with Transfer-Encoding, or a bad Content-Length,
   });
 });
 
-Deno.test("http: chunked bodies with bad sizes get 400; good ones are read; a slow body gets 408", async () => {
+Deno.test("serveHttp: chunked bodies with bad sizes get 400; good ones are read; a slow body gets 408", async () => {
   await withServer({ bodyTimeoutMs: 300 }, async (served) => {
     const post = "POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
     for (const chunks of ["-5\r\nhello\r\n", "0x5\r\nhello\r\n", "zz\r\n", "5 \r\nhello\r\n"]) {
@@ -494,7 +494,7 @@ Deno.test("http: chunked bodies with bad sizes get 400; good ones are read; a sl
   });
 });
 
-Deno.test("http: keep-alive serves requests in turn on one connection, then closes it when idle, uncounted", async () => {
+Deno.test("serveHttp: keep-alive serves requests in turn on one connection, then closes it when idle, uncounted", async () => {
   await withServer({ idleTimeoutMs: 300 }, async (served) => {
     const client = await RawHttp.open(served.port);
     try {
@@ -545,7 +545,7 @@ Deno.test("http: keep-alive serves requests in turn on one connection, then clos
   });
 });
 
-Deno.test("http: past the connection limit, 503 at once, counted; a freed slot serves again", async () => {
+Deno.test("serveHttp: past the connection limit, 503 at once, counted; a freed slot serves again", async () => {
   await withServer({ maxConnections: 2 }, async (served) => {
     const held: RawHttp[] = [];
     try {
@@ -583,7 +583,7 @@ Deno.test("http: past the connection limit, 503 at once, counted; a freed slot s
   });
 });
 
-Deno.test("http: stopping closes waiting connections, even half-sent ones, and lets a response in flight finish", async () => {
+Deno.test("serveHttp: stopping closes waiting connections, even half-sent ones, and lets a response in flight finish", async () => {
   const stop = new AbortController();
   let release!: () => void;
   const released = new Promise<void>((resolve) => release = resolve);
@@ -625,7 +625,7 @@ Deno.test("http: stopping closes waiting connections, even half-sent ones, and l
   }
 });
 
-Deno.test("http: out of fds, a connection queued meanwhile is served once fds are free, without listening again", async () => {
+Deno.test("serveHttp: out of fds, a connection queued meanwhile is served once fds are free, without listening again", async () => {
   // The server runs in a subprocess under `ulimit -n 256` that takes every fd left, so that its
   // accept() fails with EMFILE, then frees them when told (on stdin).
   const script = `

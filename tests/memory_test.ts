@@ -149,7 +149,7 @@ function memoryKiB(pid: number): { pss: number; pssAnon: number } {
   return { pss: field("Pss"), pssAnon: field("Pss_Anon") };
 }
 
-Deno.test("relay: memory stays flat over many short connections while one is held (proxy.ts)", async () => {
+Deno.test("proxy.ts: the relay engine's memory stays flat over many short connections while one is held", async () => {
   const dir = await Deno.makeTempDir();
   const stops: Array<() => Promise<void>> = [];
   let held: Deno.TcpConn | undefined;

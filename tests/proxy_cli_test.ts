@@ -50,7 +50,7 @@ backends = [{ address = "127.0.0.1:${backendPort}" }]
 }
 
 /** The proxy as a subprocess, its stdout lines collected. */
-function startProxy(configPath: string): {
+function spawnProxy(configPath: string): {
   child: Deno.ChildProcess;
   lines: string[];
   done: Promise<void>;
@@ -135,7 +135,7 @@ Deno.test("proxy.ts: relays intact, reloads three ways (a bad file is refused), 
   const path = `${dir}/proxy.toml`;
   const metricsPort = freePort();
   await Deno.writeTextFile(path, configText(first.port, metricsPort));
-  const proxy = startProxy(path);
+  const proxy = spawnProxy(path);
   try {
     let port = 0;
     await waitFor(
@@ -233,7 +233,7 @@ Deno.test("proxy.ts: SIGTERM lets an in-flight transfer finish, refuses new conn
   const dir = await Deno.makeTempDir();
   const path = `${dir}/proxy.toml`;
   await Deno.writeTextFile(path, configText(server.port, freePort()));
-  const proxy = startProxy(path);
+  const proxy = spawnProxy(path);
   try {
     await waitFor(() => proxy.lines.includes("ready"), "the proxy to be ready", 15_000);
     const port = JSON.parse(proxy.lines.find((l) => l.includes('"event":"listening"'))!).port;

@@ -53,7 +53,7 @@ async function echoThrough(port: number, text: string): Promise<string> {
   }
 }
 
-Deno.test("proxy: a client that resets before it is accepted is skipped; the listener keeps accepting", async () => {
+Deno.test("TcpProxy: a client that resets before it is accepted is skipped; the listener keeps accepting", async () => {
   const backend = echoBackend();
   const proxy = TcpProxy.start(spec(backend.port));
   const port = proxy.listenerPorts["127.0.0.1:0"];
@@ -73,7 +73,7 @@ Deno.test("proxy: a client that resets before it is accepted is skipped; the lis
   }
 });
 
-Deno.test("proxy: a backend that resets every connection on accept never crashes the proxy (300 connections)", async () => {
+Deno.test("TcpProxy: a backend that resets every connection on accept never crashes the proxy (300 connections)", async () => {
   // The backend resets as soon as it accepts: the relay finds a conn whose peer is gone. This
   // crashed the proxy (an unhandled rejection from relay()) within a few hundred connections.
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -117,7 +117,7 @@ Deno.test("proxy: a backend that resets every connection on accept never crashes
   }
 });
 
-Deno.test("proxy: an onEvent that throws is counted as an internal error; the connection path goes on", async () => {
+Deno.test("TcpProxy: an onEvent that throws is counted as an internal error; the connection path goes on", async () => {
   // How no unhandled rejection is possible on the connection path: each connection's promise
   // ends in a catch that counts and reports (TcpProxy #serve, #acceptLoop), and every call into
   // onEvent is wrapped. A throwing onEvent is the one failure a caller can inject, so it stands
@@ -146,7 +146,7 @@ Deno.test("proxy: an onEvent that throws is counted as an internal error; the co
   }
 });
 
-Deno.test("proxy: a connect that times out releases its socket at once", async () => {
+Deno.test("TcpProxy: a connect that times out releases its socket at once", async () => {
   const hole = blackhole();
   const proxy = TcpProxy.start(spec(hole.port, { connectTimeoutMs: 200 }));
   const port = proxy.listenerPorts["127.0.0.1:0"];
@@ -171,7 +171,7 @@ Deno.test("proxy: a connect that times out releases its socket at once", async (
   }
 });
 
-Deno.test("proxy: out of fds on its own connect, the proxy blames itself, not the backend", async () => {
+Deno.test("TcpProxy: out of fds on its own connect, the proxy blames itself, not the backend", async () => {
   // In a subprocess with room for 64 fds, all but two are taken: the client's connect takes one,
   // the proxy's accept the other, and its connect to the backend fails with EMFILE. Six times:
   // more than the three failures that eject a backend.

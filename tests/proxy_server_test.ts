@@ -99,7 +99,7 @@ async function request(
   }
 }
 
-Deno.test("proxy: bytes intact both ways; round robin spreads over the backends", async () => {
+Deno.test("TcpProxy: bytes intact both ways; round robin spreads over the backends", async () => {
   const one = backend("one");
   const two = backend("two");
   const events: ProxyEvent[] = [];
@@ -128,7 +128,7 @@ Deno.test("proxy: bytes intact both ways; round robin spreads over the backends"
   }
 });
 
-Deno.test("proxy: a dead backend is skipped and ejected; connections still succeed", async () => {
+Deno.test("TcpProxy: a dead backend is skipped and ejected; connections still succeed", async () => {
   const live = backend("live");
   const gone = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const deadPort = gone.addr.port;
@@ -156,7 +156,7 @@ Deno.test("proxy: a dead backend is skipped and ejected; connections still succe
   }
 });
 
-Deno.test("proxy: a reload during a long transfer keeps it intact; new connections use the new backend", async () => {
+Deno.test("TcpProxy: a reload during a long transfer keeps it intact; new connections use the new backend", async () => {
   const before = backend("before", 64 * 1024 * 1024);
   const after = backend("after");
   const proxy = TcpProxy.start(spec([before]));
@@ -184,7 +184,7 @@ Deno.test("proxy: a reload during a long transfer keeps it intact; new connectio
   }
 });
 
-Deno.test("proxy: shutdown lets in-flight transfers finish and refuses new connections", async () => {
+Deno.test("TcpProxy: shutdown lets in-flight transfers finish and refuses new connections", async () => {
   const slow = backend("slow", 32 * 1024 * 1024);
   const proxy = TcpProxy.start(spec([slow]));
   const port = proxy.listenerPorts["127.0.0.1:0"];
@@ -255,7 +255,7 @@ async function receiveAfterLine(
   return { line: line ?? "", bytes, sha256: hash.digest("hex") };
 }
 
-Deno.test("proxy: the connect timeout is honoured; the next backend serves", async () => {
+Deno.test("TcpProxy: the connect timeout is honoured; the next backend serves", async () => {
   // A backend whose accept queue is full: the kernel drops further SYNs, so connects hang.
   const stuck = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const filler: Deno.TcpConn[] = [];
@@ -295,7 +295,7 @@ Deno.test("proxy: the connect timeout is honoured; the next backend serves", asy
   }
 });
 
-Deno.test("proxy: a listener at max_connections closes new connections at once and says so", async () => {
+Deno.test("TcpProxy: a listener at max_connections closes new connections at once and says so", async () => {
   const slow = backend("slow", 8 * 1024 * 1024);
   const events: ProxyEvent[] = [];
   const base = spec([slow]);

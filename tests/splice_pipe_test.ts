@@ -37,11 +37,11 @@ async function spliceInWhenReady(
   return result;
 }
 
-Deno.test("splice is available with --allow-ffi on Linux", () => {
+Deno.test("spliceAvailable: splice is available with --allow-ffi on Linux", () => {
   assert.equal(spliceAvailable(), Deno.build.os === "linux");
 });
 
-Deno.test("round trip: bytes spliced in from a socket and out to it arrive unchanged", async () => {
+Deno.test("spliceIn/spliceOut: round trip, bytes spliced in from a socket and out to it arrive unchanged", async () => {
   const pair = await tcpPair();
   using pipe = SplicePipe.create();
   assert.ok(pipe);
@@ -65,7 +65,7 @@ Deno.test("round trip: bytes spliced in from a socket and out to it arrive uncha
   }
 });
 
-Deno.test("64 MiB between two sockets through spliceIn/spliceOut: SHA-256 equal", async () => {
+Deno.test("spliceIn/spliceOut: 64 MiB between two sockets, SHA-256 equal", async () => {
   const from = await tcpPair();
   const to = await tcpPair();
   using pipe = SplicePipe.create();
@@ -93,7 +93,7 @@ Deno.test("64 MiB between two sockets through spliceIn/spliceOut: SHA-256 equal"
   }
 });
 
-Deno.test("status: an empty socket would block", async () => {
+Deno.test("spliceIn: an empty socket would block", async () => {
   const pair = await tcpPair();
   using pipe = SplicePipe.create();
   assert.ok(pipe);
@@ -105,7 +105,7 @@ Deno.test("status: an empty socket would block", async () => {
   }
 });
 
-Deno.test("status: a peer that shut down its sending side is end of input", async () => {
+Deno.test("spliceIn: a peer that shut down its sending side is end of input", async () => {
   const pair = await tcpPair();
   using pipe = SplicePipe.create();
   assert.ok(pipe);
@@ -120,7 +120,7 @@ Deno.test("status: a peer that shut down its sending side is end of input", asyn
   }
 });
 
-Deno.test("status: a bad fd is an error carrying EBADF", () => {
+Deno.test("spliceIn/spliceOut: a bad fd is an error carrying EBADF", () => {
   using pipe = SplicePipe.create();
   assert.ok(pipe);
   const [fd] = pipe.outPipe;
@@ -134,7 +134,7 @@ Deno.test("status: a bad fd is an error carrying EBADF", () => {
   assert.ok(fd > 2);
 });
 
-Deno.test("status: splicing to a closed peer reports EPIPE or ECONNRESET", async () => {
+Deno.test("spliceOut: splicing to a closed peer reports EPIPE or ECONNRESET", async () => {
   const pair = await tcpPair();
   const feed = await tcpPair();
   using pipe = SplicePipe.create();
@@ -160,7 +160,7 @@ Deno.test("status: splicing to a closed peer reports EPIPE or ECONNRESET", async
   }
 });
 
-Deno.test("spliceOut with len 0 (or less) makes no syscall and reports nothing moved", () => {
+Deno.test("spliceIn/spliceOut: len 0 (or less) makes no syscall and reports nothing moved", () => {
   // fd -1 would fail with EBADF if a syscall were made.
   for (const len of [0, 0n, -1, -4096, -1n, Number.NaN]) {
     assert.deepEqual(spliceOut(-1, -1, len), [0, "moved", 0], String(len));
@@ -168,7 +168,7 @@ Deno.test("spliceOut with len 0 (or less) makes no syscall and reports nothing m
   }
 });
 
-Deno.test("a closed conn never reaches whoever reused its fd number", async () => {
+Deno.test("spliceIn/spliceOut: a closed conn never reaches whoever reused its fd number", async () => {
   const first = await tcpPair();
   const feed = await tcpPair();
   using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -200,7 +200,7 @@ Deno.test("a closed conn never reaches whoever reused its fd number", async () =
   }
 });
 
-Deno.test("capacity: the default is 65,536 bytes", () => {
+Deno.test("SplicePipe.create: the default capacity is 65,536 bytes", () => {
   using pipe = SplicePipe.create();
   assert.ok(pipe);
   assert.equal(DEFAULT_SPLICE_PIPE_CAPACITY, 65_536);
@@ -209,13 +209,13 @@ Deno.test("capacity: the default is 65,536 bytes", () => {
   assert.equal(pipe.outPipePending, 0);
 });
 
-Deno.test("capacity: 1 MiB is realised as 1 MiB", () => {
+Deno.test("SplicePipe.create: a capacity of 1 MiB is realised as 1 MiB", () => {
   using pipe = SplicePipe.create({ capacity: 1 << 20 });
   assert.ok(pipe);
   assert.equal(pipe.capacity, 1 << 20);
 });
 
-Deno.test("capacity: 3,000 bytes are rounded up by the kernel to whole pages", () => {
+Deno.test("SplicePipe.create: a capacity of 3,000 bytes is rounded up by the kernel to whole pages", () => {
   using pipe = SplicePipe.create({ capacity: 3_000 });
   assert.ok(pipe);
   assert.ok(pipe.capacity >= 3_000, `capacity ${pipe.capacity}`);
@@ -223,7 +223,7 @@ Deno.test("capacity: 3,000 bytes are rounded up by the kernel to whole pages", (
   assert.ok(pipe.capacity < DEFAULT_SPLICE_PIPE_CAPACITY || pipe.capacity === 65_536);
 });
 
-Deno.test("capacity: invalid values throw RangeError naming the value", () => {
+Deno.test("SplicePipe.create: invalid capacities throw RangeError naming the value", () => {
   for (const bad of [-1, 1.5, Number.NaN, 2 ** 31, Number.POSITIVE_INFINITY]) {
     assert.throws(
       () => SplicePipe.create({ capacity: bad }),
@@ -240,7 +240,7 @@ const CAN_EXCEED_PIPE_MAX = (() => {
 })();
 
 Deno.test({
-  name: "capacity: above pipe-max-size one warning is logged and the kernel's size kept",
+  name: "SplicePipe.create: above pipe-max-size one warning is logged and the kernel's size kept",
   // With CAP_SYS_RESOURCE the kernel grants the size: there is nothing to refuse.
   ignore: CAN_EXCEED_PIPE_MAX,
 }, async () => {
@@ -290,7 +290,7 @@ Deno.test("setPipeCapacity: first call wins, 0 keeps the default, bad values thr
   assert.deepEqual(log.slice(5), [true, 1 << 20, false, 1 << 20, 1 << 20]);
 });
 
-Deno.test("close() and using release all four fds; close is idempotent", () => {
+Deno.test("SplicePipe.close: close() and using release all four fds; close is idempotent", () => {
   const before = openFdCount();
   const pipe = SplicePipe.create();
   assert.ok(pipe);
@@ -307,7 +307,7 @@ Deno.test("close() and using release all four fds; close is idempotent", () => {
   assert.equal(openFdCount(), before);
 });
 
-Deno.test("create() returns null without leaking when fds run out", async () => {
+Deno.test("SplicePipe.create: returns null without leaking when fds run out", async () => {
   const LIMIT = 131;
   const result = await runDeno(
     `
@@ -355,7 +355,7 @@ Deno.test("create() returns null without leaking when fds run out", async () => 
   assert.equal(report.after, report.before);
 });
 
-Deno.test("fd lookup refuses a conn that is not a stream socket", () => {
+Deno.test("spliceIn: fd lookup refuses a conn that is not a stream socket", () => {
   const fake = {
     localAddr: { transport: "udp", hostname: "127.0.0.1", port: 1 },
     remoteAddr: { transport: "udp", hostname: "127.0.0.1", port: 2 },
@@ -363,7 +363,7 @@ Deno.test("fd lookup refuses a conn that is not a stream socket", () => {
   assert.throws(() => spliceIn(fake, 0, 1), TypeError);
 });
 
-Deno.test("fd lookup finds conns made with Deno.connect among many", async () => {
+Deno.test("spliceIn/spliceOut: fd lookup finds conns made with Deno.connect among many", async () => {
   const pairs = await Promise.all(Array.from({ length: 20 }, () => tcpPair()));
   using pipe = SplicePipe.create();
   assert.ok(pipe);
@@ -384,7 +384,7 @@ Deno.test("fd lookup finds conns made with Deno.connect among many", async () =>
   }
 });
 
-Deno.test("spliceIn from a Unix socket conn", async () => {
+Deno.test("spliceIn: splices from a Unix socket conn", async () => {
   const dir = await Deno.makeTempDir();
   const path = `${dir}/s.sock`;
   const listener = Deno.listen({ transport: "unix", path });
