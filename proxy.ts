@@ -11,16 +11,9 @@
  * @module
  */
 
-import {
-  applyConfig,
-  type Config,
-  ConfigError,
-  configWarnings,
-  formatAddress,
-  loadConfig,
-  parseConfig,
-} from "./config.ts";
-import { TcpProxy } from "./proxy/server.ts";
+import denoJson from "./deno.json" with { type: "json" };
+import { type Config, configWarnings, formatAddress, loadConfig, parseConfig } from "./config.ts";
+import { startProxy, type TcpProxy } from "./proxy/server.ts";
 import type { ProxyEvent } from "./proxy/types.ts";
 import { specFromConfig } from "./proxy/spec.ts";
 import { describeHttpEvent, serveHttp } from "./proxy/http.ts";
@@ -28,7 +21,7 @@ import { serveAdmin } from "./proxy/metrics.ts";
 import { netPermissionProblems } from "./proxy/permissions.ts";
 import { shutdownRelayEngine, spliceAvailable } from "./mod.ts";
 
-const VERSION = "0.1.0";
+const VERSION = denoJson.version;
 
 const HELP = `splice proxy ${VERSION}: an L4 TCP proxy that relays with splice(2)
 
@@ -75,12 +68,14 @@ function parseArgs(args: string[]): Args {
     const arg = args[i];
     if (arg === "--config") {
       out.config = args[++i];
-      if (!out.config) throw new TypeError("--config needs a file");
+      if (!out.config) {
+        throw new TypeError("Cannot parse the arguments: --config needs a FILE (see --help)");
+      }
     } else if (arg.startsWith("--config=")) out.config = arg.slice("--config=".length);
     else if (arg === "--check") out.check = true;
     else if (arg === "--help" || arg === "-h") out.help = true;
     else if (arg === "--version") out.version = true;
-    else throw new TypeError(`Unknown option "${arg}" (see --help)`);
+    else throw new TypeError(`Cannot parse the arguments: unknown option "${arg}" (see --help)`);
   }
   return out;
 }
@@ -205,7 +200,7 @@ async function main(): Promise<number> {
   }
   if (args.check) {
     if (!args.config) {
-      console.error("--check needs --config FILE");
+      console.error("Cannot check: --check needs --config FILE");
       return 2;
     }
     let checked: Config;
@@ -246,7 +241,6 @@ async function main(): Promise<number> {
     stop.abort();
     return 1;
   }
-  applyConfig(config);
   // The last line of defence: every promise on the connection and accept paths has its own
   // catch (see TcpProxy), so this only runs on a bug elsewhere. Exiting would drop every relay in
   // flight; it is said instead, and the proxy serves on.
@@ -265,7 +259,8 @@ async function main(): Promise<number> {
   let proxy: TcpProxy;
   for (const line of warningsOf(config)) say(`warning: ${line}`);
   try {
-    proxy = TcpProxy.start(specFromConfig(config), { onEvent: log });
+    // Applies the process-wide settings (the splice pipe capacity), then listens.
+    proxy = startProxy(config, { onEvent: log });
   } catch (error) {
     // The message names the listener ("Cannot listen on 127.0.0.1:8080: ...").
     console.error(error instanceof Error ? error.message : String(error));
@@ -292,9 +287,7 @@ async function main(): Promise<number> {
         );
         return null;
       } catch (error) {
-        const message = error instanceof ConfigError || error instanceof Error
-          ? error.message
-          : String(error);
+        const message = error instanceof Error ? error.message : String(error);
         say(`reload (${why}): refused, the running config keeps serving: ${message}`);
         return message;
       }
@@ -362,8 +355,9 @@ function watchConfig(path: string, onChange: () => void, signal: AbortSignal): v
   let watcher: Deno.FsWatcher;
   try {
     watcher = Deno.watchFs(dir, { recursive: false });
-  } catch {
-    say(`cannot watch ${path}: reload with SIGHUP or the admin endpoint`);
+  } catch (error) {
+    const reason = error instanceof Error ? error.message : String(error);
+    say(`Cannot watch "${path}" for changes: ${reason}; reload with SIGHUP or the admin endpoint`);
     return;
   }
   signal.addEventListener("abort", () => watcher.close(), { once: true });

@@ -12,26 +12,22 @@
  * @module
  */
 
-const ROOT = new URL("../", import.meta.url).pathname;
-const BUILD = `${ROOT}bench/.build`;
-const TOOL = `${BUILD}/benchtool`;
-const GOPROXY = `${BUILD}/goproxy`;
-/** `proxy` is the module's own proxy (proxy.ts, text access log to a pipe) on one backend. */
-const IMPLS = ["direct", "relay", "proxy", "pipeto", "copy"] as const;
-/**
- * The anchors, run in every row they make sense for, so that each run shows where the relay
- * stands against programs people deploy, on the same machine at the same moment:
- * `haproxy1` / `haproxy2` are HAProxy in TCP mode with splice forced both ways, `nbthread 1` (as
- * relay() has one engine thread) and `nbthread 2` (both cores); `go` / `go2` are
- * bench/goproxy.go, io.Copy both ways (splice(2) underneath), with GOMAXPROCS=1 and 2.
- */
-const ANCHORS = ["haproxy1", "haproxy2", "go", "go2"] as const;
-/**
- * `hold` accepts and connects but moves nothing: Deno's own floor for two open conns.
- * `csplice` is a C proxy, a blocking splice loop per direction (bench/benchtool.c): the
- * kernel's floor for a splice relay on this machine, for the bulk rows.
- */
-type Impl = typeof IMPLS[number] | typeof ANCHORS[number] | "hold" | "csplice";
+import {
+  ANCHORS,
+  cpuSeconds,
+  ensureTools,
+  type Impl,
+  IMPLS,
+  nextPort,
+  pssKiB,
+  run,
+  socketCount,
+  start,
+  stopChild,
+  TOOL,
+  withProxy,
+} from "./peers.ts";
+
 const BULK_IMPLS: Impl[] = [...IMPLS, "csplice", ...ANCHORS];
 const ROW_IMPLS: Impl[] = [...IMPLS, ...ANCHORS];
 /**
@@ -58,10 +54,6 @@ const MEMORY_IMPLS: Impl[] = ["relay", "proxy", "copy"];
 /** The memory row: rounds of short connections, 1 KiB each way from 8 clients, one held. */
 const MEMORY_ROUNDS = 4;
 const MEMORY_PER_ROUND = 50_000;
-const CLOCK_TICKS = 100;
-/** How long a process may take to say it is ready, and to exit once told to stop. */
-const START_TIMEOUT_MS = 15_000;
-const STOP_TIMEOUT_MS = 5_000;
 
 function arg(name: string, fallback: string): string {
   const i = Deno.args.indexOf(name);
@@ -69,348 +61,6 @@ function arg(name: string, fallback: string): string {
 }
 const ROUNDS = Number(arg("--rounds", "3"));
 const ONLY = arg("--only", "bulk1,bulk8,pingpong,churn,idle,memory").split(",");
-
-async function run(cmd: string, args: string[], env?: Record<string, string>): Promise<string> {
-  const out = await new Deno.Command(cmd, { args, env, stdout: "piped", stderr: "piped" }).output();
-  if (!out.success) {
-    throw new Error(`${cmd} ${args.join(" ")} failed: ${new TextDecoder().decode(out.stderr)}`);
-  }
-  return new TextDecoder().decode(out.stdout);
-}
-
-/**
- * A command's path: on PATH, or in /usr/sbin (Debian's haproxy is there, and a PATH without
- * the sbin directories is common outside a root login shell). Null when it is nowhere.
- */
-function findCommand(name: string): string | null {
-  const dirs = [...(Deno.env.get("PATH") ?? "").split(":").filter(Boolean), "/usr/sbin", "/sbin"];
-  for (const dir of dirs) {
-    try {
-      if (Deno.statSync(`${dir}/${name}`).isFile) return `${dir}/${name}`;
-    } catch { /* not here */ }
-  }
-  return null;
-}
-
-/** The HAProxy binary, found by ensureTools(). */
-let haproxy = "haproxy";
-
-/**
- * Installs the peers the rows run (Debian packages, as root) when missing, and builds the two
- * programs of this folder: the anchors are real programs, installed here, never assumed present.
- */
-async function ensureTools(): Promise<void> {
-  const packages: Array<[command: string, pkg: string]> = [
-    ["iperf3", "iperf3"],
-    ["haproxy", "haproxy"],
-    ["go", "golang-go"],
-  ];
-  const missing = packages.filter(([command]) => !findCommand(command)).map(([, pkg]) => pkg);
-  if (missing.length > 0) {
-    // The package lists first, once: a fresh machine may have none, or stale ones.
-    console.log(`installing ${missing.join(", ")} (apt-get)`);
-    const env = { DEBIAN_FRONTEND: "noninteractive" };
-    await run("apt-get", ["update"], env);
-    await run("apt-get", ["install", "-y", ...missing], env);
-  }
-  haproxy = findCommand("haproxy") ?? "haproxy";
-  await Deno.mkdir(BUILD, { recursive: true });
-  await run("cc", ["-O2", "-pthread", "-o", TOOL, `${ROOT}bench/benchtool.c`]);
-  // A single-file main package of the standard library: no module, nothing to download. Go's
-  // home and caches stay under bench/.build, so the build works as root with any HOME (CI's
-  // may be unset or read-only), and GOTOOLCHAIN=local forbids fetching a newer toolchain.
-  const goHome = `${BUILD}/go`;
-  await run(findCommand("go") ?? "go", ["build", "-o", GOPROXY, `${ROOT}bench/goproxy.go`], {
-    HOME: goHome,
-    GOCACHE: `${goHome}/cache`,
-    GOPATH: `${goHome}/path`,
-    GOFLAGS: "",
-    GOTOOLCHAIN: "local",
-    GO111MODULE: "auto",
-  });
-}
-
-interface Proc {
-  child: Deno.ChildProcess;
-  pid: number;
-  stop(): Promise<void>;
-}
-
-/**
- * Stops a child: SIGTERM, then SIGKILL if it has not exited within STOP_TIMEOUT_MS, and always
- * waits for its status, so no run leaves a process behind on the two cores of the next one.
- */
-async function stopChild(child: Deno.ChildProcess): Promise<void> {
-  try {
-    child.kill("SIGTERM");
-  } catch { /* already gone */ }
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const late = new Promise<"late">((resolve) => {
-    timer = setTimeout(() => resolve("late"), STOP_TIMEOUT_MS);
-  });
-  try {
-    if (await Promise.race([child.status, late]) === "late") {
-      try {
-        child.kill("SIGKILL");
-      } catch { /* gone just now */ }
-    }
-    await child.status;
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/**
- * Starts a process and waits for it to print "ready" (within START_TIMEOUT_MS, or it is killed).
- * `env` adds to the harness's environment.
- */
-async function start(
-  cmd: string,
-  args: string[],
-  stdin = false,
-  env?: Record<string, string>,
-): Promise<Proc> {
-  const child = new Deno.Command(cmd, {
-    args,
-    env,
-    stdout: "piped",
-    stderr: "inherit",
-    stdin: stdin ? "piped" : "null",
-  }).spawn();
-  const reader = child.stdout.getReader();
-  const decoder = new TextDecoder();
-  let seen = "";
-  // A process that neither prints nor exits would hold a read forever: killing it at the
-  // deadline ends its stdout, and so the read.
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    try {
-      child.kill("SIGKILL");
-    } catch { /* gone */ }
-  }, START_TIMEOUT_MS);
-  try {
-    while (!seen.includes("ready")) {
-      const { value, done } = await reader.read();
-      if (done) {
-        throw new Error(
-          `${cmd} ${
-            timedOut ? `did not start within ${START_TIMEOUT_MS} ms` : "exited before ready"
-          }`,
-        );
-      }
-      seen += decoder.decode(value, { stream: true });
-    }
-  } catch (error) {
-    reader.releaseLock();
-    await child.stdout.cancel().catch(() => {});
-    if (stdin) await child.stdin.close().catch(() => {});
-    await stopChild(child);
-    throw error;
-  } finally {
-    clearTimeout(timer);
-  }
-  // Later output (access logs) goes to /dev/null as raw bytes: decoding it here would spend
-  // this harness's CPU on the same two cores as the proxy being measured.
-  reader.releaseLock();
-  const sink = await Deno.open("/dev/null", { write: true });
-  child.stdout.pipeTo(sink.writable).catch(() => {});
-  return {
-    child,
-    pid: child.pid,
-    async stop(): Promise<void> {
-      if (stdin) await child.stdin.close().catch(() => {});
-      await stopChild(child);
-    },
-  };
-}
-
-/**
- * The inode of the socket listening on 127.0.0.1:port, from /proc/net/tcp; null if none is.
- * Lets the harness see that a program which prints nothing (HAProxy) is up without connecting
- * to it: a probe connection would be relayed to the backend, and iperf3's server takes every
- * connection for a test's control channel.
- */
-function listeningInode(port: number): string | null {
-  const local = `0100007F:${port.toString(16).toUpperCase().padStart(4, "0")}`;
-  for (const line of Deno.readTextFileSync("/proc/net/tcp").split("\n").slice(1)) {
-    const fields = line.trim().split(/\s+/);
-    if (fields[1] === local && fields[3] === "0A") return fields[9];
-  }
-  return null;
-}
-
-/**
- * HAProxy in the foreground (`-db`: no daemon, no master process), so the child is the one
- * process that holds every thread and its /proc CPU and PSS are HAProxy's whole cost. It says
- * nothing when up: ready is when its own socket listens on `port` (bounded by
- * START_TIMEOUT_MS).
- */
-async function startHaproxy(threads: number, port: number, backendPort: number): Promise<Proc> {
-  const config = await Deno.makeTempFile({ suffix: ".cfg" });
-  await Deno.writeTextFile(config, haproxyConfig(threads, port, backendPort));
-  const child = new Deno.Command(haproxy, {
-    args: ["-db", "-f", config],
-    stdin: "null",
-    stdout: "null",
-    stderr: "inherit",
-  }).spawn();
-  const stop = async (): Promise<void> => {
-    await stopChild(child);
-    await Deno.remove(config).catch(() => {});
-  };
-  try {
-    let exited = false;
-    child.status.then(() => exited = true);
-    const deadline = Date.now() + START_TIMEOUT_MS;
-    for (;;) {
-      if (exited) throw new Error("haproxy exited before listening");
-      const inode = listeningInode(port);
-      if (inode && ownsSocket(child.pid, inode)) break;
-      if (Date.now() > deadline) {
-        throw new Error(`haproxy did not listen within ${START_TIMEOUT_MS} ms`);
-      }
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  } catch (error) {
-    await stop();
-    throw error;
-  }
-  return { child, pid: child.pid, stop };
-}
-
-/** Whether the process holds the socket with this inode (and not some other program). */
-function ownsSocket(pid: number, inode: string): boolean {
-  for (const entry of Deno.readDirSync(`/proc/${pid}/fd`)) {
-    try {
-      if (Deno.readLinkSync(`/proc/${pid}/fd/${entry.name}`) === `socket:[${inode}]`) return true;
-    } catch { /* closed while listed */ }
-  }
-  return false;
-}
-
-/**
- * HAProxy as a plain L4 proxy to one backend, splicing both ways whatever the traffic looks
- * like (`splice-auto` would decide per stream; the anchor is the splice path itself). No `log`
- * line: HAProxy then logs nothing, where proxy.ts writes an access log line per connection.
- */
-function haproxyConfig(threads: number, port: number, backendPort: number): string {
-  return [
-    "global",
-    `  nbthread ${threads}`,
-    // The idle row holds 1,000 connections (2,000 sockets) and churn has more closing at once.
-    // HAProxy sizes its fd limit from this (about 2 per connection, and 2 per pipe, a quarter
-    // of maxconn) and refuses to start if it cannot raise it: 5,000 fits under a hard limit of
-    // 20,000, as on these machines.
-    "  maxconn 5000",
-    // 1 MiB pipes, as relay() and csplice use by default: the same bytes per splice call, so
-    // CPU per GiB compares the programs, not pipe sizes (HAProxy's default is the system's,
-    // 64 KiB, at which the relay measured about twice the CPU per GiB).
-    "  tune.pipesize 1048576",
-    "defaults",
-    "  mode tcp",
-    "  maxconn 5000",
-    "  timeout connect 5s",
-    // Longer than any row: an idle connection is never cut while it is measured.
-    "  timeout client 1h",
-    "  timeout server 1h",
-    "  option splice-request",
-    "  option splice-response",
-    "  no option splice-auto",
-    "frontend bench",
-    `  bind 127.0.0.1:${port}`,
-    "  default_backend bench",
-    "backend bench",
-    `  server backend 127.0.0.1:${backendPort}`,
-    "",
-  ].join("\n");
-}
-
-function cpuSeconds(pid: number): number {
-  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
-}
-
-function pssKiB(pid: number, field = "Pss"): number {
-  const text = Deno.readTextFileSync(`/proc/${pid}/smaps_rollup`);
-  return Number(new RegExp(`^${field}:\\s+(\\d+)`, "m").exec(text)?.[1] ?? NaN);
-}
-
-/** Sockets a process holds open. */
-function socketCount(pid: number): number {
-  let count = 0;
-  for (const entry of Deno.readDirSync(`/proc/${pid}/fd`)) {
-    try {
-      if (Deno.readLinkSync(`/proc/${pid}/fd/${entry.name}`).startsWith("socket:")) count++;
-    } catch { /* closed while listed */ }
-  }
-  return count;
-}
-
-let nextPort = 21_000 + Math.floor(Math.random() * 1000) * 10;
-
-async function withProxy<T>(
-  impl: Impl,
-  backendPort: number,
-  body: (port: number, pid: number | null) => Promise<T>,
-): Promise<T> {
-  if (impl === "direct") return await body(backendPort, null);
-  const port = nextPort++;
-  const proxy = await launch(impl, port, backendPort);
-  try {
-    return await body(port, proxy.pid);
-  } finally {
-    await proxy.stop();
-  }
-}
-
-/** Starts one implementation's proxy process on `port`, relaying to `backendPort`. */
-async function launch(impl: Impl, port: number, backendPort: number): Promise<Proc> {
-  switch (impl) {
-    case "csplice":
-      return await start(TOOL, ["spliceproxy", String(port), String(backendPort)]);
-    case "haproxy1":
-    case "haproxy2":
-      return await startHaproxy(impl === "haproxy1" ? 1 : 2, port, backendPort);
-    case "go":
-    case "go2":
-      // GOMAXPROCS=1 for one thread running Go code, as relay() has one engine thread (the
-      // runtime's few helper threads, sysmon and the like, are in the same process's CPU).
-      return await start(GOPROXY, [String(port), String(backendPort)], false, {
-        GOMAXPROCS: impl === "go" ? "1" : "2",
-      });
-    case "proxy":
-      return await start(Deno.execPath(), [
-        "run",
-        "-A",
-        `${ROOT}proxy.ts`,
-        "--config",
-        await proxyConfig(port, backendPort),
-      ]);
-    default:
-      return await start(Deno.execPath(), [
-        "run",
-        "-A",
-        `${ROOT}bench/proxy.ts`,
-        impl,
-        String(port),
-        String(backendPort),
-      ]);
-  }
-}
-
-/** A one-listener, one-backend config for proxy.ts, in a temporary file. */
-async function proxyConfig(port: number, backendPort: number): Promise<string> {
-  const path = await Deno.makeTempFile({ suffix: ".toml" });
-  await Deno.writeTextFile(
-    path,
-    `[[listeners]]\naddress = "127.0.0.1:${port}"\n\n[clusters.bench]\n` +
-      `frontends = [{ address = "127.0.0.1:${port}" }]\n` +
-      `backends = [{ address = "127.0.0.1:${backendPort}" }]\n`,
-  );
-  return path;
-}
 
 interface Sample {
   value: number;
@@ -558,8 +208,8 @@ function median(values: number[]): number {
 
 async function main(): Promise<void> {
   await ensureTools();
-  const echoPort = nextPort++;
-  const iperfPort = nextPort++;
+  const echoPort = nextPort();
+  const iperfPort = nextPort();
   const echo = await start(TOOL, ["echo", String(echoPort)]);
   const iperf = new Deno.Command("iperf3", {
     args: ["-s", "-p", String(iperfPort)],

@@ -21,42 +21,15 @@ import {
   closeQuietly,
   Connection,
   type ConnectionHost,
+  type HttpHandler,
+  type HttpLimits,
+  type HttpRefusal,
   responseBytes,
   writeAll,
 } from "./http_connection.ts";
 
-/** Answers a request; the same shape as a `Deno.serve` handler. */
-export type HttpHandler = (
-  request: Request,
-  info: { remoteAddr: Deno.NetAddr },
-) => Response | Promise<Response>;
-
-/**
- * Why the server refused a connection or request before (or instead of) the handler:
- * - `"slow"`: the head (or body) did not arrive within its deadline, or no request came at all on
- *   a new connection (408, or closed without an answer when nothing was sent);
- * - `"head-too-large"`: the request line and headers passed `maxHeadBytes` (431);
- * - `"malformed"`: not HTTP/1.x syntax, ambiguous framing, a bad chunked body (400);
- * - `"unsupported"`: a version, method or transfer coding this server does not do (505, 501);
- * - `"too-many"`: `maxConnections` were open already (503, closed at once).
- */
-export type HttpRefusal = "slow" | "head-too-large" | "malformed" | "unsupported" | "too-many";
-
-/** Deadlines and bounds of {@linkcode serveHttp}. */
-export interface HttpLimits {
-  /** The request head must be complete this long after accept, or after the previous response. */
-  readonly headTimeoutMs: number;
-  /** A kept-alive connection that sends nothing for this long after a response is closed. */
-  readonly idleTimeoutMs: number;
-  /** A request body must be complete this long after its head. */
-  readonly bodyTimeoutMs: number;
-  /** A response (or a 100 Continue) must be written within this long. */
-  readonly writeTimeoutMs: number;
-  /** The largest request head (request line and headers, and a chunked body's trailer). */
-  readonly maxHeadBytes: number;
-  /** Connections served at once; further ones get 503 and are closed. */
-  readonly maxConnections: number;
-}
+// Part of this server's API; defined where each connection keeps to them.
+export type { HttpHandler, HttpLimits, HttpRefusal } from "./http_connection.ts";
 
 /**
  * The defaults. 10 s for a head or a body is far more than a local client or a scraper needs

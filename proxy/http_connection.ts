@@ -20,7 +20,39 @@ import {
   requestUrl,
   serializeResponse,
 } from "./http_parse.ts";
-import type { HttpHandler, HttpLimits, HttpRefusal } from "./http.ts";
+
+/** Answers a request; the same shape as a `Deno.serve` handler. */
+export type HttpHandler = (
+  request: Request,
+  info: { remoteAddr: Deno.NetAddr },
+) => Response | Promise<Response>;
+
+/**
+ * Why the server refused a connection or request before (or instead of) the handler:
+ * - `"slow"`: the head (or body) did not arrive within its deadline, or no request came at all on
+ *   a new connection (408, or closed without an answer when nothing was sent);
+ * - `"head-too-large"`: the request line and headers passed `maxHeadBytes` (431);
+ * - `"malformed"`: not HTTP/1.x syntax, ambiguous framing, a bad chunked body (400);
+ * - `"unsupported"`: a version, method or transfer coding this server does not do (505, 501);
+ * - `"too-many"`: `maxConnections` were open already (503, closed at once).
+ */
+export type HttpRefusal = "slow" | "head-too-large" | "malformed" | "unsupported" | "too-many";
+
+/** Deadlines and bounds of the server (`serveHttp` in proxy/http.ts) and each connection. */
+export interface HttpLimits {
+  /** The request head must be complete this long after accept, or after the previous response. */
+  readonly headTimeoutMs: number;
+  /** A kept-alive connection that sends nothing for this long after a response is closed. */
+  readonly idleTimeoutMs: number;
+  /** A request body must be complete this long after its head. */
+  readonly bodyTimeoutMs: number;
+  /** A response (or a 100 Continue) must be written within this long. */
+  readonly writeTimeoutMs: number;
+  /** The largest request head (request line and headers, and a chunked body's trailer). */
+  readonly maxHeadBytes: number;
+  /** Connections served at once; further ones get 503 and are closed. */
+  readonly maxConnections: number;
+}
 
 /** What a connection needs from its server. */
 export interface ConnectionHost {
@@ -210,7 +242,11 @@ export class Connection {
       });
       response = await server.handler(request, { remoteAddr: this.#conn.remoteAddr });
       if (!(response instanceof Response)) {
-        throw new TypeError("The handler did not return a Response");
+        const got: unknown = response;
+        const kind = got === null ? "null" : typeof got;
+        throw new TypeError(
+          `Cannot answer the request: the handler returned ${kind}, not a Response`,
+        );
       }
       bytes = new Uint8Array(await response.arrayBuffer());
     } catch (error) {

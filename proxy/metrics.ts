@@ -277,7 +277,7 @@ export function serveAdmin(
       const { request, remote } = context;
       const skipped = suppressed > 0 ? `; ${suppressed} more refused for ${reason}` : "";
       options.log(
-        `Admin endpoint refused ${request.method} ${new URL(request.url).pathname} from ` +
+        `Admin endpoint: refused ${request.method} ${new URL(request.url).pathname} from ` +
           `${remote} (${reason}, ${response.status}): ${response.message}${skipped}`,
       );
     }
@@ -316,7 +316,7 @@ export function serveAdmin(
     const path = new URL(request.url).pathname;
     const onPath = routes.filter((r) => r.path === path);
     if (onPath.length === 0) {
-      return new Response("not found: try /metrics, /status or POST /reload\n", { status: 404 });
+      return new Response("Not found: try /metrics, /status or POST /reload\n", { status: 404 });
     }
     // HEAD is answered as GET; the server leaves the body out.
     const method = request.method === "HEAD" ? "GET" : request.method;

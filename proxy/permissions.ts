@@ -6,7 +6,8 @@
  * @module
  */
 
-import { type Config, formatAddress } from "../config.ts";
+import type { Config } from "../config.ts";
+import { formatAddress } from "./config_address.ts";
 
 /** One address of the config, with the key that holds it. */
 interface Wanted {

@@ -1,17 +1,18 @@
 /**
  * The L4 TCP proxy's core: listeners, backend choice with retry and passive health, `relay()`
- * per connection, hot reconfiguration, stats and graceful drain. The CLI (`proxy.ts`), the
- * config file and the metrics endpoint build on this.
+ * per connection, hot reconfiguration and graceful drain; what happens is counted by
+ * proxy/stats.ts. The CLI (`proxy.ts`), the config file and the metrics endpoint build on this.
  *
  * @module
  */
 
 import { applyConfig, type Config } from "../config.ts";
-import { relay, type RelayResult } from "../relay.ts";
+import { relay } from "../relay.ts";
 import { Balancer } from "./balancer.ts";
 import { acceptLoop, AcceptPauses } from "./accept.ts";
 import { errorCode, failsEveryBackend, localConnectFailure, Throttle } from "./faults.ts";
 import { specFromConfig } from "./spec.ts";
+import { ProxyCounters } from "./stats.ts";
 import type {
   BackendSpec,
   ClusterSpec,
@@ -81,21 +82,7 @@ export class TcpProxy {
   #throttle = new Throttle(REPORT_INTERVAL_MS);
   /** Accept loops paused for want of fds: a closing connection frees some and wakes them. */
   #pauses = new AcceptPauses();
-  #stats: ProxyStats = {
-    connectionsOpen: 0,
-    connectionsTotal: 0,
-    connectionsRejected: 0,
-    bytesIn: 0,
-    bytesOut: 0,
-    splicedConnections: 0,
-    copiedConnections: 0,
-    connectFailures: 0,
-    acceptErrors: {},
-    localErrors: {},
-    internalErrors: 0,
-    reloads: 0,
-    backends: {},
-  };
+  #counters = new ProxyCounters();
 
   private constructor(spec: ProxySpec, onEvent: (event: ProxyEvent) => void) {
     this.#spec = spec;
@@ -164,22 +151,7 @@ export class TcpProxy {
    * ```
    */
   stats(): ProxyStats {
-    const now = performance.now();
-    const backends = structuredClone(this.#stats.backends);
-    for (const runtime of this.#clusters.values()) {
-      for (const entry of runtime.balancer.snapshot(now)) {
-        const key = backendKey(runtime.spec.name, entry.address);
-        backends[key] ??= emptyBackend(runtime.spec.name);
-        backends[key].active = entry.active;
-        backends[key].ejected = entry.ejected;
-      }
-    }
-    return {
-      ...this.#stats,
-      acceptErrors: { ...this.#stats.acceptErrors },
-      localErrors: { ...this.#stats.localErrors },
-      backends,
-    };
+    return this.#counters.snapshot(this.#clusters.values(), performance.now());
   }
 
   /**
@@ -238,7 +210,7 @@ export class TcpProxy {
         this.#emit({ type: "listen-failed", address: listener.address, error: message });
       }
     }
-    this.#stats.reloads++;
+    this.#counters.reloaded();
     return { added, removed, clusters: changed };
   }
 
@@ -337,7 +309,7 @@ export class TcpProxy {
       return;
     }
     if (running.open >= running.spec.maxConnections) {
-      this.#stats.connectionsRejected++;
+      this.#counters.rejected();
       const record = this.#newRecord(running, client);
       record.end = "over-limit";
       this.#emit({ type: "connection", record });
@@ -354,7 +326,7 @@ export class TcpProxy {
 
   /** Counts an accept error; a pause is reported at most once a second per listener and errno. */
   #acceptFailed(running: RunningListener, code: string, error: unknown, pauseMs: number): void {
-    this.#stats.acceptErrors[code] = (this.#stats.acceptErrors[code] ?? 0) + 1;
+    this.#counters.acceptFailed(code);
     if (pauseMs === 0) return;
     const { report, suppressed } = this.#throttle.pass(
       `accept ${running.spec.address} ${code}`,
@@ -373,7 +345,7 @@ export class TcpProxy {
 
   /** Reports a bug (at most once a second) and counts it; never throws. */
   #internalError(error: unknown): void {
-    this.#stats.internalErrors++;
+    this.#counters.internalError();
     const { report, suppressed } = this.#throttle.pass("internal", performance.now());
     if (!report) return;
     const message = error instanceof Error ? error.stack ?? error.message : String(error);
@@ -410,8 +382,7 @@ export class TcpProxy {
     const runtime = this.#byFrontend.get(running.spec.address);
     const record = this.#newRecord(running, client);
     running.open++;
-    this.#stats.connectionsOpen++;
-    this.#stats.connectionsTotal++;
+    this.#counters.opened();
     try {
       const chosen = runtime ? await this.#connect(runtime) : { end: "no-backend" as const };
       if ("end" in chosen) {
@@ -435,7 +406,7 @@ export class TcpProxy {
         record.mode = result.mode;
         record.end = result.end;
         if (result.error) record.error = result.error.message;
-        this.#count(runtime!.spec.name, spec.address, result);
+        this.#counters.relayed(runtime!.spec.name, spec.address, result);
       } finally {
         this.#relays.delete(controller);
         runtime!.balancer.released(spec.address);
@@ -449,7 +420,7 @@ export class TcpProxy {
       this.#internalError(error);
     } finally {
       running.open--;
-      this.#stats.connectionsOpen--;
+      this.#counters.closed();
       record.durationMs = Math.round(performance.now() - started);
       this.#emit({ type: "connection", record });
       // Its fds are free: a listener paused for want of them may accept again.
@@ -478,16 +449,15 @@ export class TcpProxy {
       if (!picked) return { end: "no-backend", error: lastError };
       tried.add(picked.address);
       const spec = runtime.spec.backends.find((b) => b.address === picked.address)!;
-      const key = backendKey(runtime.spec.name, spec.address);
-      this.#stats.backends[key] ??= emptyBackend(runtime.spec.name);
+      this.#counters.connecting(runtime.spec.name, spec.address);
       try {
         const conn = await connectWithin(spec, this.#spec.connectTimeoutMs);
         runtime.balancer.connected(spec.address);
-        this.#stats.backends[key].connections++;
+        this.#counters.connected(runtime.spec.name, spec.address);
         return { conn, spec };
       } catch (error) {
         const code = errorCode(error);
-        lastError = `connect to ${spec.address}: ${
+        lastError = `Cannot connect to ${spec.address}: ${
           error instanceof Error ? error.message : String(error)
         }`;
         const local = localConnectFailure(code);
@@ -497,8 +467,7 @@ export class TcpProxy {
           if (failsEveryBackend(local)) return { end: "local-error", error: lastError };
           continue;
         }
-        this.#stats.connectFailures++;
-        this.#stats.backends[key].failures++;
+        this.#counters.connectFailed(runtime.spec.name, spec.address);
         if (runtime.balancer.failed(spec.address, performance.now())) {
           this.#emit({
             type: "backend-ejected",
@@ -511,22 +480,12 @@ export class TcpProxy {
   }
 
   #localError(cluster: string, backend: string, code: string, error: string): void {
-    this.#stats.localErrors[code] = (this.#stats.localErrors[code] ?? 0) + 1;
+    this.#counters.localError(code);
     const { report, suppressed } = this.#throttle.pass(
       `local ${cluster}/${backend} ${code}`,
       performance.now(),
     );
     if (report) this.#emit({ type: "local-error", cluster, backend, code, error, suppressed });
-  }
-
-  #count(cluster: string, backend: string, result: RelayResult): void {
-    this.#stats.bytesIn += result.aToB;
-    this.#stats.bytesOut += result.bToA;
-    if (result.mode === "splice") this.#stats.splicedConnections++;
-    else this.#stats.copiedConnections++;
-    const entry = this.#stats.backends[backendKey(cluster, backend)];
-    entry.bytesIn += result.aToB;
-    entry.bytesOut += result.bToA;
   }
 }
 
@@ -571,22 +530,6 @@ export function startProxy(
   return TcpProxy.start(specFromConfig(config), options);
 }
 
-function backendKey(cluster: string, address: string): string {
-  return `${cluster}/${address}`;
-}
-
-function emptyBackend(cluster: string): ProxyStats["backends"][string] {
-  return {
-    cluster,
-    active: 0,
-    ejected: false,
-    connections: 0,
-    failures: 0,
-    bytesIn: 0,
-    bytesOut: 0,
-  };
-}
-
 /**
  * `Deno.connect` bounded in time. A connect that times out is aborted through its signal, which
  * closes its socket at once: without it the socket would live on through the kernel's SYN
@@ -603,7 +546,8 @@ async function connectWithin(backend: BackendSpec, timeoutMs: number): Promise<D
     });
   } catch (error) {
     if (!controller.signal.aborted) throw error;
-    throw new Deno.errors.TimedOut(`Connect to ${backend.address} timed out after ${timeoutMs} ms`);
+    // Named by the caller, which prefixes the address as it does for Deno's own errors.
+    throw new Deno.errors.TimedOut(`Timed out after ${timeoutMs} ms`);
   } finally {
     // Never aborted after success: the signal stays attached to the conn, and aborting it
     // would close the connection.

@@ -4,7 +4,8 @@
  * @module
  */
 
-import { type Config, formatAddress } from "../config.ts";
+import type { Config } from "../config.ts";
+import { formatAddress } from "./config_address.ts";
 import type { ProxySpec } from "./types.ts";
 
 /**

@@ -70,7 +70,7 @@ Deno.test("loadConfig reads a valid file", async () => {
   });
 });
 
-Deno.test("an empty file, or one with only the pipe capacity, gets every default", () => {
+Deno.test("parseConfig gives every default to an empty file, or one with only the pipe capacity", () => {
   assert.deepEqual(parseConfig(""), DEFAULTS);
   assert.deepEqual(parseConfig(`${KEY} = 65536`), { ...DEFAULTS, splicePipeCapacityBytes: 65_536 });
   assert.equal("metrics" in parseConfig(""), false);
@@ -192,7 +192,7 @@ Deno.test("parseConfig reports every problem at once, one per line", () => {
   assert.equal(lines.length, 4);
 });
 
-Deno.test("a long list of problems is cut short in the message but complete in issues", () => {
+Deno.test("ConfigError cuts a long list of problems short in its message but keeps all in issues", () => {
   const text = Array.from({ length: 30 }, (_, i) => `unknown_${i} = ${i}`).join("\n");
   const error = configErrorOf(() => parseConfig(text));
   assert.equal(error.issues.length, 30);
@@ -202,7 +202,7 @@ Deno.test("a long list of problems is cut short in the message but complete in i
   assert.equal(lines.length, 22);
 });
 
-Deno.test("a TOML syntax error names the file, the line and the column", async () => {
+Deno.test("parseConfig and loadConfig name the file, the line and the column of a TOML syntax error", async () => {
   const text = `# comment\n${KEY} = \n`;
   const error = configErrorOf(() => parseConfig(text, { path: "x.toml" }));
   assert.match(
@@ -223,7 +223,7 @@ Deno.test("a TOML syntax error names the file, the line and the column", async (
   });
 });
 
-Deno.test("malformed input only ever throws ConfigError", () => {
+Deno.test("parseConfig only ever throws ConfigError for malformed input", () => {
   const inputs = [
     "[",
     "a = \u0000",
@@ -428,7 +428,7 @@ function onlyIssue(toml: string): ConfigError["issues"][number] {
   return error.issues[0];
 }
 
-Deno.test("a full proxy file round-trips into the expected Config", async () => {
+Deno.test("parseConfig and loadConfig: a full proxy file round-trips into the expected Config", async () => {
   assert.deepEqual(parseConfig(FULL), FULL_CONFIG);
   await withTempConfig(FULL, async (path) => {
     assert.deepEqual(await loadConfig(path), FULL_CONFIG);
@@ -475,7 +475,7 @@ Deno.test("parseConfig rejects each kind of bad address with the key path and th
   });
 });
 
-Deno.test("ports must be 1 to 65535; 0 only for listeners (and frontends naming them)", () => {
+Deno.test("parseConfig: ports must be 1 to 65535; 0 only for listeners (and frontends naming them)", () => {
   let issue = onlyIssue(proxyToml("", '[{ address = "127.0.0.1:65536" }]'));
   assert.equal(issue.keyPath, "clusters.app.backends[0].address");
   assert.equal(
@@ -507,7 +507,7 @@ Deno.test("ports must be 1 to 65535; 0 only for listeners (and frontends naming 
   assert.deepEqual(config.clusters.test.frontends[0].address, { hostname: "127.0.0.1", port: 0 });
 });
 
-Deno.test("an unknown enum value gets the nearest valid one as a suggestion", () => {
+Deno.test("parseConfig suggests the nearest valid value for an unknown enum value", () => {
   let issue = onlyIssue(proxyToml('load_balancing = "round-robin"'));
   assert.deepEqual(issue, {
     keyPath: "clusters.app.load_balancing",
@@ -536,7 +536,7 @@ Deno.test("an unknown enum value gets the nearest valid one as a suggestion", ()
   );
 });
 
-Deno.test("a misspelt key in a nested table gets the nearest key of that table", () => {
+Deno.test("parseConfig suggests the nearest key of a nested table for a misspelt key in it", () => {
   let issue = onlyIssue(proxyToml('load_balance = "random"'));
   assert.deepEqual(issue, {
     keyPath: "clusters.app.load_balance",
@@ -561,7 +561,7 @@ Deno.test("a misspelt key in a nested table gets the nearest key of that table",
   assert.equal(issue.message, 'unknown key "listener": did you mean "listeners"?');
 });
 
-Deno.test("a frontend must be the address of a listener", () => {
+Deno.test("parseConfig: a frontend must be the address of a listener", () => {
   let issue = onlyIssue(
     proxyToml(
       '\n[clusters.api]\nfrontends = [{ address = "127.0.0.1:8081" }]\n' +
@@ -601,7 +601,7 @@ Deno.test("a frontend must be the address of a listener", () => {
   assert.equal(issue.keyPath, "listeners[0].address");
 });
 
-Deno.test("listener addresses are unique, and so are frontends and backends", () => {
+Deno.test("parseConfig: listener addresses are unique, and so are frontends and backends", () => {
   let issue = onlyIssue(proxyToml() + '\n[[listeners]]\naddress = "127.0.0.1:8080"');
   assert.deepEqual(issue, {
     keyPath: "listeners[1].address",
@@ -633,7 +633,7 @@ Deno.test("listener addresses are unique, and so are frontends and backends", ()
   });
 });
 
-Deno.test("a cluster needs frontends and backends, at least one of each", () => {
+Deno.test("parseConfig: a cluster needs frontends and backends, at least one of each", () => {
   let issue = onlyIssue(
     '[[listeners]]\naddress = "127.0.0.1:8080"\n' +
       '[clusters.app]\nfrontends = [{ address = "127.0.0.1:8080" }]',
@@ -658,7 +658,7 @@ Deno.test("a cluster needs frontends and backends, at least one of each", () => 
   assert.equal(issue.message, 'missing required key "clusters.app.backends[0].address"');
 });
 
-Deno.test("weights, timeouts and connection limits are range-checked", () => {
+Deno.test("parseConfig range-checks weights, timeouts and connection limits", () => {
   const cases: [toml: string, keyPath: string, message: string][] = [
     [
       proxyToml(
@@ -701,7 +701,7 @@ Deno.test("weights, timeouts and connection limits are range-checked", () => {
   }
 });
 
-Deno.test("cluster names are letters, digits, _ and -; sections have the right types", () => {
+Deno.test("parseConfig: cluster names are letters, digits, _ and -; sections have the right types", () => {
   let issue = onlyIssue(
     '[[listeners]]\naddress = "127.0.0.1:8080"\n[clusters."my app"]\n' +
       'frontends = [{ address = "127.0.0.1:8080" }]\nbackends = [{ address = "127.0.0.1:9000" }]',
@@ -828,7 +828,7 @@ Deno.test("loadConfig rejects invalid UTF-8, naming the byte offset and the line
   });
 });
 
-Deno.test("the invalid UTF-8 offset is where the decoder finds the first bad sequence", async () => {
+Deno.test("loadConfig: the invalid UTF-8 offset is where the decoder finds the first bad sequence", async () => {
   // A fixed seed keeps a failure reproducible.
   let seed = 0x5eed;
   const random = (n: number): number => {
@@ -881,7 +881,7 @@ Deno.test("the invalid UTF-8 offset is where the decoder finds the first bad seq
   assert.ok(invalid > 100, `only ${invalid} invalid inputs were tried`);
 });
 
-Deno.test("200,000 unknown keys are checked in well under 2 s, every one counted", async () => {
+Deno.test("loadConfig checks 200,000 unknown keys in well under 2 s, every one counted", async () => {
   // Before, each unknown key cost about 30 us, most of it looking for the nearest known key:
   // about 6 s here. Now it is a few us, and parsing the TOML takes most of the time. The file is
   // half the size of the 10 MB one of the fault report so that the bound stays loose on a busy
@@ -908,7 +908,7 @@ Deno.test("200,000 unknown keys are checked in well under 2 s, every one counted
   });
 });
 
-Deno.test("the first 1000 issues of a file suggest the nearest key, later ones list them", () => {
+Deno.test("parseConfig suggests the nearest key in a file's first 1000 issues, later ones list them", () => {
   // Every key here is near splice_pipe_capacity_bytes.
   const text = Array.from({ length: 1_001 }, (_, i) => `splice_pipe_capacity_${i} = 1`).join("\n");
   const error = configErrorOf(() => parseConfig(text));
@@ -937,7 +937,7 @@ Deno.test("the first 1000 issues of a file suggest the nearest key, later ones l
   );
 });
 
-Deno.test("a few 1 MB keys are checked in well under 2 s", async () => {
+Deno.test("loadConfig checks a few 1 MB keys in well under 2 s", async () => {
   // About 1 s per key before: the nearest-key search compared each whole key with every known
   // key. None of them can be near, being far longer than any.
   const text = Array.from({ length: 10 }, (_, i) => `k${i}${"x".repeat(1_000_000)} = 1`)
@@ -951,7 +951,7 @@ Deno.test("a few 1 MB keys are checked in well under 2 s", async () => {
   });
 });
 
-Deno.test("a near miss is still suggested for a long key, and for a long value", () => {
+Deno.test("parseConfig still suggests a near miss for a long key, and for a long value", () => {
   const longKey = "splice_pipe_capacity_bytes_".repeat(4);
   // Too far off: listed as unknown, without a suggestion.
   assert.match(
@@ -970,7 +970,7 @@ Deno.test("a near miss is still suggested for a long key, and for a long value",
   );
 });
 
-Deno.test("a 1 MB key is kept whole in keyPath but cut short in the message", async () => {
+Deno.test("loadConfig keeps a 1 MB key whole in keyPath but cuts it short in the message", async () => {
   const key = "k".repeat(1_000_000);
   const shown = `${"k".repeat(40)}...${"k".repeat(37)}`;
   assert.equal(shown.length, 80);
@@ -987,7 +987,7 @@ Deno.test("a 1 MB key is kept whole in keyPath but cut short in the message", as
   });
 });
 
-Deno.test("every message stays short, however long the keys and values it names", () => {
+Deno.test("parseConfig: every message stays short, however long the keys and values it names", () => {
   const long = "x".repeat(100_000);
   const listeners = Array.from(
     { length: 5 },
@@ -1107,7 +1107,7 @@ Deno.test("configWarnings reports every drained cluster, in order, with bounded 
 
 // --- The admin token ---------------------------------------------------------------------------
 
-Deno.test("metrics.token is optional and kept as written when valid", () => {
+Deno.test("parseConfig: metrics.token is optional and kept as written when valid", () => {
   const token = "Zx9-abcdefghijklmnop_+/=.~";
   const config = parseConfig(`[metrics]\naddress = "127.0.0.1:9901"\ntoken = "${token}"`);
   assert.deepEqual(config.metrics, {
@@ -1124,7 +1124,7 @@ Deno.test("metrics.token is optional and kept as written when valid", () => {
   assert.ok(absent !== undefined && !("token" in absent));
 });
 
-Deno.test("a bad metrics.token is reported by key, without the token itself", () => {
+Deno.test("parseConfig reports a bad metrics.token by key, without the token itself", () => {
   const expected = "expected a string of at least 16 printable ASCII characters, without " +
     "whitespace";
   const cases: [toml: string, shown: string, found: string][] = [

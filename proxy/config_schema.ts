@@ -1,0 +1,224 @@
+/**
+ * The proxy's part of the configuration file: its timeouts and modes, `[metrics]`,
+ * `[[listeners]]` and `[clusters.<name>]` with their frontends and backends, as a schema for
+ * the walker of config/schema.ts, and the public types those tables become. The root of the
+ * file (config.ts) adds the module's own key to these.
+ *
+ * @module
+ */
+
+import type { FieldMap } from "../config/schema.ts";
+import { addressField, type SocketAddress } from "./config_address.ts";
+
+/**
+ * The `[metrics]` table.
+ *
+ * @example
+ * ```ts
+ * import { type MetricsConfig, parseConfig } from "@zerocopy/splice/config";
+ *
+ * const metrics: MetricsConfig | undefined = parseConfig(`
+ * [metrics]
+ * address = "127.0.0.1:9901"
+ * token = "7f3c9a1e5b2d8f4a6c0e"
+ * `).metrics;
+ * console.log(metrics?.address.port, metrics?.token); // 9901 7f3c9a1e5b2d8f4a6c0e
+ * ```
+ */
+export interface MetricsConfig {
+  /** `address` (required): where the metrics endpoint listens. */
+  readonly address: SocketAddress;
+  /**
+   * `token`: when set, state-changing admin routes (POST /reload) need
+   * `Authorization: Bearer <token>`; the environment variable SPLICE_ADMIN_TOKEN, when
+   * readable, takes precedence. At least 16 printable ASCII characters, without whitespace;
+   * `undefined` when absent.
+   */
+  readonly token?: string;
+}
+
+/**
+ * One `[[listeners]]` table: an address the proxy accepts connections on.
+ *
+ * @example
+ * ```ts
+ * import { type ListenerConfig, parseConfig } from "@zerocopy/splice/config";
+ *
+ * const [listener]: readonly ListenerConfig[] = parseConfig(`
+ * [[listeners]]
+ * address = "0.0.0.0:0"
+ * max_connections = 500
+ * `).listeners;
+ * console.log(listener);
+ * // { address: { hostname: "0.0.0.0", port: 0 }, maxConnections: 500, protocol: "tcp" }
+ * ```
+ */
+export interface ListenerConfig {
+  /** `protocol`: only `"tcp"`, the default. */
+  readonly protocol: "tcp";
+  /**
+   * `address` (required): unique among listeners; port 0 picks any free port. Cluster
+   * frontends name a listener by this address.
+   */
+  readonly address: SocketAddress;
+  /** `max_connections`: open connections beyond this are refused, 1 to 1000000; 10000. */
+  readonly maxConnections: number;
+}
+
+/**
+ * One `[clusters.<name>]` table: backends and the listeners whose connections they serve.
+ *
+ * @example
+ * ```ts
+ * import { type ClusterConfig, parseConfig } from "@zerocopy/splice/config";
+ *
+ * const config = parseConfig(`
+ * [[listeners]]
+ * address = "127.0.0.1:8080"
+ *
+ * [clusters.app]
+ * load_balancing = "least_connections"
+ * frontends = [{ address = "127.0.0.1:8080" }]
+ * backends = [{ address = "127.0.0.1:9000" }, { address = "127.0.0.1:9001", weight = 0 }]
+ * `);
+ * const app: ClusterConfig = config.clusters.app;
+ * console.log(app.loadBalancing, app.backends.map((backend) => backend.weight));
+ * // least_connections [100, 0]
+ * ```
+ */
+export interface ClusterConfig {
+  /** `protocol`: only `"tcp"`, the default. */
+  readonly protocol: "tcp";
+  /** `load_balancing`: how connections spread over backends; `"round_robin"` by default. */
+  readonly loadBalancing: "round_robin" | "least_connections" | "random";
+  /**
+   * `frontends` (required, at least one): the listeners this cluster serves. Each must be the
+   * address of a listener, and no two clusters may share one.
+   */
+  readonly frontends: readonly FrontendConfig[];
+  /** `backends` (required, at least one, addresses unique in the cluster): the servers. */
+  readonly backends: readonly BackendConfig[];
+}
+
+/**
+ * One entry of a cluster's `frontends`.
+ *
+ * @example
+ * ```ts
+ * import { type FrontendConfig, parseConfig } from "@zerocopy/splice/config";
+ *
+ * const config = parseConfig(`
+ * [[listeners]]
+ * address = "[::1]:8443"
+ *
+ * [clusters.tls]
+ * frontends = [{ address = "[::1]:8443" }]
+ * backends = [{ address = "10.0.0.5:443" }]
+ * `);
+ * const frontend: FrontendConfig = config.clusters.tls.frontends[0];
+ * console.log(frontend.address); // { hostname: "::1", port: 8443 }
+ * ```
+ */
+export interface FrontendConfig {
+  /** `address` (required): the address of one of the `[[listeners]]`, as written there. */
+  readonly address: SocketAddress;
+}
+
+/**
+ * One entry of a cluster's `backends`.
+ *
+ * @example
+ * ```ts
+ * import { type BackendConfig, parseConfig } from "@zerocopy/splice/config";
+ *
+ * const config = parseConfig(`
+ * [[listeners]]
+ * address = "127.0.0.1:8080"
+ *
+ * [clusters.app]
+ * frontends = [{ address = "127.0.0.1:8080" }]
+ * backends = [{ address = "app.internal:9000", weight = 0 }]
+ * `);
+ * const backend: BackendConfig = config.clusters.app.backends[0];
+ * console.log(backend); // { address: { hostname: "app.internal", port: 9000 }, weight: 0 }
+ * ```
+ */
+export interface BackendConfig {
+  /** `address` (required): where the backend listens; port 1 to 65535. */
+  readonly address: SocketAddress;
+  /**
+   * `weight`: the backend's share of new connections relative to the others, 0 to 1000000;
+   * 100. `0` drains it: it gets no new connections.
+   */
+  readonly weight: number;
+}
+
+/** `protocol = "tcp"`: the only protocol, a key all the same so that files stay valid later. */
+const TCP_ONLY = { kind: "enum", values: ["tcp"], default: "tcp" } as const;
+
+/**
+ * The proxy's keys of the file's root table, in the order an unknown key's message lists them.
+ * config.ts checks that what they produce fits `Config`.
+ */
+export const PROXY_FIELDS = {
+  connect_timeout_ms: { kind: "integer", min: 1, max: 600_000, default: 3_000 },
+  idle_timeout_ms: { kind: "integer", min: 0, max: 2 ** 31 - 1, default: 0 },
+  drain_timeout_ms: { kind: "integer", min: 0, max: 3_600_000, default: 10_000 },
+  splice_mode: { kind: "enum", values: ["auto", "splice", "copy"], default: "auto" },
+  log_format: { kind: "enum", values: ["text", "json"], default: "text" },
+  metrics: {
+    kind: "table",
+    fields: {
+      address: addressField(false),
+      token: { kind: "secret", minLength: 16 },
+    },
+  },
+  listeners: {
+    kind: "array",
+    items: {
+      kind: "table",
+      fields: {
+        protocol: TCP_ONLY,
+        address: addressField(true),
+        max_connections: { kind: "integer", min: 1, max: 1_000_000, default: 10_000 },
+      },
+    },
+  },
+  clusters: {
+    kind: "map",
+    names: { pattern: /^[A-Za-z0-9_-]+$/, rule: 'letters, digits, "_" and "-"' },
+    values: {
+      kind: "table",
+      fields: {
+        protocol: TCP_ONLY,
+        load_balancing: {
+          kind: "enum",
+          values: ["round_robin", "least_connections", "random"],
+          default: "round_robin",
+        },
+        frontends: {
+          kind: "array",
+          required: true,
+          minItems: 1,
+          items: {
+            kind: "table",
+            // Port 0 too: a frontend names a listener, which may ask for any free port.
+            fields: { address: addressField(true) },
+          },
+        },
+        backends: {
+          kind: "array",
+          required: true,
+          minItems: 1,
+          items: {
+            kind: "table",
+            fields: {
+              address: addressField(false),
+              weight: { kind: "integer", min: 0, max: 1_000_000, default: 100 },
+            },
+          },
+        },
+      },
+    },
+  },
+} as const satisfies FieldMap;
