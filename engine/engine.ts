@@ -20,6 +20,7 @@ import {
   ADD_CAPACITY,
   ADD_FD_A,
   ADD_FD_B,
+  ADD_IDLE_MS,
   ADD_MODE,
   END_ABORTED,
   END_DONE,
@@ -37,7 +38,6 @@ import {
   RING_SLOTS,
   SLEEPING,
   SLOT_ID,
-  SLOT_IDLE_MS,
   SLOT_INTS,
   SLOTS_START,
   SYSCALL_NAMES,
@@ -129,7 +129,7 @@ class Engine {
     command[ADD_FD_A] = relay.fdA;
     command[ADD_FD_B] = relay.fdB;
     command[ADD_MODE] = relay.mode;
-    command[SLOT_IDLE_MS] = relay.idleMs;
+    command[ADD_IDLE_MS] = relay.idleMs;
     command[ADD_CAPACITY] = relay.capacity;
     this.#send(command);
     return id;
@@ -392,9 +392,13 @@ function toRelayResult(outcome: EngineResult | "died"): RelayResult {
   };
   if (result.end === "reset" || result.end === "error") {
     if (side !== -1) result.side = side === 0 ? "a" : "b";
-    result.error = new SyscallError(SYSCALL_NAMES[syscall] || "relay", code, {
-      detail: `side ${result.side ?? "?"}`,
-    });
+    // A failure the Worker recorded always carries the errno it read; 0 would mean errno was
+    // lost, and a SyscallError would then name "success".
+    result.error = code !== 0
+      ? new SyscallError(SYSCALL_NAMES[syscall] || "relay", code, {
+        detail: `side ${result.side ?? "?"}`,
+      })
+      : new Error(`Cannot tell why the relay failed on side ${result.side ?? "?"}: no errno`);
   }
   return result;
 }

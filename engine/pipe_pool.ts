@@ -1,7 +1,7 @@
 /**
  * The engine's pipe pool. A relay direction holds a pipe only while bytes are in it, so a few
  * pipes serve many idle connections; a pipe that comes back empty is kept for the next splice,
- * because creating and resizing one costs three syscalls and freeing it one more.
+ * because creating and resizing one costs three syscalls and freeing it two more.
  *
  * Used by the Worker's thread only; not shared.
  *

@@ -52,7 +52,10 @@ export class Side {
 
 /** One way of a relay. */
 export class Direction {
-  /** Held only while bytes are in it (`pending > 0`), or between a read and its EAGAIN. */
+  /**
+   * Held while bytes may be in it; an empty one is kept only while the source may still have
+   * more right away (it is readable, or the turn ended) or the destination is not writable yet.
+   */
   pipe: Pipe | null = null;
   /** Bytes in the pipe, not yet spliced to the destination. */
   pending = 0;

@@ -55,7 +55,8 @@ export interface RelayResult {
   splicedBytes: number;
   /**
    * The path used: `"splice"` when any byte was spliced, `"copy"` when the engine copied them
-   * all, `"fallback"` for the userspace copy loop used without FFI.
+   * all, `"fallback"` for the userspace copy loop (without FFI, for a conn whose fd
+   * cannot be found, or when the engine cannot start).
    */
   mode: "splice" | "copy" | "fallback";
   /** How it ended. */

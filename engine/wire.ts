@@ -1,7 +1,8 @@
 /**
  * The wire between the threads: the layout of the command ring the main thread (engine.ts)
  * writes and the Worker (worker.ts) reads, and of the results the Worker posts back. Only those
- * two files read or write it; everything else sees typed values.
+ * two files read or write it (pump.ts shares its mode and syscall numbers); relay() and
+ * everything else see typed values.
  *
  * The ring is a SharedArrayBuffer of Int32s: a header, then fixed-size slots. The Worker reads it
  * synchronously after an eventfd wakes its `epoll_wait`, so a command costs no message and no
@@ -41,7 +42,7 @@ export const ADD_FD_B = 3;
 /** Offset of the mode (`MODE_*`). */
 export const ADD_MODE = 4;
 /** Offset of the idle timeout in ms (0: none). */
-export const SLOT_IDLE_MS = 5;
+export const ADD_IDLE_MS = 5;
 /** Offset of the requested pipe capacity. */
 export const ADD_CAPACITY = 6;
 

@@ -9,9 +9,9 @@
  * out of rounds, end idle relays, and post what ended, batched.
  *
  * Loop invariants:
- * - a relay is registered in epoll exactly while it is in `relays`; `finish` deregisters it
- *   before its end is posted, because the main thread closes both fds as soon as it learns of
- *   the end, and their numbers are reused at once;
+ * - a relay's sockets are registered in epoll only while it is in `relays`; `finish`
+ *   deregisters them before its end is posted, because the main thread closes both fds as soon
+ *   as it learns of the end, and their numbers are reused at once;
  * - epoll tokens are `id * 2 + side`, ids stay below 2^30, so a token never equals `WAKE_TOKEN`;
  * - a relay in `again` has readiness left that no edge will report again: it is serviced in this
  *   iteration's second pass and the loop does not sleep while any is left;
@@ -47,6 +47,7 @@ import {
   ADD_CAPACITY,
   ADD_FD_A,
   ADD_FD_B,
+  ADD_IDLE_MS,
   ADD_MODE,
   END_ABORTED,
   END_DONE,
@@ -61,7 +62,6 @@ import {
   RING_SLOTS,
   SLEEPING,
   SLOT_ID,
-  SLOT_IDLE_MS,
   SLOT_INTS,
   SLOTS_START,
   syscallNumber,
@@ -215,7 +215,7 @@ function addRelay(epfd: number, ring: Int32Array, base: number): void {
     ring[base + ADD_FD_A],
     ring[base + ADD_FD_B],
     ring[base + ADD_MODE],
-    ring[base + SLOT_IDLE_MS],
+    ring[base + ADD_IDLE_MS],
     ring[base + ADD_CAPACITY],
     now,
   );
