@@ -222,8 +222,9 @@ Deno.test("relay: misuse throws (same conn twice, bad mode, bad idleTimeout, bad
 
 /**
  * Regression test (was a bug). relay.ts once validated `mode` with `mode in MODES`, and `in` also
- * sees the members of Object.prototype: "toString", "constructor" and "__proto__" pass, and the engine gets
- * `MODES[mode]`, a function or an object, which the command ring turns into 0 ("auto").
+ * sees the members of Object.prototype: "toString", "constructor" and "__proto__" passed, and
+ * the engine got `MODES[mode]`, a function or an object, which the command ring turned into 0
+ * ("auto").
  */
 Deno.test("relay: a mode named after an Object.prototype member is refused", async () => {
   const before = await fdBaseline();
