@@ -19,6 +19,7 @@
  * drain_timeout_ms = 10000         # on shutdown and reload: 0 to 3600000, default 10000
  * splice_mode = "auto"             # "auto" (default), "splice" or "copy"
  * log_format = "text"              # "text" (default) or "json"
+ * engines = 0                      # 0 to 64, default 0: one per CPU the process may run on
  *
  * [metrics]                        # optional: no metrics endpoint without it
  * address = "127.0.0.1:9901"       # required
@@ -152,6 +153,13 @@ export interface Config {
   readonly spliceMode: "auto" | "splice" | "copy";
   /** `log_format`: `"text"` (default) or `"json"`, one object a line. */
   readonly logFormat: "text" | "json";
+  /**
+   * `engines`: how many engine Workers (threads) accept and relay the proxy's connections,
+   * 0 to 64. `0`, the default (also when the key is absent), means one per CPU this process may
+   * run on (`sched_getaffinity`), counted when the proxy starts. Without `--allow-ffi` the
+   * proxy relays through Deno conns, has no engines, and the key has no effect.
+   */
+  readonly engines: number;
   /** `[metrics]`: the metrics endpoint; `undefined` (no endpoint) when the table is absent. */
   readonly metrics?: MetricsConfig;
   /** `[[listeners]]`: the addresses the proxy accepts connections on; empty when absent. */
@@ -289,7 +297,8 @@ export class ConfigError extends Error {
  *   // Cannot parse config "proxy.toml": 2 problems:
  *   //   splice_pipe_capacity_bytes = "64k": expected an integer, got a string
  *   //   unknown key "listen" (known keys: splice_pipe_capacity_bytes, connect_timeout_ms,
- *   //   idle_timeout_ms, drain_timeout_ms, splice_mode, log_format, metrics, listeners, clusters)
+ *   //   idle_timeout_ms, drain_timeout_ms, splice_mode, log_format, engines, metrics,
+ *   //   listeners, clusters)
  * }
  * ```
  */

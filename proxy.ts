@@ -267,8 +267,14 @@ async function main(): Promise<number> {
     stop.abort();
     return 1;
   }
+  const engines = proxy.stats().engines.length;
   say(
-    `splice proxy ${VERSION}: ${spliceAvailable() ? "splice" : "copy loop (no --allow-ffi)"}`,
+    `splice proxy ${VERSION}: ` +
+      (engines > 0
+        ? `${engines} engine${engines === 1 ? "" : "s"} (native data plane, splice)`
+        : spliceAvailable()
+        ? "relaying through Deno conns (the engines could not start)"
+        : "relaying through Deno conns with the copy loop (no --allow-ffi)"),
   );
 
   // Reloads are serialised: a second one waits for the first.

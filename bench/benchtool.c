@@ -3,6 +3,11 @@
 //   benchtool echo PORT                       echo server, one thread per connection
 //   benchtool pingpong PORT COUNT SIZE        one connection, COUNT round trips of SIZE bytes;
 //                                             prints p50 p99 p999 in microseconds
+//   benchtool floor CPU_A CPU_B COUNT SIZE    the same ping-pong between two processes of its
+//                                             own over a loopback TCP pair, no server, the
+//                                             client on CPU_A and the echo on CPU_B (-1: where
+//                                             the scheduler puts it): the machine's floor, which
+//                                             `pingpong` against `echo` should match
 //   benchtool churn PORT THREADS SECONDS SIZE each thread: connect, send SIZE, read SIZE back,
 //                                             close; prints connections per second and failures
 //   benchtool churnn PORT THREADS COUNT SIZE  the same for COUNT connections in all (each thread
@@ -23,11 +28,13 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -122,12 +129,11 @@ static int cmp_double(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-static int pingpong(int port, int count, int size) {
-  int fd = dial(port);
-  if (fd < 0) {
-    perror("pingpong: connect");
-    return 1;
-  }
+/**
+ * One write and one read per round trip, two clock reads around them, nothing else in the loop:
+ * the client must cost less than what it measures. Prints p50 p99 p999 in microseconds.
+ */
+static int pingpong_on(int fd, int count, int size) {
   char *buf = calloc(1, size);
   double *lat = calloc(count, sizeof(double));
   for (int i = 0; i < count + 100; i++) {
@@ -140,8 +146,60 @@ static int pingpong(int port, int count, int size) {
   }
   qsort(lat, count, sizeof(double), cmp_double);
   printf("%.2f %.2f %.2f\n", lat[count / 2], lat[(int)(count * 0.99)], lat[(int)(count * 0.999)]);
-  close(fd);
+  free(lat);
+  free(buf);
   return 0;
+}
+
+static int pingpong(int port, int count, int size) {
+  int fd = dial(port);
+  if (fd < 0) {
+    perror("pingpong: connect");
+    return 1;
+  }
+  int status = pingpong_on(fd, count, size);
+  close(fd);
+  return status;
+}
+
+static void pin_to(int cpu) {
+  if (cpu < 0) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  if (sched_setaffinity(0, sizeof set, &set) != 0) perror("floor: sched_setaffinity");
+}
+
+static int floor_pingpong(int cpu_a, int cpu_b, int count, int size) {
+  int ls = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in addr = {.sin_family = AF_INET};
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  if (bind(ls, (struct sockaddr *)&addr, sizeof addr) != 0 || listen(ls, 1) != 0 ||
+      getsockname(ls, (struct sockaddr *)&addr, &len) != 0) {
+    perror("floor: listen");
+    return 1;
+  }
+  int fd = dial(ntohs(addr.sin_port));
+  int peer = accept(ls, NULL, NULL);
+  if (fd < 0 || peer < 0) {
+    perror("floor: connect");
+    return 1;
+  }
+  close(ls);
+  pid_t child = fork();
+  if (child == 0) {
+    close(fd);
+    pin_to(cpu_b);
+    echo_conn((void *)(long)peer);
+    _exit(0);
+  }
+  close(peer);
+  pin_to(cpu_a);
+  int status = pingpong_on(fd, count, size);
+  close(fd);
+  waitpid(child, NULL, 0);
+  return status;
 }
 
 struct churn_arg {
@@ -287,6 +345,8 @@ int main(int argc, char **argv) {
   if (argc >= 3 && strcmp(argv[1], "echo") == 0) return echo_server(atoi(argv[2]));
   if (argc >= 5 && strcmp(argv[1], "pingpong") == 0)
     return pingpong(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]));
+  if (argc >= 6 && strcmp(argv[1], "floor") == 0)
+    return floor_pingpong(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
   if (argc >= 6 && strcmp(argv[1], "churn") == 0)
     return churn(atoi(argv[2]), atoi(argv[3]), atof(argv[4]), 0, atoi(argv[5]));
   if (argc >= 6 && strcmp(argv[1], "churnn") == 0) {

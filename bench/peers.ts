@@ -23,9 +23,32 @@ export const ANCHORS = ["haproxy1", "haproxy2", "go", "go2"] as const;
 /**
  * `hold` accepts and connects but moves nothing: Deno's own floor for two open conns.
  * `csplice` is a C proxy, a blocking splice loop per direction (bench/benchtool.c): the
- * kernel's floor for a splice relay on this machine, for the bulk rows.
+ * kernel's floor for a splice relay on this machine, for the bulk rows. `floor` (ping-pong
+ * rows) is no proxy and no echo server either: `benchtool floor`, the machine's floor for a
+ * loopback round trip, against which `direct` shows what the client and echo server cost.
  */
-export type Impl = typeof IMPLS[number] | typeof ANCHORS[number] | "hold" | "csplice";
+export type Impl =
+  | typeof IMPLS[number]
+  | typeof ANCHORS[number]
+  | keyof typeof PROXY_ENGINES
+  | "hold"
+  | "csplice"
+  | "floor";
+/**
+ * proxy.ts under each name, with the `engines` key its config sets (null: the key left out, so
+ * its default). A variant is one line here; bench/run.ts runs those other than `proxy` only
+ * with `--with-engines`, as they need a proxy.ts that knows the key.
+ */
+export const PROXY_ENGINES = {
+  proxy: null,
+  proxy1: 1,
+  proxy2: 2,
+} as const;
+function isProxyTs(impl: Impl): impl is keyof typeof PROXY_ENGINES {
+  return Object.hasOwn(PROXY_ENGINES, impl);
+}
+/** The variants of `proxy` that bench/run.ts adds with `--with-engines`. */
+export const ENGINE_IMPLS = (Object.keys(PROXY_ENGINES) as Impl[]).filter((i) => i !== "proxy");
 /** Clock ticks per second in /proc/PID/stat. */
 export const CLOCK_TICKS = 100;
 /** How long a process may take to say it is ready, and to exit once told to stop. */
@@ -64,13 +87,16 @@ let haproxy = "haproxy";
 /**
  * Installs the peers the rows run (Debian packages, as root) when missing, and builds the two
  * programs of this folder: the anchors are real programs, installed here, never assumed present.
+ * strace only when asked for (the syscalls row): no other row needs it.
  */
-export async function ensureTools(): Promise<void> {
+export async function ensureTools(options: { strace?: boolean } = {}): Promise<void> {
   const packages: Array<[command: string, pkg: string]> = [
     ["iperf3", "iperf3"],
     ["haproxy", "haproxy"],
     ["go", "golang-go"],
+    ["taskset", "util-linux"],
   ];
+  if (options.strace) packages.push(["strace", "strace"]);
   const missing = packages.filter(([command]) => !findCommand(command)).map(([, pkg]) => pkg);
   if (missing.length > 0) {
     // The package lists first, once: a fresh machine may have none, or stale ones.
@@ -127,17 +153,28 @@ export async function stopChild(child: Deno.ChildProcess): Promise<void> {
 }
 
 /**
+ * A command line that runs `cmd` with every thread it will ever have on `cpus` (a taskset list,
+ * "1" or "0,1"); unchanged when `cpus` is undefined. taskset execs the command, so the pid the
+ * harness reads /proc with is the program's own.
+ */
+export function pinned(cpus: string | undefined, cmd: string, args: string[]): [string, string[]] {
+  return cpus === undefined ? [cmd, args] : ["taskset", ["-c", cpus, cmd, ...args]];
+}
+
+/**
  * Starts a process and waits for it to print "ready" (within START_TIMEOUT_MS, or it is killed).
- * `env` adds to the harness's environment.
+ * `env` adds to the harness's environment; `cpus` pins it (see pinned()).
  */
 export async function start(
   cmd: string,
   args: string[],
   stdin = false,
   env?: Record<string, string>,
+  cpus?: string,
 ): Promise<Proc> {
-  const child = new Deno.Command(cmd, {
-    args,
+  const [command, commandArgs] = pinned(cpus, cmd, args);
+  const child = new Deno.Command(command, {
+    args: commandArgs,
     env,
     stdout: "piped",
     stderr: "inherit",
@@ -216,11 +253,13 @@ export async function startHaproxy(
   threads: number,
   port: number,
   backendPort: number,
+  cpus?: string,
 ): Promise<Proc> {
   const config = await Deno.makeTempFile({ suffix: ".cfg" });
   await Deno.writeTextFile(config, haproxyConfig(threads, port, backendPort));
-  const child = new Deno.Command(haproxy, {
-    args: ["-db", "-f", config],
+  const [command, args] = pinned(cpus, haproxy, ["-db", "-f", config]);
+  const child = new Deno.Command(command, {
+    args,
     stdin: "null",
     stdout: "null",
     stderr: "inherit",
@@ -318,6 +357,38 @@ export function socketCount(pid: number): number {
   return count;
 }
 
+/**
+ * The sockets a proxy holds once the count stops moving (10 reads 50 ms apart alike, 12.5 s at
+ * most): after a few short connections, the relay's proxy opens sockets of its own within a
+ * second of its first relays, not per connection but not there at once either.
+ */
+export async function settledSocketCount(pid: number): Promise<number> {
+  let sockets = socketCount(pid);
+  for (let stable = 0, tries = 0; stable < 10 && tries < 250; tries++) {
+    await new Promise((r) => setTimeout(r, 50));
+    const now = socketCount(pid);
+    stable = now === sockets ? stable + 1 : 0;
+    sockets = now;
+  }
+  return sockets;
+}
+
+/**
+ * Waits (15 s at most) until the proxy holds no more than `sockets`: every short relay has
+ * ended and let go of its sockets, so the proxy is done with the connections a client made.
+ */
+export async function socketsBackTo(pid: number, sockets: number, what: string): Promise<void> {
+  const deadline = Date.now() + 15_000;
+  while (socketCount(pid) > sockets) {
+    if (Date.now() > deadline) {
+      throw new Error(
+        `${what}: the relays did not end (${socketCount(pid)} sockets open, ${sockets} before)`,
+      );
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 let portCounter = 21_000 + Math.floor(Math.random() * 1000) * 10;
 
 /** A loopback port no earlier part of this run used (random base: runs in a row do not clash). */
@@ -325,14 +396,16 @@ export function nextPort(): number {
   return portCounter++;
 }
 
+/** Runs `body` against `impl` relaying to `backendPort`; `cpus` pins the proxy (see pinned()). */
 export async function withProxy<T>(
   impl: Impl,
   backendPort: number,
   body: (port: number, pid: number | null) => Promise<T>,
+  cpus?: string,
 ): Promise<T> {
   if (impl === "direct") return await body(backendPort, null);
   const port = nextPort();
-  const proxy = await launch(impl, port, backendPort);
+  const proxy = await launch(impl, port, backendPort, cpus);
   try {
     return await body(port, proxy.pid);
   } finally {
@@ -340,47 +413,87 @@ export async function withProxy<T>(
   }
 }
 
-/** Starts one implementation's proxy process on `port`, relaying to `backendPort`. */
-export async function launch(impl: Impl, port: number, backendPort: number): Promise<Proc> {
+/**
+ * Starts one implementation's proxy process on `port`, relaying to `backendPort`, pinned to
+ * `cpus` when given (see pinned()).
+ */
+export async function launch(
+  impl: Impl,
+  port: number,
+  backendPort: number,
+  cpus?: string,
+): Promise<Proc> {
+  if (isProxyTs(impl)) {
+    const config = await proxyConfig(port, backendPort, PROXY_ENGINES[impl]);
+    const args = ["run", "-A", `${ROOT}proxy.ts`, "--config", config];
+    const proc = await start(Deno.execPath(), args, false, undefined, cpus).catch(
+      async (error) => {
+        await Deno.remove(config).catch(() => {});
+        throw error;
+      },
+    );
+    // proxy.ts starts once per row, round and variant: its configs go with it, as HAProxy's do,
+    // rather than pile up in the temporary directory.
+    return {
+      ...proc,
+      async stop(): Promise<void> {
+        await proc.stop();
+        await Deno.remove(config).catch(() => {});
+      },
+    };
+  }
   switch (impl) {
     case "csplice":
-      return await start(TOOL, ["spliceproxy", String(port), String(backendPort)]);
+      return await start(
+        TOOL,
+        ["spliceproxy", String(port), String(backendPort)],
+        false,
+        undefined,
+        cpus,
+      );
     case "haproxy1":
     case "haproxy2":
-      return await startHaproxy(impl === "haproxy1" ? 1 : 2, port, backendPort);
+      return await startHaproxy(impl === "haproxy1" ? 1 : 2, port, backendPort, cpus);
     case "go":
     case "go2":
       // GOMAXPROCS=1 for one thread running Go code, as relay() has one engine thread (the
       // runtime's few helper threads, sysmon and the like, are in the same process's CPU).
       return await start(GOPROXY, [String(port), String(backendPort)], false, {
         GOMAXPROCS: impl === "go" ? "1" : "2",
-      });
-    case "proxy":
-      return await start(Deno.execPath(), [
-        "run",
-        "-A",
-        `${ROOT}proxy.ts`,
-        "--config",
-        await proxyConfig(port, backendPort),
-      ]);
+      }, cpus);
     default:
-      return await start(Deno.execPath(), [
-        "run",
-        "-A",
-        `${ROOT}bench/proxy.ts`,
-        impl,
-        String(port),
-        String(backendPort),
-      ]);
+      return await start(
+        Deno.execPath(),
+        [
+          "run",
+          "-A",
+          `${ROOT}bench/proxy.ts`,
+          impl,
+          String(port),
+          String(backendPort),
+        ],
+        false,
+        undefined,
+        cpus,
+      );
   }
 }
 
-/** A one-listener, one-backend config for proxy.ts, in a temporary file. */
-export async function proxyConfig(port: number, backendPort: number): Promise<string> {
+/**
+ * A one-listener, one-backend config for proxy.ts, in a temporary file; `engines` sets the key
+ * of that name (null leaves it out, to its default).
+ */
+export async function proxyConfig(
+  port: number,
+  backendPort: number,
+  engines: number | null = null,
+): Promise<string> {
   const path = await Deno.makeTempFile({ suffix: ".toml" });
   await Deno.writeTextFile(
     path,
-    `[[listeners]]\naddress = "127.0.0.1:${port}"\n\n[clusters.bench]\n` +
+    // Top-level keys come before the first table: TOML puts any later key inside that table.
+    (engines === null ? "" : `engines = ${engines}\n\n`) +
+      `[[listeners]]\naddress = "127.0.0.1:${port}"\n\n[clusters.bench]\n` +
       `frontends = [{ address = "127.0.0.1:${port}" }]\n` +
       `backends = [{ address = "127.0.0.1:${backendPort}" }]\n`,
   );

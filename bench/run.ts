@@ -5,9 +5,31 @@
  * anchors (HAProxy with forced splice, and Go's io.Copy). External load generators (iperf3,
  * bench/benchtool.c) so that JS is not the bottleneck of the measurement.
  *
- *     deno task bench [--rounds N] [--only bulk1,bulk8,pingpong,churn,idle,memory]
+ *     deno task bench [--rounds N] [--only ROW,...] [--with-engines]
  *
- * Needs root for `apt-get install iperf3 haproxy golang-go` when they are missing, and `cc`.
+ * The rows: bulk1, bulk8, pingpong, pingpong2, churn, idle, memory (the default set), and
+ * syscalls, which runs only when --only names it: it needs strace and ptrace, which a
+ * container may not allow, takes about 8 s per implementation, and counts what does not change
+ * from run to run unless the code does.
+ *
+ * Ping-pong runs twice because on this kind of machine (a VM whose idle vCPUs halt: no guest halt
+ * polling) waking a thread on the other CPU costs about 20 us, more than a loopback round trip's
+ * own work (about 14 us), and where the scheduler puts the client and the echo server changes with
+ * whatever else runs: unpinned, direct measured 14 or 53 us by that alone. `pingpong` pins the
+ * client, its echo server and the proxy to one CPU, so that direct is the machine's floor and a
+ * ratio is the proxy's work per round trip (there, haproxy2, go2 and proxy2 have their threads on
+ * one CPU, and proxy.ts's default engine count, one per CPU it may run on, is one). `pingpong2`
+ * puts the client and the echo server on different CPUs, as two hosts would be, and leaves the
+ * proxy where the scheduler puts it: direct then pays one cross-CPU wakeup each way, and a proxy at
+ * least as many, plus those of its own threads' hops. Both rows also run `floor`: benchtool's own
+ * pair of processes on the same CPUs, no server, which `direct` should match if the client and the
+ * echo server add nothing.
+ *
+ * `--with-engines` adds proxy.ts with `engines = 1` and `engines = 2` (proxy1, proxy2) beside
+ * `proxy` in every row: left out by default while proxy.ts rejects the key it does not know.
+ *
+ * Needs root for `apt-get install iperf3 haproxy golang-go` (and strace for the syscalls row)
+ * when they are missing, and `cc`.
  *
  * @module
  */
@@ -15,26 +37,44 @@
 import {
   ANCHORS,
   cpuSeconds,
+  ENGINE_IMPLS,
   ensureTools,
   type Impl,
   IMPLS,
   nextPort,
+  pinned,
   pssKiB,
   run,
-  socketCount,
+  settledSocketCount,
+  socketsBackTo,
   start,
   stopChild,
   TOOL,
   withProxy,
 } from "./peers.ts";
+import { straced, type SyscallCounts, totalCalls } from "./syscalls.ts";
 
-const BULK_IMPLS: Impl[] = [...IMPLS, "csplice", ...ANCHORS];
-const ROW_IMPLS: Impl[] = [...IMPLS, ...ANCHORS];
+function arg(name: string, fallback: string): string {
+  const i = Deno.args.indexOf(name);
+  return i === -1 ? fallback : Deno.args[i + 1];
+}
+const ROUNDS = Number(arg("--rounds", "3"));
+const ONLY = arg("--only", "bulk1,bulk8,pingpong,pingpong2,churn,idle,memory").split(",");
+const WITH_ENGINES = Deno.args.includes("--with-engines");
+
+/** A row's list with the proxy.ts engine variants after `proxy` when --with-engines asks. */
+function withEngines(list: Impl[]): Impl[] {
+  return WITH_ENGINES ? list.flatMap((i) => i === "proxy" ? [i, ...ENGINE_IMPLS] : [i]) : list;
+}
+
+const BULK_IMPLS = withEngines([...IMPLS, "csplice", ...ANCHORS]);
+const ROW_IMPLS = withEngines([...IMPLS, ...ANCHORS]);
+const PINGPONG_IMPLS: Impl[] = ["floor", ...ROW_IMPLS];
 /**
  * `go2` is left out here: an idle connection costs a goroutine pair and two sockets whatever
  * GOMAXPROCS is, so it would repeat `go` at the cost of another 1,000-connection run.
  */
-const IDLE_IMPLS: Impl[] = [
+const IDLE_IMPLS = withEngines([
   "hold",
   "relay",
   "proxy",
@@ -43,24 +83,32 @@ const IDLE_IMPLS: Impl[] = [
   "haproxy1",
   "haproxy2",
   "go",
-];
+]);
+/** The idle row's connections, each proved relayed by a 1-byte echo before it is held. */
+const IDLE_CONNS = 1000;
 /**
  * `direct` has no proxy process to measure; `copy` is the control that does not leak. The
  * anchors are left out: the row asks whether a Deno process keeps memory per connection, and
  * `copy` answers what Deno alone does; a Go heap's or HAProxy's pools' trend over 200,000
  * connections says nothing about that, and would add about 30 s per anchor to the run.
  */
-const MEMORY_IMPLS: Impl[] = ["relay", "proxy", "copy"];
+const MEMORY_IMPLS = withEngines(["relay", "proxy", "copy"]);
 /** The memory row: rounds of short connections, 1 KiB each way from 8 clients, one held. */
 const MEMORY_ROUNDS = 4;
 const MEMORY_PER_ROUND = 50_000;
-
-function arg(name: string, fallback: string): string {
-  const i = Deno.args.indexOf(name);
-  return i === -1 ? fallback : Deno.args[i + 1];
-}
-const ROUNDS = Number(arg("--rounds", "3"));
-const ONLY = arg("--only", "bulk1,bulk8,pingpong,churn,idle,memory").split(",");
+/**
+ * The syscalls row: the module's two ways and one anchor of each kind at one thread, as the
+ * relay has one engine thread. `direct` has no proxy to trace.
+ */
+const SYSCALL_IMPLS = withEngines(["relay", "proxy", "haproxy1", "go"]);
+/** Connections counted, one client, 1 KiB each way: enough that a stray call is noise. */
+const SYSCALL_CONNS = 2000;
+/**
+ * The CPU of the ping-pong rows' echo server, the one `pingpong` pins everything to: the last,
+ * as CPU 0 tends to take the machine's interrupts and timers. `pingpong2`'s client is on CPU 0.
+ */
+const PIN_CPU = String(navigator.hardwareConcurrency - 1);
+const CLIENT2_CPU = "0";
 
 interface Sample {
   value: number;
@@ -68,6 +116,8 @@ interface Sample {
   extra?: number[];
   /** The memory row: PSS in MiB after each round. */
   series?: number[];
+  /** The syscalls row: calls per connection, by syscall. */
+  calls?: SyscallCounts;
 }
 
 async function bulk(impl: Impl, iperfPort: number, streams: number): Promise<Sample> {
@@ -95,12 +145,28 @@ async function bulk(impl: Impl, iperfPort: number, streams: number): Promise<Sam
   });
 }
 
-async function pingpong(impl: Impl, echoPort: number): Promise<Sample> {
-  return await withProxy(impl, echoPort, async (port) => {
-    const [p50, p99, p999] = (await run(TOOL, ["pingpong", String(port), "20000", "64"]))
-      .trim().split(" ").map(Number);
+/**
+ * 20,000 round trips of 64 B on one connection, the client on `clientCpu` and the proxy (every
+ * thread) on `proxyCpu` (unpinned without it), against the echo server on PIN_CPU.
+ */
+async function pingpong(
+  impl: Impl,
+  echoPort: number,
+  clientCpu: string,
+  proxyCpu?: string,
+): Promise<Sample> {
+  const parse = (out: string): Sample => {
+    const [p50, p99, p999] = out.trim().split(" ").map(Number);
     return { value: p50, extra: [p99, p999] };
-  });
+  };
+  const args = (port: number | string): string[] => [String(port), "20000", "64"];
+  if (impl === "floor") return parse(await run(TOOL, ["floor", clientCpu, ...args(PIN_CPU)]));
+  return await withProxy(
+    impl,
+    echoPort,
+    async (port) => parse(await run(...pinned(clientCpu, TOOL, ["pingpong", ...args(port)]))),
+    proxyCpu,
+  );
 }
 
 async function churn(impl: Impl, echoPort: number): Promise<Sample> {
@@ -120,14 +186,14 @@ async function idle(impl: Impl, echoPort: number): Promise<Sample> {
     await warm.stop();
     await new Promise((r) => setTimeout(r, 300));
     const before = pssKiB(pid);
-    const holder = await start(TOOL, ["idle", String(port), "1000", ...echo], true);
+    const holder = await start(TOOL, ["idle", String(port), String(IDLE_CONNS), ...echo], true);
     try {
       await new Promise((r) => setTimeout(r, 500));
       const cpu0 = cpuSeconds(pid);
       await new Promise((r) => setTimeout(r, 3000));
       const cpu = cpuSeconds(pid) - cpu0;
       const after = pssKiB(pid);
-      return { value: (after - before) / 1000, extra: [cpu / 3 * 100] };
+      return { value: (after - before) / IDLE_CONNS, extra: [cpu / 3 * 100] };
     } finally {
       await holder.stop();
     }
@@ -150,16 +216,9 @@ async function memory(impl: Impl, echoPort: number): Promise<Sample> {
     const holder = await start(TOOL, ["idle", String(port), "1"], true);
     try {
       // The baseline: sockets with the held connection alone, once a few short ones have gone
-      // through and the count has stopped moving (the relay's proxy opens a few sockets of its
-      // own in the second after its first relays: not per connection, but not there at once).
+      // through.
       await run(TOOL, ["churnn", String(port), "8", "1000", "1024"]);
-      let sockets = socketCount(pid);
-      for (let stable = 0, tries = 0; stable < 10 && tries < 250; tries++) {
-        await new Promise((r) => setTimeout(r, 50));
-        const now = socketCount(pid);
-        stable = now === sockets ? stable + 1 : 0;
-        sockets = now;
-      }
+      const sockets = await settledSocketCount(pid);
       const pss: number[] = [];
       const anon: number[] = [];
       const rates: number[] = [];
@@ -174,19 +233,7 @@ async function memory(impl: Impl, echoPort: number): Promise<Sample> {
         ])).trim().split(" ").map(Number);
         rates.push(rate);
         failures += failed;
-        // The proxy is done with the round once it holds no more sockets than with the held
-        // connection alone: every short relay has ended and let go of its sockets.
-        const deadline = Date.now() + 15_000;
-        while (socketCount(pid) > sockets) {
-          if (Date.now() > deadline) {
-            throw new Error(
-              `${impl}: the round's relays did not end (${
-                socketCount(pid)
-              } sockets open, ${sockets} before)`,
-            );
-          }
-          await new Promise((r) => setTimeout(r, 20));
-        }
+        await socketsBackTo(pid, sockets, impl);
         pss.push(pssKiB(pid) / 1024);
         anon.push(pssKiB(pid, "Pss_Anon") / 1024);
       }
@@ -201,16 +248,53 @@ async function memory(impl: Impl, echoPort: number): Promise<Sample> {
   });
 }
 
+/**
+ * Syscalls per connection: SYSCALL_CONNS short connections from one client (1 KiB each way),
+ * counted with strace over every thread of the proxy from before the first connect until the
+ * proxy holds no socket of theirs. A few connections go through first, so that what starts once
+ * (an engine Worker, a pipe pool) is not spread over the count. Then strace stays attached for
+ * as long again with no traffic: the calls that come with time and not with connections (timers,
+ * Go's sysmon), which the count carries too; extra holds them per connection, and the failures.
+ */
+async function syscalls(impl: Impl, echoPort: number): Promise<Sample> {
+  return await withProxy(impl, echoPort, async (port, pid) => {
+    if (!pid) throw new Error("the syscalls row needs a proxy process");
+    const churnn = (count: number): Promise<string> =>
+      run(TOOL, ["churnn", String(port), "1", String(count), "1024"]);
+    await churnn(50);
+    const sockets = await settledSocketCount(pid);
+    let failed = 0;
+    let elapsed = 0;
+    const counts = await straced(pid, async () => {
+      const t0 = Date.now();
+      failed = Number((await churnn(SYSCALL_CONNS)).trim().split(" ")[1]);
+      await socketsBackTo(pid, sockets, impl);
+      elapsed = Date.now() - t0;
+    });
+    const background = await straced(pid, () => new Promise((r) => setTimeout(r, elapsed)));
+    const calls: SyscallCounts = {};
+    for (const [name, n] of Object.entries(counts)) calls[name] = n / SYSCALL_CONNS;
+    return {
+      value: totalCalls(counts) / SYSCALL_CONNS,
+      extra: [totalCalls(background) / SYSCALL_CONNS, failed],
+      calls,
+    };
+  });
+}
+
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.floor(sorted.length / 2)];
 }
 
 async function main(): Promise<void> {
-  await ensureTools();
+  await ensureTools({ strace: ONLY.includes("syscalls") });
   const echoPort = nextPort();
+  const pinnedEchoPort = nextPort();
   const iperfPort = nextPort();
   const echo = await start(TOOL, ["echo", String(echoPort)]);
+  // The ping-pong rows' own echo server: its connection threads inherit its CPU.
+  const pinnedEcho = await start(TOOL, ["echo", String(pinnedEchoPort)], false, undefined, PIN_CPU);
   const iperf = new Deno.Command("iperf3", {
     args: ["-s", "-p", String(iperfPort)],
     stdout: "null",
@@ -220,10 +304,12 @@ async function main(): Promise<void> {
   const rows: Array<[string, (impl: Impl) => Promise<Sample>]> = [
     ["bulk1", (impl) => bulk(impl, iperfPort, 1)],
     ["bulk8", (impl) => bulk(impl, iperfPort, 8)],
-    ["pingpong", (impl) => pingpong(impl, echoPort)],
+    ["pingpong", (impl) => pingpong(impl, pinnedEchoPort, PIN_CPU, PIN_CPU)],
+    ["pingpong2", (impl) => pingpong(impl, pinnedEchoPort, CLIENT2_CPU)],
     ["churn", (impl) => churn(impl, echoPort)],
     ["idle", (impl) => idle(impl, echoPort)],
     ["memory", (impl) => memory(impl, echoPort)],
+    ["syscalls", (impl) => syscalls(impl, echoPort)],
   ];
   try {
     await new Promise((r) => setTimeout(r, 300));
@@ -232,13 +318,18 @@ async function main(): Promise<void> {
         if (!ONLY.includes(name)) continue;
         // One repetition of the memory row, whatever --rounds says: it takes 200,000
         // connections per implementation (about 30 s each here), and it measures a trend
-        // within one process, not a rate that a noisy moment could skew.
-        if (name === "memory" && round > 0) continue;
+        // within one process, not a rate that a noisy moment could skew. The same for the
+        // syscalls row: a count, which a noisy moment does not move.
+        if ((name === "memory" || name === "syscalls") && round > 0) continue;
         results[name] ??= {} as Record<Impl, Sample[]>;
         const impls = name === "idle"
           ? IDLE_IMPLS
           : name === "memory"
           ? MEMORY_IMPLS
+          : name === "syscalls"
+          ? SYSCALL_IMPLS
+          : name.startsWith("pingpong")
+          ? PINGPONG_IMPLS
           : name.startsWith("bulk")
           ? BULK_IMPLS
           : ROW_IMPLS;
@@ -251,6 +342,7 @@ async function main(): Promise<void> {
     }
   } finally {
     await echo.stop();
+    await pinnedEcho.stop();
     await stopChild(iperf);
   }
   report(results);
@@ -281,16 +373,19 @@ function report(results: Record<string, Record<Impl, Sample[]>>): void {
       );
     }
   }
-  if (results.pingpong) {
-    const d = [0, 1, 2].map((i) =>
-      med("pingpong", "direct", (s) => i === 0 ? s.value : s.extra![i - 1])
+  for (const name of ["pingpong", "pingpong2"]) {
+    if (!results[name]) continue;
+    lines.push(
+      name === "pingpong"
+        ? `pingpong: client, echo server and proxy on CPU ${PIN_CPU}`
+        : `pingpong2: client on CPU ${CLIENT2_CPU}, echo server on CPU ${PIN_CPU}, ` +
+          "proxy where the scheduler puts it",
     );
-    for (const impl of ran("pingpong", ROW_IMPLS)) {
-      const v = [0, 1, 2].map((i) =>
-        med("pingpong", impl, (s) => i === 0 ? s.value : s.extra![i - 1])
-      );
+    const d = [0, 1, 2].map((i) => med(name, "direct", (s) => i === 0 ? s.value : s.extra![i - 1]));
+    for (const impl of ran(name, PINGPONG_IMPLS)) {
+      const v = [0, 1, 2].map((i) => med(name, impl, (s) => i === 0 ? s.value : s.extra![i - 1]));
       lines.push(
-        `pingpong ${impl.padEnd(8)} p50 ${v[0].toFixed(1)} us (${(v[0] / d[0]).toFixed(2)}x)  ` +
+        `${name} ${impl.padEnd(8)} p50 ${v[0].toFixed(1)} us (${(v[0] / d[0]).toFixed(2)}x)  ` +
           `p99 ${v[1].toFixed(1)} us (${(v[1] / d[1]).toFixed(2)}x)  p99.9 ${v[2].toFixed(1)} us`,
       );
     }
@@ -307,6 +402,7 @@ function report(results: Record<string, Record<Impl, Sample[]>>): void {
     }
   }
   if (results.idle) {
+    lines.push(`idle: PSS growth per connection with ${IDLE_CONNS} relayed idle connections held`);
     for (const impl of ran("idle", IDLE_IMPLS)) {
       const kib = med("idle", impl, (s) => s.value);
       const cpu = med("idle", impl, (s) => s.extra?.[0]);
@@ -331,6 +427,23 @@ function report(results: Record<string, Record<Impl, Sample[]>>): void {
         `memory ${impl.padEnd(6)} ${series} MiB  round 1 -> ${MEMORY_ROUNDS}: ` +
           `${signed(sample.value)} (${perConn.toFixed(0)} B/conn; anon ${signed(anon)})  ` +
           `${rate.toFixed(0)} conn/s, ${failed} failed`,
+      );
+    }
+  }
+  if (results.syscalls) {
+    lines.push(
+      `syscalls: per connection, ${SYSCALL_CONNS} connections (1 client, 1 KiB each way), ` +
+        "all threads, strace -c -f (a count: strace slows the proxy)",
+    );
+    for (const impl of SYSCALL_IMPLS) {
+      const sample = results.syscalls[impl]?.[0];
+      if (!sample) continue;
+      const [background, failed] = sample.extra!;
+      const top = Object.entries(sample.calls!).sort((a, b) => b[1] - a[1]).slice(0, 8)
+        .map(([call, n]) => `${call} ${n.toFixed(2)}`).join(", ");
+      lines.push(
+        `syscalls ${impl.padEnd(8)} ${sample.value.toFixed(1)}/conn (idle for as long: ` +
+          `${background.toFixed(2)}/conn; ${failed} failed)  ${top}`,
       );
     }
   }

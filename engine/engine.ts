@@ -16,6 +16,7 @@ import { closeFd, openPipe } from "../ffi/pipe.ts";
 import { SyscallError } from "../errors.ts";
 import { findDenoReactors, leaveDenoReactor, returnToDenoReactor } from "./deno_reactor.ts";
 import type { RelayEnd, RelayMode, RelayResult } from "./types.ts";
+import type { PlaneMail, PlaneReport } from "./plane_layout.ts";
 import {
   ADD_CAPACITY,
   ADD_FD_A,
@@ -33,6 +34,7 @@ import {
   MODE_SPLICE,
   OP_ABORT,
   OP_ADD,
+  OP_MAIL,
   OP_STOP,
   RING_BYTES,
   RING_SLOTS,
@@ -69,7 +71,18 @@ type Settle = (outcome: Outcome) => void;
 const ONE = new BigUint64Array([1n]);
 const ONE_BYTES = new Uint8Array(ONE.buffer);
 
-class Engine {
+/** How an engine of the proxy's data plane is started. */
+export interface PlaneEngineOptions {
+  /** The proxy's shared buffer (plane_layout.ts) and this engine's number. */
+  plane: { buffer: SharedArrayBuffer; engine: number };
+  /** Receives the engine's batched records and events. */
+  onReport: (report: PlaneReport) => void;
+  /** Receives the reason when the engine dies. */
+  onFatal: (message: string) => void;
+}
+
+/** A relay engine: one Worker and its loop. */
+export class Engine {
   #worker: Worker;
   #ring: Int32Array;
   #eventFd: number;
@@ -84,7 +97,10 @@ class Engine {
   /** fds of Deno conns handed over before the Worker started, to take out of Deno's epoll. */
   #reactorFds: number[] = [];
 
-  constructor() {
+  #plane: PlaneEngineOptions | undefined;
+
+  constructor(plane?: PlaneEngineOptions) {
+    this.#plane = plane;
     const eventFd = libc().eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (eventFd < 0) throw new SyscallError("eventfd", errno());
     this.#eventFd = eventFd;
@@ -100,6 +116,7 @@ class Engine {
       this.#fatal(event.message);
     };
     const init: WorkerInit = { ring: buffer, eventFd };
+    if (plane) init.plane = plane.plane;
     this.#worker.postMessage(init);
   }
 
@@ -188,6 +205,15 @@ class Engine {
     if (this.#queue.length > 0) setTimeout(() => this.#flush(), 1);
   }
 
+  /**
+   * Sends the data plane a message: posted first, then announced in the ring, so that the
+   * Worker, which reads the ring without its event loop, knows to go and take it.
+   */
+  mail(message: PlaneMail): void {
+    this.#worker.postMessage(message);
+    this.#send(Int32Array.of(OP_MAIL));
+  }
+
   #receive(message: WorkerMessage): void {
     if (message.type === "started") {
       this.#started = true;
@@ -200,7 +226,10 @@ class Engine {
         settle(result);
       }
       if (this.#queue.length > 0) this.#flush();
-      if (this.#waiting.size === 0 && !this.#stopping) this.#scheduleStop();
+      // A data-plane engine lives as long as its proxy, which stops it.
+      if (this.#waiting.size === 0 && !this.#stopping && !this.#plane) this.#scheduleStop();
+    } else if (message.type === "plane") {
+      this.#plane?.onReport(message);
     } else if (message.type === "stopped") {
       this.#release();
     } else {
@@ -219,6 +248,7 @@ class Engine {
   }
 
   #fatal(message: string): void {
+    this.#plane?.onFatal(message);
     if (current === this) current = null;
     this.#stopping = true;
     const failed = [...this.#waiting.values()];
@@ -253,6 +283,21 @@ const START_FDS = 32;
  * with the fd table full makes Deno panic (a thread that cannot create its runtime), which no
  * caller could catch, so free fds are proved first by opening and closing pipes.
  */
+/**
+ * Starts an engine for the proxy's data plane, or returns `null` when none can start (see
+ * {@linkcode engine}): the caller serves through Deno conns instead.
+ */
+export function startPlaneEngine(options: PlaneEngineOptions): Engine | null {
+  if (!workerLoadable()) return null;
+  if (!fdsToSpare(START_FDS)) return null;
+  try {
+    return new Engine(options);
+  } catch (error) {
+    fatalMessage = error instanceof Error ? error.message : String(error);
+    return null;
+  }
+}
+
 function engine(): Engine | null {
   if (current !== null && current.accepting) return current;
   if (!workerLoadable()) return null;

@@ -21,6 +21,7 @@ import { COPY_BUFFER_SIZE } from "../copy.ts";
 import type { ReadState } from "./decision.ts";
 import type { Pipe, PipePool } from "./pipe_pool.ts";
 import { MODE_AUTO, MODE_SPLICE, syscallNumber } from "./wire.ts";
+import type { ClusterRoute } from "./plane_layout.ts";
 
 /** A read at least this large switches an `auto` direction to splice: bulk traffic. */
 const SPLICE_PROMOTE_BYTES = 16 * 1024;
@@ -47,7 +48,8 @@ export class Side {
   writable = false;
   /** Whether its sending half was shut down (FIN sent). */
   shutDown = false;
-  constructor(readonly fd: number) {}
+  /** -1 until a proxied connection's backend socket exists. */
+  constructor(public fd: number) {}
 }
 
 /** One way of a relay. */
@@ -78,6 +80,35 @@ export class Direction {
   }
 }
 
+/** What the proxy's data plane keeps of a connection it accepted (see plane.ts). */
+export interface Proxied {
+  /** Set while the backend connect is under way: no byte is pumped yet. */
+  connecting: boolean;
+  /** When the current connect attempt is given up. */
+  connectDeadline: number;
+  /** Backend slots tried for this connection. */
+  tried: number[];
+  listenerSlot: number;
+  listener: string;
+  /**
+   * The cluster as routed when it was accepted: a reload does not change where a connection
+   * already accepted goes, nor its connect timeout.
+   */
+  cluster: ClusterRoute | null;
+  connectTimeoutMs: number;
+  backendSlot: number;
+  backend: string | null;
+  client: string;
+  startedAt: number;
+  /** The last connect failure, reported when no backend is left. */
+  errno: number;
+  syscall: string;
+  /** The proxy's own failure ("local-error") rather than the backends'. */
+  local: boolean;
+  /** Why the last connect could not be made, when no errno says it. */
+  reason: string;
+}
+
 /** A relay: two sides, both ways, and how it failed first. */
 export class Relay {
   readonly a: Side;
@@ -92,6 +123,11 @@ export class Relay {
   brokenSide = -1;
   /** When a lingering relay (waiting to pass a failure on as a reset) ends anyway; 0: not yet. */
   lingerUntil = 0;
+  /**
+   * A connection the engine accepted itself (the proxy's data plane), or null for one handed
+   * over by relay(). Such a relay is the engine's to close, and pumps nothing while connecting.
+   */
+  proxied: Proxied | null = null;
   constructor(
     readonly id: number,
     fdA: number,

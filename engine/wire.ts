@@ -11,6 +11,8 @@
  * @module
  */
 
+import type { PlaneReport } from "./plane_layout.ts";
+
 /** Header: commands consumed, written by the Worker only. */
 export const HEAD = 0;
 /** Header: commands produced, written by the main thread only. */
@@ -32,6 +34,11 @@ export const OP_ADD = 1;
 export const OP_ABORT = 2;
 /** End the Worker: `[OP_STOP]`. Sent only when no relay runs. */
 export const OP_STOP = 3;
+/**
+ * A message waits (`[OP_MAIL]`): the Worker leaves its loop for its event loop, which delivers
+ * the message posted just before this command, and resumes. One command per message.
+ */
+export const OP_MAIL = 4;
 
 /** Offset within a slot of the relay id (`OP_ADD`, `OP_ABORT`); the op is at 0. */
 export const SLOT_ID = 1;
@@ -105,6 +112,7 @@ export type EngineResult = [
 export type WorkerMessage =
   | { type: "started" }
   | { type: "ended"; results: EngineResult[] }
+  | PlaneReport
   | { type: "stopped" }
   | { type: "fatal"; message: string };
 
@@ -112,4 +120,6 @@ export type WorkerMessage =
 export interface WorkerInit {
   ring: SharedArrayBuffer;
   eventFd: number;
+  /** For an engine of the proxy's data plane: the shared buffer and this engine's number. */
+  plane?: { buffer: SharedArrayBuffer; engine: number };
 }

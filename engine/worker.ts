@@ -41,6 +41,8 @@ import { ECONNRESET, EINTR, EPIPE } from "../ffi/errno.ts";
 import { closeFd } from "../ffi/pipe.ts";
 import { ACK_POLL_MS, resetConnection, unackedBytes } from "../ffi/tcp.ts";
 import { decideRelay } from "./decision.ts";
+import { type Failure, LISTENER_TOKEN, Plane } from "./plane.ts";
+import type { PlaneMail, PlaneRecord } from "./plane_layout.ts";
 import { PipePool } from "./pipe_pool.ts";
 import { failRead, pump, Relay, type Side } from "./pump.ts";
 import {
@@ -58,12 +60,14 @@ import {
   HEAD,
   OP_ABORT,
   OP_ADD,
+  OP_MAIL,
   OP_STOP,
   RING_SLOTS,
   SLEEPING,
   SLOT_ID,
   SLOT_INTS,
   SLOTS_START,
+  SYSCALL_NAMES,
   syscallNumber,
   TAIL,
   type WorkerInit,
@@ -107,6 +111,20 @@ let now = performance.now();
  * check: relays active since then only make the check early, and it is simply repeated.
  */
 let nextCheck = Infinity;
+/** The proxy's data plane, in an engine started for it. */
+let plane: Plane | null = null;
+let epollFd = -1;
+let ringView: Int32Array | null = null;
+let wakeFd = -1;
+let stopping = false;
+
+const END_NAMES: Record<number, PlaneRecord["end"]> = {
+  [END_DONE]: "done",
+  [END_RESET]: "reset",
+  [END_ERROR]: "error",
+  [END_IDLE]: "idle-timeout",
+  [END_ABORTED]: "aborted",
+};
 
 function post(message: WorkerMessage): void {
   self.postMessage(message);
@@ -119,28 +137,72 @@ function epollControl(epfd: number, op: number, fd: number, token: number): numb
   return symbols.epoll_ctl(epfd, op, fd, control) === 0 ? 0 : errno();
 }
 
-function run(init: WorkerInit): void {
-  const ring = new Int32Array(init.ring);
-  const epfd = symbols.epoll_create1(EPOLL_CLOEXEC);
-  if (epfd < 0) throw new Error(`Cannot create the engine's epoll instance: errno ${errno()}`);
-  try {
-    epollControl(epfd, EPOLL_CTL_ADD, init.eventFd, WAKE_TOKEN);
-    post({ type: "started" });
-    loop(epfd, ring, init.eventFd);
-  } finally {
-    // Also on a crash: fds opened through FFI outlive the Worker unless closed here.
-    for (const relay of relays.values()) {
-      for (const dir of [relay.aToB, relay.bToA]) {
-        if (dir.pipe !== null) pool.release(dir.pipe, relay.capacity, 1);
-      }
-    }
-    pool.close();
-    closeFd(epfd);
+function start(init: WorkerInit): void {
+  ringView = new Int32Array(init.ring);
+  wakeFd = init.eventFd;
+  epollFd = symbols.epoll_create1(EPOLL_CLOEXEC);
+  if (epollFd < 0) throw new Error(`Cannot create the engine's epoll instance: errno ${errno()}`);
+  epollControl(epollFd, EPOLL_CTL_ADD, init.eventFd, WAKE_TOKEN);
+  if (init.plane) {
+    const epfd = epollFd;
+    plane = new Plane(
+      {
+        epfd,
+        relays,
+        now: () => now,
+        register: (fd, token) => epollControl(epfd, EPOLL_CTL_ADD, fd, token),
+        service: (relay) => service(epfd, relay),
+        finishNow: (relay, end) => finish(epfd, relay, end),
+        wakeAt: (at) => {
+          nextCheck = Math.min(nextCheck, at);
+        },
+        timed: withTimeout,
+      },
+      init.plane.buffer,
+      init.plane.engine,
+    );
   }
+  post({ type: "started" });
 }
 
-function loop(epfd: number, ring: Int32Array, eventFd: number): void {
-  let stopping = false;
+/**
+ * Runs the loop until it stops (then releases everything and ends the Worker) or a message
+ * waits (then returns, so that the event loop can deliver it; `resume` runs it again).
+ */
+function resume(): void {
+  try {
+    if (loop(epollFd, ringView!, wakeFd) === "mail") return;
+    post({ type: "stopped" });
+  } catch (error) {
+    post({ type: "fatal", message: error instanceof Error ? error.message : String(error) });
+  }
+  release();
+  self.close();
+}
+
+/** Closes every fd the Worker opened; also after a crash, as they would outlive it. */
+function release(): void {
+  for (const relay of relays.values()) {
+    for (const dir of [relay.aToB, relay.bToA]) {
+      if (dir.pipe !== null) pool.release(dir.pipe, relay.capacity, 1);
+    }
+    if (relay.proxied !== null) {
+      if (relay.a.fd >= 0) closeFd(relay.a.fd);
+      if (relay.b.fd >= 0) closeFd(relay.b.fd);
+    }
+  }
+  pool.close();
+  if (epollFd >= 0) closeFd(epollFd);
+}
+
+function receiveMail(mail: PlaneMail): void {
+  if (plane === null) return;
+  now = performance.now();
+  if (mail.type === "routes") plane.apply(mail.routes);
+  else plane.abortAll();
+}
+
+function loop(epfd: number, ring: Int32Array, eventFd: number): "stop" | "mail" {
   for (;;) {
     now = performance.now();
     let head = Atomics.load(ring, HEAD);
@@ -155,23 +217,30 @@ function loop(epfd: number, ring: Int32Array, eventFd: number): void {
         if (relay) finish(epfd, relay, END_ABORTED);
       } else if (op === OP_STOP) {
         stopping = true;
+      } else if (op === OP_MAIL) {
+        Atomics.store(ring, HEAD, (head + 1) | 0);
+        flushResults();
+        return "mail";
       }
       head = (head + 1) | 0;
       Atomics.store(ring, HEAD, head);
     }
     flushResults();
-    if (stopping && relays.size === 0) break;
+    if (stopping && relays.size === 0) return "stop";
 
     let timeout = -1;
     if (again.size > 0) timeout = 0;
     // epoll takes whole ms: rounded up, so a deadline a fraction away never spins.
-    else if (withTimeout.size > 0) timeout = Math.ceil(idleWait());
+    else if (nextCheck !== Infinity) timeout = Math.ceil(idleWait());
     // Announce the sleep, then look at the ring once more: the main thread publishes its
     // command before it reads SLEEPING, so one of the two sides always sees the other.
     Atomics.store(ring, SLEEPING, 1);
     if (Atomics.load(ring, TAIL) !== head) timeout = 0;
     const count = symbols.epoll_wait(epfd, events, MAX_EVENTS, timeout);
     Atomics.store(ring, SLEEPING, 0);
+    // New routes waiting (a reload) apply to the connections accepted after them: listeners,
+    // level-triggered, are reported again once the mail is read.
+    const deferAccepts = plane !== null && mailWaiting(ring);
     if (count < 0) {
       const code = errno();
       if (code === EINTR) continue;
@@ -187,11 +256,22 @@ function loop(epfd: number, ring: Int32Array, eventFd: number): void {
         symbols.read(eventFd, wakeBuffer, 8n);
         continue;
       }
+      if (token >= LISTENER_TOKEN) {
+        if (!deferAccepts) plane?.accept(token - LISTENER_TOKEN);
+        continue;
+      }
       const relay = relays.get(token >>> 1);
       if (!relay) continue; // ended earlier in this batch
       const side = (token & 1) === 0 ? relay.a : relay.b;
       if (flags & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) side.readable = true;
       if (flags & (EPOLLOUT | EPOLLHUP | EPOLLERR)) side.writable = true;
+      if (relay.proxied?.connecting) {
+        // Until the backend connects nothing moves; the client's readiness waits with it.
+        if (side === relay.b && (flags & (EPOLLOUT | EPOLLHUP | EPOLLERR)) !== 0) {
+          plane!.connectReady(relay);
+        }
+        continue;
+      }
       // A side that already sent its FIN is never read again, so a reset after it would go
       // unnoticed; its pending error says so. An open side is left to its next read, which
       // delivers the bytes still queued before reporting the error.
@@ -203,9 +283,18 @@ function loop(epfd: number, ring: Int32Array, eventFd: number): void {
       again.clear();
       for (const relay of turn) if (relays.has(relay.id)) service(epfd, relay);
     }
-    if (withTimeout.size > 0) expireIdle(epfd);
+    if (nextCheck !== Infinity) expireIdle(epfd);
     flushResults();
   }
+}
+
+/** Whether an `OP_MAIL` is among the commands not yet read. */
+function mailWaiting(ring: Int32Array): boolean {
+  const tail = Atomics.load(ring, TAIL);
+  for (let head = Atomics.load(ring, HEAD); head !== tail; head = (head + 1) | 0) {
+    if (ring[SLOTS_START + (head & (RING_SLOTS - 1)) * SLOT_INTS] === OP_MAIL) return true;
+  }
+  return false;
 }
 
 function addRelay(epfd: number, ring: Int32Array, base: number): void {
@@ -281,25 +370,32 @@ function pendingError(relay: Relay, side: Side): void {
   if (ok && errorValue[0] !== 0) failRead(relay, side, errorValue[0], GETSOCKOPT);
 }
 
-function finish(epfd: number, relay: Relay, end: number): void {
+function finish(epfd: number, relay: Relay, end: number | PlaneRecord["end"]): void {
   relays.delete(relay.id);
   withTimeout.delete(relay);
   again.delete(relay);
   for (const side of [relay.a, relay.b]) {
-    symbols.epoll_ctl(epfd, EPOLL_CTL_DEL, side.fd, control);
+    if (side.fd >= 0) symbols.epoll_ctl(epfd, EPOLL_CTL_DEL, side.fd, control);
   }
   for (const dir of [relay.aToB, relay.bToA]) {
     if (dir.pipe !== null) pool.release(dir.pipe, relay.capacity, dir.pending);
     dir.pipe = null;
   }
   const failed = end === END_RESET || end === END_ERROR;
+  if (relay.proxied !== null) {
+    const failure: Failure | null = failed
+      ? { errno: relay.errno, syscall: SYSCALL_NAMES[relay.syscall], side: relay.brokenSide }
+      : null;
+    plane!.ended(relay, typeof end === "number" ? END_NAMES[end] : end, failure);
+    return;
+  }
   finished.push([
     relay.id,
     relay.aToB.bytes,
     relay.bToA.bytes,
     relay.aToB.spliced,
     relay.bToA.spliced,
-    end,
+    end as number,
     failed ? relay.errno : 0,
     failed ? relay.syscall : 0,
     failed ? relay.brokenSide : -1,
@@ -307,9 +403,11 @@ function finish(epfd: number, relay: Relay, end: number): void {
 }
 
 function flushResults(): void {
-  if (finished.length === 0) return;
-  post({ type: "ended", results: finished });
-  finished = [];
+  if (finished.length > 0) {
+    post({ type: "ended", results: finished });
+    finished = [];
+  }
+  if (plane?.pending) post({ type: "plane", ...plane.takeReport() });
 }
 
 function idleWait(): number {
@@ -319,7 +417,14 @@ function idleWait(): number {
 function expireIdle(epfd: number): void {
   if (now < nextCheck) return;
   nextCheck = Infinity;
+  plane?.resumePaused(now);
   for (const relay of [...withTimeout]) {
+    const proxied = relay.proxied;
+    if (proxied?.connecting) {
+      if (now >= proxied.connectDeadline) plane!.connectTimedOut(relay);
+      else nextCheck = Math.min(nextCheck, proxied.connectDeadline);
+      continue;
+    }
     if (relay.lingerUntil !== 0) {
       service(epfd, relay); // resets and ends it once all is acknowledged, or at the deadline
       if (!relays.has(relay.id)) continue;
@@ -335,12 +440,25 @@ function expireIdle(epfd: number): void {
 }
 
 self.onmessage = (event: MessageEvent<WorkerInit>): void => {
-  self.onmessage = null;
   try {
-    run(event.data);
-    post({ type: "stopped" });
+    start(event.data);
   } catch (error) {
     post({ type: "fatal", message: error instanceof Error ? error.message : String(error) });
+    release();
+    self.close();
+    return;
   }
-  self.close();
+  // Later messages are mail for the data plane, each announced in the ring by OP_MAIL.
+  self.onmessage = (mail: MessageEvent<PlaneMail>): void => {
+    try {
+      receiveMail(mail.data);
+    } catch (error) {
+      post({ type: "fatal", message: error instanceof Error ? error.message : String(error) });
+      release();
+      self.close();
+      return;
+    }
+    resume();
+  };
+  resume();
 };

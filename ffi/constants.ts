@@ -44,6 +44,24 @@ export const SO_ACCEPTCONN = 30;
 export const SO_ERROR = 4;
 /** A byte-stream socket. */
 export const SOCK_STREAM = 1;
+/** `socket` / `accept4` flag: the new fd is non-blocking (same value as `O_NONBLOCK`). */
+export const SOCK_NONBLOCK = O_NONBLOCK;
+/** `socket` / `accept4` flag: the new fd is close-on-exec (same value as `O_CLOEXEC`). */
+export const SOCK_CLOEXEC = O_CLOEXEC;
+/** `setsockopt`: rebind a port whose old connections linger in TIME_WAIT. */
+export const SO_REUSEADDR = 2;
+/** `setsockopt`: several sockets share one port; the kernel spreads connections over them. */
+export const SO_REUSEPORT = 15;
+/** `setsockopt` level of TCP's options. */
+export const IPPROTO_TCP = 6;
+/** `setsockopt` level of IPv6's options. */
+export const IPPROTO_IPV6 = 41;
+/** TCP option: send small segments at once (no Nagle delay). */
+export const TCP_NODELAY = 1;
+/** TCP option: `struct tcp_info`; for a listening socket it holds the accept queue's length. */
+export const TCP_INFO = 11;
+/** IPv6 option: an IPv6 socket takes IPv6 only (not IPv4-mapped), as Deno's listeners do. */
+export const IPV6_V6ONLY = 26;
 
 /** Address families in `struct sockaddr`. */
 export const AF_UNSPEC = 0;
@@ -76,6 +94,8 @@ export const EPOLLHUP = 0x010;
 export const EPOLLRDHUP = 0x2000;
 /** Edge-triggered: one report per change, so an fd is drained until EAGAIN. */
 export const EPOLLET = 1 << 31;
+/** Wake one of the epoll instances waiting on this fd, not all (Linux 4.5+). */
+export const EPOLLEXCLUSIVE = 1 << 28;
 
 /**
  * `struct epoll_event` layout: `{ uint32_t events; epoll_data_t data; }`. x86_64 declares it

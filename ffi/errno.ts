@@ -22,6 +22,8 @@ export const EPIPE = 32;
 export const ENOTCONN = 107;
 /** Connection reset by peer. */
 export const ECONNRESET = 104;
+/** A non-blocking connect has started; writability says when it ends. */
+export const EINPROGRESS = 115;
 
 const NAMES: Readonly<Record<number, readonly [name: string, description: string]>> = {
   1: ["EPERM", "Operation not permitted"],
@@ -55,6 +57,7 @@ const NAMES: Readonly<Record<number, readonly [name: string, description: string
   110: ["ETIMEDOUT", "Connection timed out"],
   111: ["ECONNREFUSED", "Connection refused"],
   113: ["EHOSTUNREACH", "No route to host"],
+  115: ["EINPROGRESS", "Operation now in progress"],
 };
 
 /** The symbolic name of an errno value, e.g. `EBADF`; `E<number>` when unknown. */

@@ -86,8 +86,8 @@ const SYMBOLS = {
     result: "i32", // int
   },
   connect: {
-    // Only ever called with an AF_UNSPEC address, which dissolves a TCP connection: the kernel
-    // sends a reset (RST) at once and the fd stays open for its owner to close.
+    // Non-blocking connects to backends, and connects with an AF_UNSPEC address, which dissolve
+    // a TCP connection: the kernel sends a reset (RST) at once and the fd stays open.
     parameters: [
       "i32", // int sockfd
       "buffer", // const struct sockaddr *addr
@@ -102,6 +102,73 @@ const SYMBOLS = {
       "i32", // int optname
       "buffer", // void *optval
       "buffer", // socklen_t *optlen
+    ],
+    result: "i32", // int
+  },
+  socket: {
+    parameters: [
+      "i32", // int domain
+      "i32", // int type (with SOCK_NONBLOCK | SOCK_CLOEXEC)
+      "i32", // int protocol
+    ],
+    result: "i32", // int
+  },
+  bind: {
+    parameters: [
+      "i32", // int sockfd
+      "buffer", // const struct sockaddr *addr
+      "u32", // socklen_t addrlen
+    ],
+    result: "i32", // int
+  },
+  listen: {
+    parameters: [
+      "i32", // int sockfd
+      "i32", // int backlog
+    ],
+    result: "i32", // int
+  },
+  accept4: {
+    parameters: [
+      "i32", // int sockfd
+      "buffer", // struct sockaddr *addr
+      "buffer", // socklen_t *addrlen
+      "i32", // int flags
+    ],
+    result: "i32", // int
+  },
+  setsockopt: {
+    parameters: [
+      "i32", // int sockfd
+      "i32", // int level
+      "i32", // int optname
+      "buffer", // const void *optval
+      "u32", // socklen_t optlen
+    ],
+    result: "i32", // int
+  },
+  getaddrinfo: {
+    // Blocking (it may ask a DNS server): called only when a config is applied, never per
+    // connection.
+    parameters: [
+      "buffer", // const char *node (NUL-terminated)
+      "pointer", // const char *service (always NULL)
+      "buffer", // const struct addrinfo *hints
+      "buffer", // struct addrinfo **res
+    ],
+    result: "i32", // int (0 or an EAI_* code, not errno)
+  },
+  freeaddrinfo: {
+    parameters: [
+      "pointer", // struct addrinfo *res
+    ],
+    result: "void",
+  },
+  sched_getaffinity: {
+    parameters: [
+      "i32", // pid_t pid (0: this thread)
+      "usize", // size_t cpusetsize
+      "buffer", // cpu_set_t *mask
     ],
     result: "i32", // int
   },

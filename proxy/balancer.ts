@@ -46,8 +46,10 @@ interface State {
   ejectedUntil: number;
 }
 
-const DEFAULT_FAILURES_TO_EJECT = 3;
-const DEFAULT_EJECT_MS = 10_000;
+/** Connect failures in a row that eject a backend (both data planes). */
+export const DEFAULT_FAILURES_TO_EJECT = 3;
+/** How long an ejected backend is skipped, in ms (both data planes). */
+export const DEFAULT_EJECT_MS = 10_000;
 
 /**
  * Chooses backends for new connections and keeps the counts each policy needs. Call

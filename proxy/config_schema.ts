@@ -1,5 +1,5 @@
 /**
- * The proxy's part of the configuration file: its timeouts and modes, `[metrics]`,
+ * The proxy's part of the configuration file: its timeouts, modes and engines, `[metrics]`,
  * `[[listeners]]` and `[clusters.<name>]` with their frontends and backends, as a schema for
  * the walker of config/schema.ts, and the public types those tables become. The root of the
  * file (config.ts) adds the module's own key to these.
@@ -166,6 +166,8 @@ export const PROXY_FIELDS = {
   drain_timeout_ms: { kind: "integer", min: 0, max: 3_600_000, default: 10_000 },
   splice_mode: { kind: "enum", values: ["auto", "splice", "copy"], default: "auto" },
   log_format: { kind: "enum", values: ["text", "json"], default: "text" },
+  // 0: as many as the CPUs the process may run on (sched_getaffinity), decided at start.
+  engines: { kind: "integer", min: 0, max: 64, default: 0 },
   metrics: {
     kind: "table",
     fields: {

@@ -16,18 +16,23 @@ import { describeHttpEvent, type HttpLimits, type HttpRefusal, serveHttp } from 
 import type { ProxyStats } from "./types.ts";
 
 /**
- * Prometheus text exposition of the proxy's counters.
+ * Prometheus text exposition of the proxy's counters. `splice_engine_connections_total` has a
+ * line per engine, labelled with its number, and is left out altogether when there are no
+ * engines (connections relayed through Deno conns).
  *
  * @example
  * ```ts
  * import { prometheusText } from "./metrics.ts";
  *
  * const text = prometheusText({
- *   connectionsOpen: 0, connectionsTotal: 0, connectionsRejected: 0, bytesIn: 0, bytesOut: 0,
+ *   connectionsOpen: 0, connectionsTotal: 5, connectionsRejected: 0, bytesIn: 0, bytesOut: 0,
  *   splicedConnections: 0, copiedConnections: 0, connectFailures: 0, acceptErrors: {},
- *   localErrors: { EMFILE: 2 }, internalErrors: 0, reloads: 0, backends: {},
+ *   localErrors: { EMFILE: 2 }, internalErrors: 0, reloads: 0, engines: [3, 2], backends: {},
  * });
  * console.log(text.split("\n")[2]); // "splice_connections_open 0"
+ * console.log(text.match(/^splice_engine_connections_total\{.*$/gm));
+ * // [ 'splice_engine_connections_total{engine="0"} 3',
+ * //   'splice_engine_connections_total{engine="1"} 2' ]
  * ```
  */
 export function prometheusText(stats: ProxyStats): string {
@@ -43,6 +48,11 @@ export function prometheusText(stats: ProxyStats): string {
     "Connections closed at once: listener at max_connections.",
     stats.connectionsRejected,
   );
+  if (stats.engines.length > 0) {
+    const name = "splice_engine_connections_total";
+    lines.push(`# HELP ${name} Connections accepted, by engine.`, `# TYPE ${name} counter`);
+    stats.engines.forEach((count, engine) => lines.push(`${name}{engine="${engine}"} ${count}`));
+  }
   metric("splice_bytes_in_total", "counter", "Bytes from clients to backends.", stats.bytesIn);
   metric("splice_bytes_out_total", "counter", "Bytes from backends to clients.", stats.bytesOut);
   lines.push(
@@ -195,7 +205,7 @@ interface Route {
  *   stats: () => ({
  *     connectionsOpen: 0, connectionsTotal: 0, connectionsRejected: 0, bytesIn: 0, bytesOut: 0,
  *     splicedConnections: 0, copiedConnections: 0, connectFailures: 0, acceptErrors: {},
- *     localErrors: {}, internalErrors: 0, reloads: 0, backends: {},
+ *     localErrors: {}, internalErrors: 0, reloads: 0, engines: [], backends: {},
  *   }),
  *   reload: () => Promise.resolve(null),
  * }, stop.signal, { token: "change-me", log: (line) => console.log(line) });

@@ -12,6 +12,12 @@ import { Balancer } from "./balancer.ts";
 import { acceptLoop, AcceptPauses } from "./accept.ts";
 import { errorCode, failsEveryBackend, localConnectFailure, Throttle } from "./faults.ts";
 import { specFromConfig } from "./spec.ts";
+import { closeQuietly, connectWithin, listenError } from "./dial.ts";
+import { NativePlane, type PlaneHooks } from "./native_plane.ts";
+import type { PlaneEvent } from "../engine/plane_layout.ts";
+import { ffiAvailable } from "../ffi/libc.ts";
+import { errnoDescription } from "../ffi/errno.ts";
+import { usableCpus } from "../ffi/net.ts";
 import { ProxyCounters } from "./stats.ts";
 import type {
   BackendSpec,
@@ -83,6 +89,8 @@ export class TcpProxy {
   /** Accept loops paused for want of fds: a closing connection frees some and wakes them. */
   #pauses = new AcceptPauses();
   #counters = new ProxyCounters();
+  /** The engines' data plane; null on the Deno-conn path (no FFI, or no engine could start). */
+  #native: NativePlane | null = null;
 
   private constructor(spec: ProxySpec, onEvent: (event: ProxyEvent) => void) {
     this.#spec = spec;
@@ -106,6 +114,16 @@ export class TcpProxy {
   static start(spec: ProxySpec, options?: { onEvent?: (event: ProxyEvent) => void }): TcpProxy {
     const proxy = new TcpProxy(spec, options?.onEvent ?? (() => {}));
     proxy.#applyClusters(spec);
+    if (ffiAvailable()) {
+      const engines = spec.engines || usableCpus();
+      proxy.#native = NativePlane.start(spec, proxy.#planeHooks(), engines);
+      if (proxy.#native !== null) {
+        for (const [address, port] of Object.entries(proxy.#native.listenerPorts)) {
+          proxy.#emit({ type: "listening", address, port });
+        }
+        return proxy;
+      }
+    }
     try {
       for (const listener of spec.listeners) proxy.#listen(listener);
     } catch (error) {
@@ -131,6 +149,7 @@ export class TcpProxy {
    * ```
    */
   get listenerPorts(): Record<string, number> {
+    if (this.#native !== null) return this.#native.listenerPorts;
     return Object.fromEntries(
       [...this.#listeners].map(([address, l]) => [address, l.listener.addr.port]),
     );
@@ -151,6 +170,7 @@ export class TcpProxy {
    * ```
    */
   stats(): ProxyStats {
+    if (this.#native !== null) return this.#native.stats(this.#counters.snapshot([], 0));
     return this.#counters.snapshot(this.#clusters.values(), performance.now());
   }
 
@@ -185,6 +205,7 @@ export class TcpProxy {
    * ```
    */
   reload(spec: ProxySpec): { added: string[]; removed: string[]; clusters: string[] } {
+    if (this.#native !== null) return this.#reloadNative(this.#native, spec);
     const added: string[] = [];
     const removed: string[] = [];
     const wanted = new Set(spec.listeners.map((l) => l.address));
@@ -233,6 +254,13 @@ export class TcpProxy {
    */
   async shutdown(): Promise<void> {
     this.#stopping = true;
+    if (this.#native !== null) {
+      const addresses = Object.keys(this.#native.listenerPorts);
+      const stopped = this.#native.shutdown(this.#spec.drainTimeoutMs);
+      for (const address of addresses) this.#emit({ type: "listener-closed", address });
+      await stopped;
+      return;
+    }
     for (const running of [...this.#listeners.values()]) this.#stopListener(running);
     const drained = Promise.all([...this.#settled]);
     let timer: ReturnType<typeof setTimeout> | undefined;
@@ -243,6 +271,54 @@ export class TcpProxy {
     clearTimeout(timer);
     for (const controller of this.#relays) controller.abort();
     await Promise.all([...this.#settled]);
+  }
+
+  #reloadNative(
+    native: NativePlane,
+    spec: ProxySpec,
+  ): { added: string[]; removed: string[]; clusters: string[] } {
+    this.#spec = spec;
+    const changed = this.#applyClusters(spec);
+    const { added, removed, failed } = native.reload(spec);
+    native.forgetHealth(changed);
+    for (const address of removed) this.#emit({ type: "listener-closed", address });
+    const ports = native.listenerPorts;
+    for (const address of added) this.#emit({ type: "listening", address, port: ports[address] });
+    for (const [address, error] of failed) {
+      this.#emit({ type: "listen-failed", address, error: error.message });
+    }
+    this.#counters.reloaded();
+    return { added, removed, clusters: changed };
+  }
+
+  /** How the engines' reports reach the proxy's events. */
+  #planeHooks(): PlaneHooks {
+    return {
+      record: (record) => this.#emit({ type: "connection", record }),
+      event: (event) => this.#planeEvent(event),
+      fatal: (message) => this.#internalError(new Error(message)),
+    };
+  }
+
+  #planeEvent(event: PlaneEvent): void {
+    if (event.type === "backend-ejected") {
+      this.#emit(event);
+      return;
+    }
+    const key = event.type === "accept-error"
+      ? `accept ${event.address} ${event.code}`
+      : `local ${event.cluster}/${event.backend} ${event.code}`;
+    const { report, suppressed } = this.#throttle.pass(key, performance.now());
+    if (!report) return;
+    const error = `${errnoText(event.errno)}`;
+    if (event.type === "accept-error") {
+      const { address, code, pauseMs } = event;
+      this.#emit({ type: "accept-error", address, code, error, pauseMs, suppressed });
+    } else {
+      const { cluster, backend, code } = event;
+      const message = `Cannot connect to ${backend}: ${event.reason ?? error}`;
+      this.#emit({ type: "local-error", cluster, backend, code, error: message, suppressed });
+    }
   }
 
   #applyClusters(spec: ProxySpec): string[] {
@@ -530,48 +606,6 @@ export function startProxy(
   return TcpProxy.start(specFromConfig(config), options);
 }
 
-/**
- * `Deno.connect` bounded in time. A connect that times out is aborted through its signal, which
- * closes its socket at once: without it the socket would live on through the kernel's SYN
- * retries (about two minutes) and pile up toward the fd limit under a blackholed backend.
- */
-async function connectWithin(backend: BackendSpec, timeoutMs: number): Promise<Deno.TcpConn> {
-  const controller = new AbortController();
-  const timer = setTimeout(() => controller.abort(), timeoutMs);
-  try {
-    return await Deno.connect({
-      hostname: backend.hostname,
-      port: backend.port,
-      signal: controller.signal,
-    });
-  } catch (error) {
-    if (!controller.signal.aborted) throw error;
-    // Named by the caller, which prefixes the address as it does for Deno's own errors.
-    throw new Deno.errors.TimedOut(`Timed out after ${timeoutMs} ms`);
-  } finally {
-    // Never aborted after success: the signal stays attached to the conn, and aborting it
-    // would close the connection.
-    clearTimeout(timer);
-  }
-}
-
-/** The error of a listener that cannot listen, naming its address; same class, cause kept. */
-function listenError(address: string, error: unknown): Error {
-  const reason = error instanceof Error ? error.message : String(error);
-  const message = `Cannot listen on ${address}: ${reason}`;
-  if (!(error instanceof Error)) return new Error(message);
-  const Kind = error.constructor as new (message: string, options?: ErrorOptions) => Error;
-  try {
-    return new Kind(message, { cause: error });
-  } catch {
-    return new Error(message, { cause: error });
-  }
-}
-
-function closeQuietly(conn: Deno.Conn): void {
-  try {
-    conn.close();
-  } catch {
-    // already closed
-  }
+function errnoText(errno: number): string {
+  return `${errnoDescription(errno)} (os error ${errno})`;
 }

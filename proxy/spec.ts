@@ -30,6 +30,7 @@ import type { ProxySpec } from "./types.ts";
  * console.log(spec.listeners[0]);
  * // { address: "[::1]:8080", hostname: "::1", port: 8080, maxConnections: 10000 }
  * console.log(spec.clusters[0].backends[0].weight); // 3
+ * console.log(spec.engines); // 0: one engine per CPU the process may run on
  * ```
  */
 export function specFromConfig(config: Config): ProxySpec {
@@ -55,5 +56,6 @@ export function specFromConfig(config: Config): ProxySpec {
     idleTimeoutMs: config.idleTimeoutMs,
     drainTimeoutMs: config.drainTimeoutMs,
     spliceMode: config.spliceMode,
+    engines: config.engines,
   };
 }

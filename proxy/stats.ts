@@ -32,6 +32,8 @@ export class ProxyCounters {
     localErrors: {},
     internalErrors: 0,
     reloads: 0,
+    // Per engine: empty on the Deno-conn path, which has none.
+    engines: [],
     backends: {},
   };
 
@@ -120,6 +122,7 @@ export class ProxyCounters {
       ...this.#stats,
       acceptErrors: { ...this.#stats.acceptErrors },
       localErrors: { ...this.#stats.localErrors },
+      engines: [...this.#stats.engines],
       backends,
     };
   }

@@ -110,6 +110,7 @@ export interface ClusterSpec {
  *   idleTimeoutMs: 0,
  *   drainTimeoutMs: 10_000,
  *   spliceMode: "auto",
+ *   engines: 2,
  * };
  * const proxy = TcpProxy.start(spec);
  * await proxy.shutdown();
@@ -128,6 +129,14 @@ export interface ProxySpec {
   drainTimeoutMs: number;
   /** `relay()`'s mode: `"auto"` splices where it can, `"splice"` or `"copy"` forces one. */
   spliceMode: RelayMode;
+  /**
+   * How many engine Workers accept and relay connections, 1 to 64; `0` or absent: one per CPU
+   * this process may run on (`sched_getaffinity`). {@linkcode specFromConfig} always sets it
+   * (the config file's `engines`); it is optional so that a spec written by hand may leave it
+   * to the default. Without `--allow-ffi` connections are relayed through Deno conns and it
+   * has no effect.
+   */
+  engines?: number;
 }
 
 /**
@@ -311,6 +320,13 @@ export interface ProxyStats {
   internalErrors: number;
   /** Calls to {@linkcode TcpProxy.reload}. */
   reloads: number;
+  /**
+   * Connections accepted by each engine, counted as {@linkcode ProxyStats.connectionsTotal}
+   * is (over-limit ones excluded), so that they sum to it; the index is the engine's number
+   * (the `engine` label of `splice_engine_connections_total`). Empty when connections are
+   * relayed through Deno conns (without `--allow-ffi`), where there are no engines.
+   */
+  engines: number[];
   /** Per backend, keyed `cluster/host:port`. */
   backends: Record<string, {
     /** The backend's cluster. */

@@ -62,8 +62,8 @@ export async function waitFor(
 export function echoBackend(): { port: number; close(): Promise<void> } {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const served = new Set<Promise<void>>();
-  const loop = (async () => {
-    for await (const conn of listener) {
+  const loop = acceptEach(listener, (conn) => {
+    {
       const one = (async () => {
         try {
           const buffer = new Uint8Array(64 * 1024);
@@ -80,7 +80,7 @@ export function echoBackend(): { port: number; close(): Promise<void> } {
       served.add(one);
       one.finally(() => served.delete(one));
     }
-  })();
+  });
   return {
     port: listener.addr.port,
     async close(): Promise<void> {
@@ -89,6 +89,29 @@ export function echoBackend(): { port: number; close(): Promise<void> } {
       await Promise.all([...served]);
     },
   };
+}
+
+/**
+ * Accepts from `listener` until it is closed, handing each conn to `serve`. A client that is
+ * gone before its accept (a proxy passed a reset on) fails that accept alone: Deno's async
+ * iterator would end the loop there, and every later client would hang.
+ */
+export async function acceptEach<C extends Deno.Conn>(
+  listener: Deno.Listener<C>,
+  serve: (conn: C) => void,
+): Promise<void> {
+  for (;;) {
+    let conn: C;
+    try {
+      conn = await listener.accept();
+    } catch (error) {
+      if (error instanceof Deno.errors.BadResource || error instanceof Deno.errors.Interrupted) {
+        return; // closed
+      }
+      continue;
+    }
+    serve(conn);
+  }
 }
 
 /** A child process's output, line by line, as it arrives. */

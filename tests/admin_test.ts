@@ -23,6 +23,7 @@ const STATS: ProxyStats = {
   localErrors: {},
   internalErrors: 0,
   reloads: 0,
+  engines: [],
   backends: {},
 };
 

@@ -7,10 +7,11 @@ import {
   loadConfig,
   parseConfig,
 } from "../config.ts";
+import { specFromConfig } from "../proxy/spec.ts";
 
 const KEY = "splice_pipe_capacity_bytes";
 const KNOWN_KEYS = "splice_pipe_capacity_bytes, connect_timeout_ms, idle_timeout_ms, " +
-  "drain_timeout_ms, splice_mode, log_format, metrics, listeners, clusters";
+  "drain_timeout_ms, splice_mode, log_format, engines, metrics, listeners, clusters";
 
 /** The configuration of an empty file. */
 const DEFAULTS: Config = {
@@ -20,6 +21,7 @@ const DEFAULTS: Config = {
   drainTimeoutMs: 10_000,
   spliceMode: "auto",
   logFormat: "text",
+  engines: 0,
   listeners: [],
   clusters: {},
 };
@@ -344,6 +346,7 @@ idle_timeout_ms = 2147483647
 drain_timeout_ms = 0
 splice_mode = "copy"
 log_format = "json"
+engines = 64
 
 [metrics]
 address = "LocalHost:9901"
@@ -380,6 +383,7 @@ const FULL_CONFIG: Config = {
   drainTimeoutMs: 0,
   spliceMode: "copy",
   logFormat: "json",
+  engines: 64,
   metrics: { address: { hostname: "localhost", port: 9901 } },
   listeners: [
     {
@@ -1102,6 +1106,43 @@ Deno.test("configWarnings reports every drained cluster, in order, with bounded 
     warnings[2].message,
     `clusters.${"n".repeat(31)}...${"n".repeat(28)}.backends: every backend has weight 0, so ` +
       "the cluster takes no connections",
+  );
+});
+
+// --- engines -----------------------------------------------------------------------------------
+
+Deno.test("parseConfig: engines is 0 to 64, 0 when absent; specFromConfig passes it on", () => {
+  assert.equal(parseConfig("").engines, 0);
+  assert.equal(parseConfig(proxyToml()).engines, 0);
+  for (const engines of [0, 1, 2, 63, 64]) {
+    const config = parseConfig(`engines = ${engines}\n${proxyToml()}`);
+    assert.equal(config.engines, engines);
+    assert.equal(specFromConfig(config).engines, engines);
+  }
+  assert.equal(parseConfig("engines = 0x10").engines, 16);
+  assert.equal(specFromConfig(parseConfig("")).engines, 0);
+});
+
+Deno.test("parseConfig refuses engines out of range, fractional or not an integer, naming key and value", () => {
+  const range = "expected a whole number from 0 to 64";
+  const cases: [toml: string, message: string, value: unknown][] = [
+    ["65", `engines = 65: ${range}`, 65],
+    ["-1", `engines = -1: ${range}`, -1],
+    ["1.5", `engines = 1.5: ${range}`, 1.5],
+    ["2.0", `engines = 2.0: ${range}, written without a decimal point`, 2],
+    ['"auto"', 'engines = "auto": expected an integer, got a string', "auto"],
+    ["true", "engines = true: expected an integer, got a boolean", true],
+  ];
+  for (const [toml, message, value] of cases) {
+    const issue = onlyIssue(`engines = ${toml}\n${proxyToml()}`);
+    assert.deepEqual(issue, { keyPath: "engines", value, message });
+  }
+  // A misspelt key is suggested as any other; under a table it is that table's unknown key.
+  assert.equal(onlyIssue("engine = 2").message, 'unknown key "engine": did you mean "engines"?');
+  assert.equal(onlyIssue("Engines = 2").message, 'unknown key "Engines": did you mean "engines"?');
+  assert.equal(
+    onlyIssue('[metrics]\naddress = "127.0.0.1:9901"\nengines = 2').message,
+    'unknown key "metrics.engines" (known keys: address, token)',
   );
 });
 

@@ -198,7 +198,11 @@ Deno.test("proxy.ts: the relay engine's memory stays flat over many short connec
     );
     stops.push(proxy.stop);
     // The engine must be what relays: without FFI the copy loop would serve and prove nothing.
-    assert.match(proxy.text, /^splice proxy \S+: splice$/m, proxy.text);
+    assert.match(
+      proxy.text,
+      /^splice proxy \S+: \d+ engines? \(native data plane, splice\)$/m,
+      proxy.text,
+    );
     const port = Number(/^listening \S+ \(port (\d+)\)$/m.exec(proxy.text)?.[1]);
     assert.ok(port > 0, `no listening line in:\n${proxy.text}`);
 

@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { closeQuietly, echoBackend, outputLines, waitFor } from "./_helpers.ts";
+import { acceptEach, closeQuietly, echoBackend, outputLines, waitFor } from "./_helpers.ts";
 import { within } from "./_relay_helpers.ts";
 import { resetAndClose } from "./_sockets.ts";
 
@@ -187,9 +187,7 @@ Deno.test("proxy.ts: out of fds, accepting pauses and resumes; 300 connects at o
 
 Deno.test("proxy.ts: 300 connections to a backend that resets on accept; the proxy lives and exits 0", async () => {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  (async () => {
-    for await (const conn of listener) resetAndClose(conn);
-  })().catch(() => {});
+  acceptEach(listener, resetAndClose);
   const metricsPort = freePort();
   await withConfig(
     config(`127.0.0.1:${listener.addr.port}`, "", "127.0.0.1:0", metricsPort),

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { receiveAll, sendPattern, waitFor } from "./_helpers.ts";
+import { acceptEach, receiveAll, sendPattern, waitFor } from "./_helpers.ts";
 
 const PROXY = new URL("../proxy.ts", import.meta.url).pathname;
 const CONFIG = new URL("../deno.json", import.meta.url).pathname;
@@ -8,18 +8,16 @@ const CONFIG = new URL("../deno.json", import.meta.url).pathname;
 /** A backend that answers each connection with its name, after reading the request to its end. */
 function namedBackend(name: string): { port: number; close(): void } {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  (async () => {
-    for await (const conn of listener) {
-      (async () => {
-        try {
-          const request = await receiveAll(conn);
-          await conn.write(new TextEncoder().encode(`${name} ${request.sha256}`));
-        } finally {
-          conn.close();
-        }
-      })().catch(() => {});
-    }
-  })().catch(() => {});
+  acceptEach(listener, (conn) => {
+    (async () => {
+      try {
+        const request = await receiveAll(conn);
+        await conn.write(new TextEncoder().encode(`${name} ${request.sha256}`));
+      } finally {
+        conn.close();
+      }
+    })().catch(() => {});
+  });
   return { port: listener.addr.port, close: () => listener.close() };
 }
 

@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { shutdownRelayEngine } from "../mod.ts";
 import { TcpProxy } from "../proxy/server.ts";
 import type { ProxyEvent, ProxySpec } from "../proxy/types.ts";
-import { echoBackend, openFdCount, receiveAll, runDeno, waitFor } from "./_helpers.ts";
+import { acceptEach, echoBackend, openFdCount, receiveAll, runDeno, waitFor } from "./_helpers.ts";
 import { within } from "./_relay_helpers.ts";
 import { blackhole, connectAndReset, resetAndClose } from "./_sockets.ts";
 
@@ -58,14 +58,17 @@ Deno.test("TcpProxy: a client that resets before it is accepted is skipped; the 
   const proxy = TcpProxy.start(spec(backend.port));
   const port = proxy.listenerPorts["127.0.0.1:0"];
   try {
-    // Queued and reset before the proxy's accept runs: Deno's accept() then fails (ENOTCONN).
+    // Queued and reset before the proxy's accept runs: Deno's accept() then fails (ENOTCONN);
+    // the engines' accept4() hands the reset socket over, and its relay ends as a reset.
     for (let i = 0; i < 5; i++) connectAndReset(port);
     for (let i = 0; i < 3; i++) {
       assert.equal(await within(echoThrough(port, `hello ${i}`), 5_000, "an echo"), `hello ${i}`);
     }
     const errors = proxy.stats().acceptErrors;
     const skipped = Object.values(errors).reduce((sum, n) => sum + n, 0);
-    assert.ok(skipped >= 1 && skipped <= 5, `accept errors: ${JSON.stringify(errors)}`);
+    const native = proxy.stats().engines.length > 0;
+    assert.ok(skipped <= 5, `accept errors: ${JSON.stringify(errors)}`);
+    if (!native) assert.ok(skipped >= 1, `accept errors: ${JSON.stringify(errors)}`);
   } finally {
     await proxy.shutdown();
     await backend.close();
@@ -77,9 +80,7 @@ Deno.test("TcpProxy: a backend that resets every connection on accept never cras
   // The backend resets as soon as it accepts: the relay finds a conn whose peer is gone. This
   // crashed the proxy (an unhandled rejection from relay()) within a few hundred connections.
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const resetting = (async () => {
-    for await (const conn of listener) resetAndClose(conn);
-  })().catch(() => {});
+  const resetting = acceptEach(listener, resetAndClose);
   const events: ProxyEvent[] = [];
   const proxy = TcpProxy.start(spec(listener.addr.port), { onEvent: (e) => events.push(e) });
   const port = proxy.listenerPorts["127.0.0.1:0"];
@@ -151,6 +152,11 @@ Deno.test("TcpProxy: a connect that times out releases its socket at once", asyn
   const proxy = TcpProxy.start(spec(hole.port, { connectTimeoutMs: 200 }));
   const port = proxy.listenerPorts["127.0.0.1:0"];
   try {
+    // One connection through first: the engines' Workers open their own fds as they start.
+    const first = await Deno.connect({ hostname: "127.0.0.1", port });
+    await within(receiveAll(first), 5_000, "the first client's end");
+    first.close();
+    await waitFor(() => proxy.stats().connectionsOpen === 0, "the first connection to end");
     const before = openFdCount();
     const clients = await Promise.all(
       Array.from({ length: 6 }, () => Deno.connect({ hostname: "127.0.0.1", port })),
@@ -163,7 +169,7 @@ Deno.test("TcpProxy: a connect that times out releases its socket at once", asyn
     let now = openFdCount();
     await waitFor(() => (now = openFdCount()) <= before, "the connect sockets to close", 2_000)
       .catch(() => assert.fail(`fds: ${before} before, ${now} after the timed-out connects`));
-    assert.equal(proxy.stats().connectFailures, 6);
+    assert.equal(proxy.stats().connectFailures, 7);
   } finally {
     await proxy.shutdown();
     hole.close();

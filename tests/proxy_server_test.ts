@@ -3,7 +3,7 @@ import { createHash } from "node:crypto";
 import { shutdownRelayEngine } from "../mod.ts";
 import { TcpProxy } from "../proxy/server.ts";
 import type { ProxyEvent, ProxySpec } from "../proxy/types.ts";
-import { receiveAll, sendPattern, waitFor } from "./_helpers.ts";
+import { acceptEach, receiveAll, sendPattern, waitFor } from "./_helpers.ts";
 
 /**
  * A backend that reads the request to its end, then answers with its name and the request's
@@ -18,24 +18,22 @@ function backend(name: string, replyBytes = 0): {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const seen: string[] = [];
   const served = new Set<Promise<void>>();
-  const loop = (async () => {
-    for await (const conn of listener) {
-      const one = (async () => {
-        try {
-          const request = await receiveAll(conn);
-          seen.push(request.sha256);
-          await conn.write(new TextEncoder().encode(`${name} ${request.sha256}\n`));
-          if (replyBytes > 0) await sendPattern(conn, replyBytes, 11);
-        } catch {
-          // the client went away
-        } finally {
-          conn.close();
-        }
-      })();
-      served.add(one);
-      one.finally(() => served.delete(one));
-    }
-  })();
+  const loop = acceptEach(listener, (conn) => {
+    const one = (async () => {
+      try {
+        const request = await receiveAll(conn);
+        seen.push(request.sha256);
+        await conn.write(new TextEncoder().encode(`${name} ${request.sha256}\n`));
+        if (replyBytes > 0) await sendPattern(conn, replyBytes, 11);
+      } catch {
+        // the client went away
+      } finally {
+        conn.close();
+      }
+    })();
+    served.add(one);
+    one.finally(() => served.delete(one));
+  });
   const port = listener.addr.port;
   return {
     port,
@@ -118,6 +116,11 @@ Deno.test("TcpProxy: bytes intact both ways; round robin spreads over the backen
     assert.equal(stats.bytesIn, 4_000_000 + 0 + 1 + 2 + 3);
     const lines = results.reduce((sum, r) => sum + r.replyBytes, 0);
     assert.equal(stats.bytesOut, lines);
+    // Engines report records in batches, after the counters.
+    await waitFor(
+      () => events.filter((e) => e.type === "connection").length === 4,
+      "the four records",
+    );
     const logged = events.filter((e) => e.type === "connection");
     assert.equal(logged.length, 4);
   } finally {
@@ -311,7 +314,11 @@ Deno.test("TcpProxy: a listener at max_connections closes new connections at onc
     assert.equal(await extra.read(new Uint8Array(1)), null, "closed without a byte");
     extra.close();
     assert.equal(proxy.stats().connectionsRejected, 1);
-    assert.ok(events.some((e) => e.type === "connection" && e.record.end === "over-limit"));
+    // Engines report records in batches, after the close the client saw.
+    await waitFor(
+      () => events.some((e) => e.type === "connection" && e.record.end === "over-limit"),
+      "the over-limit record",
+    );
     held.close();
   } finally {
     await proxy.shutdown();

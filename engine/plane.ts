@@ -1,0 +1,643 @@
+/**
+ * The proxy's data plane inside an engine Worker: listening sockets, accept, the backend
+ * choice, the non-blocking connect with its timeout and retries, and the record of each
+ * connection. A connection accepted here never becomes a Deno conn and never touches the main
+ * thread: once its backend connects it is an ordinary relay of the loop (pump.ts), which this
+ * module closes when it ends.
+ *
+ * Invariants:
+ * - a listener slot's open count (shared) is taken before a connection is served and given
+ *   back exactly once, when `ended` runs for it, so `max_connections` holds across engines;
+ * - a backend slot's active count is taken when its connect succeeds and given back in `ended`;
+ * - while a connection connects, only its backend socket's writability is looked at; the
+ *   client's readiness is remembered for the relay, and its bytes wait in the kernel;
+ * - every socket this module opens is closed by it: on a failed connect at once (which also
+ *   takes it out of epoll), the pair when the relay ends.
+ *
+ * @module
+ */
+
+import { errno, libc } from "../ffi/libc.ts";
+import {
+  EPOLL_CTL_ADD,
+  EPOLL_CTL_DEL,
+  EPOLL_DATA_OFFSET,
+  EPOLLEXCLUSIVE,
+  EPOLLIN,
+  IPPROTO_TCP,
+  SO_ERROR,
+  SOCK_CLOEXEC,
+  SOCK_NONBLOCK,
+  SOCK_STREAM,
+  SOL_SOCKET,
+  TCP_NODELAY,
+} from "../ffi/constants.ts";
+import { EAGAIN, ECONNRESET, EINPROGRESS, EINTR, errnoName } from "../ffi/errno.ts";
+
+/** Permission denied: how a backend outside --allow-net is counted. */
+const EACCES = 13;
+import { formatSockaddr, SOCKADDR_MAX, sockaddrFamily } from "../ffi/net.ts";
+import { failRead, Relay } from "./pump.ts";
+import {
+  ACCEPT_CODES,
+  BACKEND_ACTIVE,
+  BACKEND_FAILURES,
+  BACKEND_FIELDS,
+  type BackendRoute,
+  CLUSTER_PICKS,
+  type ClusterRoute,
+  ENGINE_ACCEPT_ERRORS,
+  ENGINE_BACKENDS,
+  ENGINE_BYTES_IN,
+  ENGINE_BYTES_OUT,
+  ENGINE_CONNECT_FAILURES,
+  ENGINE_COPIED,
+  ENGINE_LOCAL_ERRORS,
+  ENGINE_OPEN,
+  ENGINE_OPENED,
+  ENGINE_REJECTED,
+  ENGINE_SPLICED,
+  ENGINE_STRIDE,
+  LISTENER_OPEN,
+  type ListenerRoute,
+  LOCAL_CODES,
+  type PlaneEvent,
+  type PlaneRecord,
+  type PlaneViews,
+  planeViews,
+  POLICY_LEAST_CONNECTIONS,
+  POLICY_RANDOM,
+  POLICY_ROUND_ROBIN,
+  type Routes,
+} from "./plane_layout.ts";
+import { syscallNumber } from "./wire.ts";
+
+const GETSOCKOPT = syscallNumber("getsockopt");
+/** Connections one listener may accept per wake-up before other work gets a turn. */
+const ACCEPTS_PER_TURN = 64;
+/** First epoll token of listeners (`+ slot`); relay tokens stay below 2^31. */
+export const LISTENER_TOKEN = 0x80000000;
+/** Relay ids of proxied connections: above those relay() hands over (below 2^29). */
+const FIRST_ID = 2 ** 29;
+const LAST_ID = 2 ** 30;
+/** accept(2) errors that say the process is short of a resource: the listener pauses. */
+const PAUSING = new Set(["EMFILE", "ENFILE", "ENOBUFS", "ENOMEM"]);
+/** Local connect failures that every backend would meet alike: no other is tried. */
+const FAILS_EVERY_BACKEND = new Set(["EMFILE", "ENFILE", "ENOBUFS", "ENOMEM", "EADDRNOTAVAIL"]);
+const PAUSE_MIN_MS = 5;
+const PAUSE_MAX_MS = 1_000;
+
+/** What the loop lends the plane. */
+export interface PlaneHost {
+  epfd: number;
+  relays: Map<number, Relay>;
+  now(): number;
+  /** Registers a relay side (edge-triggered, both ways); returns 0 or the errno. */
+  register(fd: number, token: number): number;
+  /** Pumps a relay that can move bytes now. */
+  service(relay: Relay): void;
+  /** Ends a relay: the loop deregisters it, then calls {@linkcode Plane.ended}. */
+  finishNow(relay: Relay, end: PlaneRecord["end"]): void;
+  /** Asks for a timeout check at `at` (the loop's clock). */
+  wakeAt(at: number): void;
+  /** Relays that have a deadline (connect or idle). */
+  timed: Set<Relay>;
+}
+
+interface Listening {
+  route: ListenerRoute;
+  registered: boolean;
+  pausedUntil: number;
+  pauseMs: number;
+}
+
+/** One engine's share of the proxy's data plane. */
+export class Plane {
+  #host: PlaneHost;
+  #views: PlaneViews;
+  #counters: Float64Array;
+  #ints: Int32Array;
+  #routes: Routes | null = null;
+  /** Routes by generation, kept while a connection accepted under them still connects. */
+  #listening = new Map<number, Listening>();
+  #nextId = FIRST_ID;
+  #records: PlaneRecord[] = [];
+  #events: PlaneEvent[] = [];
+  #applied: number | undefined;
+  #addr = new Uint8Array(SOCKADDR_MAX);
+  #addrLength = new Uint32Array(1);
+  #one = new Int32Array([1]);
+  #errorValue = new Int32Array(1);
+  #errorLength = new Uint32Array(1);
+  #control = new Uint8Array(16);
+  #controlView = new DataView(this.#control.buffer);
+
+  constructor(host: PlaneHost, buffer: SharedArrayBuffer, engine: number) {
+    this.#host = host;
+    this.#views = planeViews(buffer);
+    this.#ints = this.#views.ints;
+    this.#counters = this.#views.counters.subarray(
+      engine * ENGINE_STRIDE,
+      (engine + 1) * ENGINE_STRIDE,
+    );
+  }
+
+  /** Whether the next loop turn has a report to post. */
+  get pending(): boolean {
+    return this.#records.length > 0 || this.#events.length > 0 || this.#applied !== undefined;
+  }
+
+  /** Takes what is to be posted. */
+  takeReport(): { records: PlaneRecord[]; events: PlaneEvent[]; applied?: number } {
+    const report: { records: PlaneRecord[]; events: PlaneEvent[]; applied?: number } = {
+      records: this.#records,
+      events: this.#events,
+    };
+    if (this.#applied !== undefined) report.applied = this.#applied;
+    this.#records = [];
+    this.#events = [];
+    this.#applied = undefined;
+    return report;
+  }
+
+  /**
+   * Serves `routes` from now on: new listeners are registered, removed ones deregistered (the
+   * main thread closes their sockets once every engine said it applied this generation).
+   * Connections already accepted keep the backend they have or are connecting to.
+   */
+  apply(routes: Routes): void {
+    // Connections the kernel had queued when the reload was asked for go where the old routes
+    // said: the main thread counted them per socket, and the accept queue is first in, first
+    // out.
+    for (const [slot, queued] of Object.entries(routes.queued)) {
+      const listening = this.#listening.get(Number(slot));
+      if (listening) this.accept(listening.route.slot, queued);
+    }
+    const wanted = new Map(routes.listeners.map((l) => [l.slot, l]));
+    for (const [slot, listening] of this.#listening) {
+      const next = wanted.get(slot);
+      if (next && next.fd === listening.route.fd) {
+        listening.route = next;
+        continue;
+      }
+      if (listening.registered) this.#unregister(listening);
+      this.#listening.delete(slot);
+    }
+    for (const route of routes.listeners) {
+      if (this.#listening.has(route.slot)) continue;
+      const listening: Listening = { route, registered: false, pausedUntil: 0, pauseMs: 0 };
+      this.#listening.set(route.slot, listening);
+      this.#registerListener(listening, routes.exclusive);
+    }
+    this.#routes = routes;
+    this.#applied = routes.generation;
+  }
+
+  /** Ends every proxied connection now (the drain timeout passed). */
+  abortAll(): void {
+    for (const relay of [...this.#host.relays.values()]) {
+      if (relay.proxied !== null) this.#host.finishNow(relay, "aborted");
+    }
+  }
+
+  /** Whether any listener is paused, and when the earliest resumes. */
+  resumePaused(now: number): void {
+    const routes = this.#routes;
+    if (routes === null) return;
+    for (const listening of this.#listening.values()) {
+      if (listening.registered || listening.pausedUntil === 0) continue;
+      if (now >= listening.pausedUntil) {
+        listening.pausedUntil = 0;
+        this.#registerListener(listening, routes.exclusive);
+      } else {
+        this.#host.wakeAt(listening.pausedUntil);
+      }
+    }
+  }
+
+  #registerListener(listening: Listening, exclusive: boolean): void {
+    // Level-triggered: a listener left with connections queued (turn over, paused) is reported
+    // again without any bookkeeping here.
+    this.#controlView.setUint32(0, EPOLLIN | (exclusive ? EPOLLEXCLUSIVE : 0), true);
+    this.#controlView.setUint32(EPOLL_DATA_OFFSET, LISTENER_TOKEN + listening.route.slot, true);
+    this.#controlView.setUint32(EPOLL_DATA_OFFSET + 4, 0, true);
+    const ok = libc().epoll_ctl(this.#host.epfd, EPOLL_CTL_ADD, listening.route.fd, this.#control);
+    listening.registered = ok === 0;
+  }
+
+  #unregister(listening: Listening): void {
+    libc().epoll_ctl(this.#host.epfd, EPOLL_CTL_DEL, listening.route.fd, this.#control);
+    listening.registered = false;
+  }
+
+  /** Accepts what `slot`'s listener has queued, up to `limit` (a turn's worth). */
+  accept(slot: number, limit = ACCEPTS_PER_TURN): void {
+    const listening = this.#listening.get(slot);
+    const routes = this.#routes;
+    if (!listening || !listening.registered || routes === null) return;
+    const symbols = libc();
+    const route = listening.route;
+    for (let i = 0; i < limit; i++) {
+      this.#addrLength[0] = SOCKADDR_MAX;
+      const fd = symbols.accept4(
+        route.fd,
+        this.#addr,
+        this.#addrLength,
+        SOCK_NONBLOCK | SOCK_CLOEXEC,
+      );
+      if (fd < 0) {
+        const code = errno();
+        if (code === EAGAIN) return;
+        if (code === EINTR) continue;
+        const name = errnoName(code);
+        const index = ACCEPT_CODES.indexOf(name as typeof ACCEPT_CODES[number]);
+        this.#counters[ENGINE_ACCEPT_ERRORS + (index === -1 ? ACCEPT_CODES.length - 1 : index)]++;
+        // A client that gave up while queued is its own affair: the next one is accepted.
+        if (!PAUSING.has(name) && index !== -1) continue;
+        listening.pauseMs = Math.min(PAUSE_MAX_MS, Math.max(PAUSE_MIN_MS, listening.pauseMs * 2));
+        listening.pausedUntil = this.#host.now() + listening.pauseMs;
+        this.#unregister(listening);
+        this.#host.wakeAt(listening.pausedUntil);
+        this.#events.push({
+          type: "accept-error",
+          address: route.address,
+          code: name,
+          errno: code,
+          pauseMs: listening.pauseMs,
+        });
+        return;
+      }
+      listening.pauseMs = 0;
+      const client = formatSockaddr(this.#addr.subarray(0, this.#addrLength[0]));
+      this.#accepted(fd, client, route, routes);
+    }
+  }
+
+  #accepted(fd: number, client: string, route: ListenerRoute, routes: Routes): void {
+    const open = Atomics.add(this.#ints, LISTENER_OPEN + route.slot, 1);
+    const cluster = route.cluster >= 0 ? routes.clusters[route.cluster] : null;
+    if (open >= route.maxConnections) {
+      // Counted before the close: whoever sees the close may read the counters next.
+      this.#counters[ENGINE_REJECTED]++;
+      Atomics.sub(this.#ints, LISTENER_OPEN + route.slot, 1);
+      libc().close(fd);
+      this.#records.push({
+        client,
+        listener: route.address,
+        cluster: cluster?.name ?? "",
+        backend: null,
+        bytesIn: 0,
+        bytesOut: 0,
+        durationMs: 0,
+        mode: "none",
+        end: "over-limit",
+      });
+      return;
+    }
+    this.#counters[ENGINE_OPENED]++;
+    this.#counters[ENGINE_OPEN]++;
+    const now = this.#host.now();
+    const id = this.#nextId;
+    this.#nextId = this.#nextId + 1 >= LAST_ID ? FIRST_ID : this.#nextId + 1;
+    const relay = new Relay(
+      id,
+      fd,
+      -1,
+      routes.mode,
+      routes.idleTimeoutMs,
+      routes.pipeCapacity,
+      now,
+    );
+    relay.proxied = {
+      connecting: true,
+      connectDeadline: 0,
+      tried: [],
+      listenerSlot: route.slot,
+      listener: route.address,
+      cluster,
+      connectTimeoutMs: routes.connectTimeoutMs,
+      backendSlot: -1,
+      backend: null,
+      client,
+      startedAt: now,
+      errno: 0,
+      syscall: "",
+      local: false,
+      reason: "",
+    };
+    this.#host.relays.set(id, relay);
+    libc().setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, this.#one, 4);
+    const code = this.#host.register(fd, id * 2);
+    if (code !== 0) {
+      relay.proxied.errno = code;
+      relay.proxied.syscall = "epoll_ctl";
+      relay.proxied.local = true;
+      this.#host.finishNow(relay, "local-error");
+      return;
+    }
+    if (cluster === null) {
+      this.#host.finishNow(relay, "no-backend");
+      return;
+    }
+    this.#connectNext(relay, cluster);
+  }
+
+  /** Starts a connect to the next backend, or ends the connection when none is left. */
+  #connectNext(relay: Relay, cluster: ClusterRoute): void {
+    const proxied = relay.proxied!;
+    const symbols = libc();
+    for (;;) {
+      const backend = this.#pick(cluster, proxied.tried);
+      if (backend === null) {
+        // As on the Deno path: "local-error" only when every backend would fail alike.
+        this.#host.finishNow(relay, "no-backend");
+        return;
+      }
+      proxied.tried.push(backend.slot);
+      proxied.backendSlot = backend.slot;
+      proxied.backend = backend.address;
+      if (backend.refusal !== undefined) {
+        proxied.reason = backend.refusal.reason;
+        if (!backend.refusal.local) {
+          this.#backendFailed(relay, cluster, backend, 0, "connect");
+          continue;
+        }
+        if (this.#localFailure(relay, cluster, backend, EACCES, "connect")) return;
+        continue;
+      }
+      proxied.reason = "";
+      const fd = symbols.socket(
+        sockaddrFamily(backend.sockaddr),
+        SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+        0,
+      );
+      if (fd < 0) {
+        if (this.#localFailure(relay, cluster, backend, errno(), "socket")) return;
+        continue;
+      }
+      symbols.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, this.#one, 4);
+      const result = symbols.connect(fd, backend.sockaddr, backend.sockaddr.byteLength);
+      const code = result === 0 ? 0 : errno();
+      if (result === 0 || code === EINPROGRESS) {
+        relay.b.fd = fd;
+        const failed = this.#host.register(fd, relay.id * 2 + 1);
+        if (failed !== 0) {
+          relay.b.fd = -1;
+          symbols.close(fd);
+          if (this.#localFailure(relay, cluster, backend, failed, "epoll_ctl")) return;
+          continue;
+        }
+        if (result === 0) {
+          this.#connected(relay, backend);
+          return;
+        }
+        proxied.connectDeadline = this.#host.now() + proxied.connectTimeoutMs;
+        this.#host.timed.add(relay);
+        this.#host.wakeAt(proxied.connectDeadline);
+        return;
+      }
+      symbols.close(fd);
+      if (localCode(code) !== null) {
+        if (this.#localFailure(relay, cluster, backend, code, "connect")) return;
+        continue;
+      }
+      this.#backendFailed(relay, cluster, backend, code, "connect");
+    }
+  }
+
+  /** The backend socket of a connecting relay is writable, or failed: the connect is over. */
+  connectReady(relay: Relay): void {
+    const proxied = relay.proxied!;
+    const cluster = proxied.cluster;
+    const backend = cluster?.backends.find((b) => b.slot === proxied.backendSlot);
+    this.#errorLength[0] = 4;
+    const ok = libc().getsockopt(
+      relay.b.fd,
+      SOL_SOCKET,
+      SO_ERROR,
+      this.#errorValue,
+      this.#errorLength,
+    ) === 0;
+    const code = ok ? this.#errorValue[0] : errno();
+    if ((code === 0 || code === ECONNRESET) && backend) {
+      // ECONNRESET: the handshake completed and the backend reset right after. It did accept,
+      // so this is a relay that ends in a reset, passed on to the client as one.
+      if (code === ECONNRESET) failRead(relay, relay.b, code, GETSOCKOPT);
+      this.#connected(relay, backend);
+      return;
+    }
+    this.#dropBackendSocket(relay);
+    if (!cluster || !backend) {
+      this.#host.finishNow(relay, "no-backend");
+      return;
+    }
+    this.#backendFailed(relay, cluster, backend, code, "connect");
+    this.#connectNext(relay, cluster);
+  }
+
+  /** A connect ran past its deadline: its socket is closed at once, the next backend tried. */
+  connectTimedOut(relay: Relay): void {
+    const proxied = relay.proxied!;
+    const cluster = proxied.cluster;
+    const backend = cluster?.backends.find((b) => b.slot === proxied.backendSlot);
+    this.#dropBackendSocket(relay);
+    if (!cluster || !backend) {
+      this.#host.finishNow(relay, "no-backend");
+      return;
+    }
+    this.#backendFailed(relay, cluster, backend, 110, "connect"); // ETIMEDOUT
+    this.#connectNext(relay, cluster);
+  }
+
+  #dropBackendSocket(relay: Relay): void {
+    if (relay.b.fd < 0) return;
+    libc().epoll_ctl(this.#host.epfd, EPOLL_CTL_DEL, relay.b.fd, this.#control);
+    libc().close(relay.b.fd);
+    relay.b.fd = -1;
+    relay.b.readable = false;
+    relay.b.writable = false;
+  }
+
+  #connected(relay: Relay, backend: BackendRoute): void {
+    const proxied = relay.proxied!;
+    proxied.connecting = false;
+    proxied.connectDeadline = 0;
+    this.#host.timed.delete(relay);
+    Atomics.add(this.#ints, BACKEND_ACTIVE + backend.slot * 2, 1);
+    Atomics.store(this.#ints, BACKEND_FAILURES + backend.slot * 2, 0);
+    this.#views.ejectedUntil[backend.slot] = 0;
+    this.#counters[ENGINE_BACKENDS + backend.slot * BACKEND_FIELDS]++;
+    relay.lastActive = this.#host.now();
+    if (relay.idleMs > 0) {
+      this.#host.timed.add(relay);
+      this.#host.wakeAt(relay.lastActive + relay.idleMs);
+    }
+    this.#host.service(relay);
+  }
+
+  /** Counts a failure the backend caused; ejects it at the threshold (once, across engines). */
+  #backendFailed(
+    relay: Relay,
+    cluster: ClusterRoute,
+    backend: BackendRoute,
+    code: number,
+    syscall: string,
+  ): void {
+    const proxied = relay.proxied!;
+    proxied.errno = code;
+    proxied.syscall = syscall;
+    this.#counters[ENGINE_CONNECT_FAILURES]++;
+    this.#counters[ENGINE_BACKENDS + backend.slot * BACKEND_FIELDS + 1]++;
+    const failures = Atomics.add(this.#ints, BACKEND_FAILURES + backend.slot * 2, 1) + 1;
+    const routes = this.#routes!;
+    const now = wallClock();
+    if (failures < routes.failuresToEject || this.#views.ejectedUntil[backend.slot] > now) return;
+    this.#views.ejectedUntil[backend.slot] = now + routes.ejectMs;
+    this.#events.push({ type: "backend-ejected", cluster: cluster.name, backend: backend.address });
+  }
+
+  /**
+   * Counts a failure that is the proxy's own (out of fds or ports); no backend is blamed.
+   * Returns `true` when the connection was ended: every backend would fail the same way.
+   */
+  #localFailure(
+    relay: Relay,
+    cluster: ClusterRoute,
+    backend: BackendRoute,
+    code: number,
+    syscall: string,
+  ): boolean {
+    const proxied = relay.proxied!;
+    const name = localCode(code) ?? errnoName(code);
+    proxied.errno = code;
+    proxied.syscall = syscall;
+    proxied.local = true;
+    const index = LOCAL_CODES.indexOf(name as typeof LOCAL_CODES[number]);
+    if (index !== -1) this.#counters[ENGINE_LOCAL_ERRORS + index]++;
+    const event: PlaneEvent = {
+      type: "local-error",
+      cluster: cluster.name,
+      backend: backend.address,
+      code: name,
+      errno: code,
+    };
+    if (proxied.reason !== "") event.reason = proxied.reason;
+    this.#events.push(event);
+    if (!FAILS_EVERY_BACKEND.has(name)) return false;
+    this.#host.finishNow(relay, "local-error");
+    return true;
+  }
+
+  /**
+   * The backend for the next attempt, skipping those tried and, while others remain, the
+   * ejected ones (as proxy/balancer.ts does for the Deno path, with the health shared).
+   */
+  #pick(cluster: ClusterRoute, tried: number[]): BackendRoute | null {
+    const usable = cluster.backends.filter((b) => b.weight > 0 && !tried.includes(b.slot));
+    if (usable.length === 0) return null;
+    const now = wallClock();
+    const ejected = this.#views.ejectedUntil;
+    const healthy = usable.filter((b) => ejected[b.slot] <= now);
+    const pool = healthy.length > 0
+      ? healthy
+      : [usable.reduce((a, b) => (ejected[a.slot] <= ejected[b.slot] ? a : b))];
+    if (cluster.policy === POLICY_LEAST_CONNECTIONS) {
+      const active = (b: BackendRoute): number =>
+        Atomics.load(this.#ints, BACKEND_ACTIVE + b.slot * 2);
+      return pool.reduce((best, b) => {
+        const lhs = active(b) * best.weight;
+        const rhs = active(best) * b.weight;
+        return lhs < rhs || (lhs === rhs && b.weight > best.weight) ? b : best;
+      });
+    }
+    if (cluster.policy === POLICY_RANDOM) {
+      const total = pool.reduce((sum, b) => sum + b.weight, 0);
+      let ticket = Math.random() * total;
+      for (const b of pool) {
+        ticket -= b.weight;
+        if (ticket < 0) return b;
+      }
+      return pool[pool.length - 1];
+    }
+    // Round robin: the shared position walks the precomputed order; a backend that cannot
+    // take this connection (tried, or ejected while others are healthy) passes its turn on.
+    if (cluster.policy === POLICY_ROUND_ROBIN && cluster.sequence.length > 0) {
+      const sequence = cluster.sequence;
+      const start = Atomics.add(this.#ints, CLUSTER_PICKS + cluster.slot, 1) >>> 0;
+      for (let k = 0; k < sequence.length; k++) {
+        const b = cluster.backends[sequence[(start + k) % sequence.length]];
+        if (pool.includes(b)) return b;
+      }
+    }
+    return pool[0];
+  }
+
+  /**
+   * A proxied relay ended (already out of epoll): closes both sockets, gives back its shares of
+   * the limits, counts it and records it.
+   */
+  ended(relay: Relay, end: PlaneRecord["end"], failure: Failure | null): void {
+    const proxied = relay.proxied!;
+    // Counted before the sockets close: whoever sees a close may read the counters next.
+    Atomics.sub(this.#ints, LISTENER_OPEN + proxied.listenerSlot, 1);
+    this.#counters[ENGINE_OPEN]--;
+    const relayed = !proxied.connecting && proxied.backendSlot >= 0;
+    const bytesIn = relay.aToB.bytes;
+    const bytesOut = relay.bToA.bytes;
+    const spliced = relay.aToB.spliced + relay.bToA.spliced;
+    if (relayed) {
+      Atomics.sub(this.#ints, BACKEND_ACTIVE + proxied.backendSlot * 2, 1);
+      const base = ENGINE_BACKENDS + proxied.backendSlot * BACKEND_FIELDS;
+      this.#counters[base + 2] += bytesIn;
+      this.#counters[base + 3] += bytesOut;
+      this.#counters[ENGINE_BYTES_IN] += bytesIn;
+      this.#counters[ENGINE_BYTES_OUT] += bytesOut;
+      this.#counters[spliced > 0 ? ENGINE_SPLICED : ENGINE_COPIED]++;
+    }
+    const record: PlaneRecord = {
+      client: proxied.client,
+      listener: proxied.listener,
+      cluster: proxied.cluster?.name ?? "",
+      backend: relayed ? proxied.backend : null,
+      bytesIn,
+      bytesOut,
+      durationMs: Math.round(this.#host.now() - proxied.startedAt),
+      mode: relayed ? (spliced > 0 ? "splice" : "copy") : "none",
+      end,
+    };
+    if (failure !== null) {
+      record.errno = failure.errno;
+      record.syscall = failure.syscall;
+      if (failure.side !== -1) record.side = failure.side === 0 ? "a" : "b";
+    } else if (!relayed && proxied.errno !== 0) {
+      record.errno = proxied.errno;
+      record.syscall = proxied.syscall;
+    }
+    if (!relayed && proxied.backend !== null) record.attempted = proxied.backend;
+    if (!relayed && proxied.reason !== "") record.reason = proxied.reason;
+    this.#records.push(record);
+    const symbols = libc();
+    if (relay.a.fd >= 0) symbols.close(relay.a.fd);
+    if (relay.b.fd >= 0) symbols.close(relay.b.fd);
+  }
+}
+
+/** A relay's first failure, as the loop recorded it. */
+export interface Failure {
+  errno: number;
+  syscall: string;
+  side: number;
+}
+
+/** The clock every thread reads alike: absolute ms, for the shared ejection deadlines. */
+function wallClock(): number {
+  return performance.timeOrigin + performance.now();
+}
+
+/** The name a connect errno gets when it is the proxy's own failure, else null. */
+function localCode(code: number): string | null {
+  const name = errnoName(code);
+  if (FAILS_EVERY_BACKEND.has(name)) return name;
+  if (name === "EACCES" || name === "EPERM") return "permission";
+  return null;
+}

@@ -1,0 +1,254 @@
+/**
+ * The proxy data plane's shared memory: what the engines and the main thread (the control
+ * plane) both read and write, laid out in one SharedArrayBuffer per proxy, and the messages
+ * that go between them. Like wire.ts for the command ring, this is the one place that knows
+ * the layout.
+ *
+ * - Limits and health hold across engines because they live here: a listener's open count is
+ *   taken with `Atomics.add` before a connection is served, so `max_connections` is exact; a
+ *   backend's failures, active connections and ejection are shared, so an ejection made by one
+ *   engine is seen by all.
+ * - Counters are per engine, each block written by its engine only and summed by the main
+ *   thread on a read of the stats, so counting costs no atomic operation and no message.
+ *
+ * @module
+ */
+
+/** Listener slots (addresses seen by one proxy); a slot is never reused while it runs. */
+export const MAX_LISTENERS = 256;
+/** Backend slots (`cluster/address` pairs seen by one proxy), stable across reloads. */
+export const MAX_BACKENDS = 1024;
+/** Engines one proxy may run. */
+export const MAX_ENGINES = 64;
+/** Cluster slots (names seen by one proxy), stable across reloads. */
+export const MAX_CLUSTERS = 256;
+/** The longest round-robin sequence a cluster gets (see {@linkcode ClusterRoute.sequence}). */
+export const MAX_SEQUENCE = 4096;
+
+/** Int32 region: open connections per listener slot, then per backend slot active and failures. */
+export const LISTENER_OPEN = 0;
+/** Int32 index of backend slot 0's active connections (`+ slot * 2`). */
+export const BACKEND_ACTIVE = MAX_LISTENERS;
+/** Int32 index of backend slot 0's consecutive connect failures (`+ slot * 2`). */
+export const BACKEND_FAILURES = MAX_LISTENERS + 1;
+/** Int32 index of cluster slot 0's round-robin position (`+ slot`). */
+export const CLUSTER_PICKS = MAX_LISTENERS + MAX_BACKENDS * 2;
+/** Int32s of the shared region. */
+export const INT_COUNT = CLUSTER_PICKS + MAX_CLUSTERS;
+
+/**
+ * Float64 region (after the Int32 one): per backend slot the absolute time (ms since the epoch,
+ * `performance.timeOrigin + performance.now()`, which every thread computes alike) until which
+ * it is ejected; written rarely, read on each pick, a stale read only delays the other engines'
+ * view by one connection.
+ */
+export const EJECTED_UNTIL = 0;
+
+/** Per-engine counter block, in Float64s; one writer (its engine). */
+export const ENGINE_OPENED = 0;
+/** Connections served now (opened and not yet ended). */
+export const ENGINE_OPEN = 1;
+/** Connections closed at once: their listener was at `max_connections`. */
+export const ENGINE_REJECTED = 2;
+/** Bytes client to backend. */
+export const ENGINE_BYTES_IN = 3;
+/** Bytes backend to client. */
+export const ENGINE_BYTES_OUT = 4;
+/** Connections that spliced any byte. */
+export const ENGINE_SPLICED = 5;
+/** Connections that copied all their bytes. */
+export const ENGINE_COPIED = 6;
+/** Connects that failed by the backend's fault. */
+export const ENGINE_CONNECT_FAILURES = 7;
+/** First of the accept error counters, one per {@linkcode ACCEPT_CODES} entry. */
+export const ENGINE_ACCEPT_ERRORS = 16;
+/** First of the local error counters, one per {@linkcode LOCAL_CODES} entry. */
+export const ENGINE_LOCAL_ERRORS = 48;
+/** First backend counter: per slot connections, failures, bytes in, bytes out. */
+export const ENGINE_BACKENDS = 64;
+/** Float64s per backend slot in an engine's block. */
+export const BACKEND_FIELDS = 4;
+/** Float64s per engine block. */
+export const ENGINE_STRIDE = ENGINE_BACKENDS + MAX_BACKENDS * BACKEND_FIELDS;
+
+/** accept(2) errors counted by name; anything else counts as the last, "other". */
+export const ACCEPT_CODES = [
+  "ECONNABORTED",
+  "ECONNRESET",
+  "ENOTCONN",
+  "EPROTO",
+  "EPERM",
+  "EINTR",
+  "ENETDOWN",
+  "ENOPROTOOPT",
+  "EHOSTDOWN",
+  "ENONET",
+  "EHOSTUNREACH",
+  "EOPNOTSUPP",
+  "ENETUNREACH",
+  "EMFILE",
+  "ENFILE",
+  "ENOBUFS",
+  "ENOMEM",
+  "other",
+] as const;
+
+/** The proxy's own connect failures, counted apart from the backends' (see proxy/faults.ts). */
+export const LOCAL_CODES = [
+  "EMFILE",
+  "ENFILE",
+  "ENOBUFS",
+  "ENOMEM",
+  "EADDRNOTAVAIL",
+  "permission",
+] as const;
+
+/** Bytes of the shared buffer for `engines` engines. */
+export function planeBytes(engines: number): number {
+  return INT_COUNT * 4 + MAX_BACKENDS * 8 + engines * ENGINE_STRIDE * 8;
+}
+
+/** Views of one proxy's shared buffer. */
+export interface PlaneViews {
+  ints: Int32Array;
+  ejectedUntil: Float64Array;
+  /** Engine `e`'s counters: `counters.subarray(e * ENGINE_STRIDE, (e + 1) * ENGINE_STRIDE)`. */
+  counters: Float64Array;
+}
+
+/** The views of `buffer` laid out for {@linkcode planeBytes}. */
+export function planeViews(buffer: SharedArrayBuffer): PlaneViews {
+  const intBytes = INT_COUNT * 4;
+  return {
+    ints: new Int32Array(buffer, 0, INT_COUNT),
+    ejectedUntil: new Float64Array(buffer, intBytes, MAX_BACKENDS),
+    counters: new Float64Array(buffer, intBytes + MAX_BACKENDS * 8),
+  };
+}
+
+/** Load balancing policies as numbers. */
+export const POLICY_ROUND_ROBIN = 0;
+/** Fewest active connections per unit of weight. */
+export const POLICY_LEAST_CONNECTIONS = 1;
+/** Weighted random. */
+export const POLICY_RANDOM = 2;
+
+/** A backend as an engine routes to it. */
+export interface BackendRoute {
+  slot: number;
+  /** `host:port` as configured. */
+  address: string;
+  /** Where to connect: a `struct sockaddr`, resolved by the main thread. */
+  sockaddr: Uint8Array;
+  weight: number;
+  /**
+   * Why no connect can be made to it, when none can: its host is outside --allow-net (the
+   * proxy's own failure, `local`) or does not resolve (the backend's).
+   */
+  refusal?: { reason: string; local: boolean };
+}
+
+/** A cluster as an engine routes to it. */
+export interface ClusterRoute {
+  name: string;
+  slot: number;
+  policy: number;
+  backends: BackendRoute[];
+  /**
+   * Round robin's order, as indexes into `backends`: the smooth weighted round robin of the
+   * weights, computed once by the main thread. Engines take turns from one shared position,
+   * so the order holds across engines exactly as in one.
+   */
+  sequence: number[];
+}
+
+/** A listener as one engine serves it. */
+export interface ListenerRoute {
+  slot: number;
+  /** As configured, for records and events. */
+  address: string;
+  /** This engine's listening socket for it (its own with SO_REUSEPORT, or the shared one). */
+  fd: number;
+  /** Index into {@linkcode Routes.clusters}; -1 when no cluster has it as a frontend. */
+  cluster: number;
+  maxConnections: number;
+}
+
+/** Everything an engine needs to serve new connections; replaced whole on each reload. */
+export interface Routes {
+  generation: number;
+  listeners: ListenerRoute[];
+  clusters: ClusterRoute[];
+  connectTimeoutMs: number;
+  idleTimeoutMs: number;
+  /** `MODE_*` of wire.ts. */
+  mode: number;
+  pipeCapacity: number;
+  /** Listeners' fds are shared by every engine: registered with EPOLLEXCLUSIVE. */
+  exclusive: boolean;
+  /**
+   * Per listener slot, the connections this engine's socket had queued when the reload was
+   * asked for: accepted under the previous routes before these apply.
+   */
+  queued: Record<number, number>;
+  /** Connect failures in a row that eject a backend, and for how long. */
+  failuresToEject: number;
+  ejectMs: number;
+}
+
+/** Messages from the main thread to an engine (each announced by `OP_MAIL` in the ring). */
+export type PlaneMail =
+  | { type: "routes"; routes: Routes }
+  | { type: "abort-all" };
+
+/** How a proxied connection ended, as an engine reports it. */
+export interface PlaneRecord {
+  client: string;
+  listener: string;
+  cluster: string;
+  backend: string | null;
+  bytesIn: number;
+  bytesOut: number;
+  durationMs: number;
+  /** "splice", "copy" or "none" (never relayed). */
+  mode: "splice" | "copy" | "none";
+  end:
+    | "done"
+    | "reset"
+    | "idle-timeout"
+    | "aborted"
+    | "error"
+    | "no-backend"
+    | "local-error"
+    | "over-limit";
+  /** The backend last tried, for a connection that never relayed (its error names it). */
+  attempted?: string;
+  /** Why the last connect could not be made, when no errno says it. */
+  reason?: string;
+  /** errno and syscall of the failure, or of the last connect that failed. */
+  errno?: number;
+  syscall?: string;
+  side?: "a" | "b";
+}
+
+/** Something an engine reports besides records. */
+export type PlaneEvent =
+  | { type: "backend-ejected"; cluster: string; backend: string }
+  | { type: "accept-error"; address: string; code: string; errno: number; pauseMs: number }
+  | {
+    type: "local-error";
+    cluster: string;
+    backend: string;
+    code: string;
+    errno: number;
+    reason?: string;
+  };
+
+/** Messages from an engine about the data plane, batched per loop turn. */
+export interface PlaneReport {
+  type: "plane";
+  records: PlaneRecord[];
+  events: PlaneEvent[];
+  /** The routes generation now applied, once per mail. */
+  applied?: number;
+}

@@ -1,0 +1,518 @@
+/**
+ * The proxy's native data plane, seen from the main thread (the control plane): it makes the
+ * listening sockets, starts one engine per core, hands each engine the routes (listeners,
+ * clusters, backends resolved to socket addresses), reads the counters the engines keep in
+ * shared memory, and turns their batched records into {@linkcode ConnectionRecord}s. No
+ * connection of this plane ever becomes a Deno conn or costs the main thread anything.
+ *
+ * Listeners: each engine gets its own socket per listener address, bound with SO_REUSEPORT,
+ * and the kernel spreads new connections over them by hash; `SPLICE_LISTEN_MODE=exclusive`
+ * (read when --allow-env grants it) makes one socket shared by every engine with
+ * EPOLLEXCLUSIVE instead. README says which was measured faster and why it is the default.
+ *
+ * @module
+ */
+
+import { closeFd } from "../ffi/pipe.ts";
+import { errnoDescription } from "../ffi/errno.ts";
+import { acceptQueueLength, listenSocket, localPort, resolveSockaddrs } from "../ffi/net.ts";
+import { SyscallError } from "../errors.ts";
+import { RELAY_PIPE_CAPACITY } from "../relay.ts";
+import { pipeCapacityOverride } from "../splice_pipe.ts";
+import { type Engine, startPlaneEngine } from "../engine/engine.ts";
+import {
+  ACCEPT_CODES,
+  BACKEND_ACTIVE,
+  BACKEND_FIELDS,
+  type BackendRoute,
+  CLUSTER_PICKS,
+  type ClusterRoute,
+  ENGINE_ACCEPT_ERRORS,
+  ENGINE_BACKENDS,
+  ENGINE_BYTES_IN,
+  ENGINE_BYTES_OUT,
+  ENGINE_CONNECT_FAILURES,
+  ENGINE_COPIED,
+  ENGINE_LOCAL_ERRORS,
+  ENGINE_OPEN,
+  ENGINE_OPENED,
+  ENGINE_REJECTED,
+  ENGINE_SPLICED,
+  ENGINE_STRIDE,
+  LOCAL_CODES,
+  MAX_BACKENDS,
+  MAX_CLUSTERS,
+  MAX_ENGINES,
+  MAX_LISTENERS,
+  MAX_SEQUENCE,
+  planeBytes,
+  type PlaneEvent,
+  type PlaneRecord,
+  type PlaneReport,
+  type PlaneViews,
+  planeViews,
+  POLICY_LEAST_CONNECTIONS,
+  POLICY_RANDOM,
+  POLICY_ROUND_ROBIN,
+  type Routes,
+} from "../engine/plane_layout.ts";
+import { MODE_AUTO, MODE_COPY, MODE_SPLICE } from "../engine/wire.ts";
+import { Balancer, DEFAULT_EJECT_MS, DEFAULT_FAILURES_TO_EJECT } from "./balancer.ts";
+import type { ConnectionRecord, ListenerSpec, ProxySpec, ProxyStats } from "./types.ts";
+
+/** Pending connections a listener queues (as Deno.listen and HAProxy use by default). */
+const BACKLOG = 511;
+/** How often a drain looks at the open count. */
+const DRAIN_POLL_MS = 10;
+
+/** What the plane tells the proxy around it. */
+export interface PlaneHooks {
+  record(record: ConnectionRecord): void;
+  event(event: PlaneEvent): void;
+  fatal(message: string): void;
+}
+
+interface Listener {
+  spec: ListenerSpec;
+  slot: number;
+  /** One per engine (SO_REUSEPORT), or one shared by all (EPOLLEXCLUSIVE). */
+  fds: number[];
+  port: number;
+}
+
+/** The data plane of one proxy, its engines and their shared memory. */
+export class NativePlane {
+  #engines: Engine[] = [];
+  #views: PlaneViews;
+  #hooks: PlaneHooks;
+  #exclusive: boolean;
+  #listeners = new Map<string, Listener>();
+  #backendSlots = new Map<string, number>();
+  #clusterSlots = new Map<string, number>();
+  #generation = 0;
+  /** Per generation, the engines that have not applied it yet, and the fds to close after. */
+  #closing = new Map<number, { waiting: Set<number>; fds: number[] }>();
+  #spec: ProxySpec;
+  #stopped = false;
+
+  private constructor(spec: ProxySpec, hooks: PlaneHooks, engines: number) {
+    this.#spec = spec;
+    this.#hooks = hooks;
+    this.#exclusive = listenMode() === "exclusive";
+    const buffer = new SharedArrayBuffer(planeBytes(engines));
+    this.#views = planeViews(buffer);
+    for (let i = 0; i < engines; i++) {
+      const engine = startPlaneEngine({
+        plane: { buffer, engine: i },
+        onReport: (report) => this.#receive(i, report),
+        onFatal: (message) => hooks.fatal(`engine ${i}: ${message}`),
+      });
+      if (engine === null) {
+        for (const started of this.#engines) started.stop();
+        this.#engines = [];
+        return;
+      }
+      this.#engines.push(engine);
+    }
+  }
+
+  /**
+   * Starts the plane: its engines, then its listeners. Returns `null` when no engine can start
+   * (the caller serves through Deno conns); throws, with nothing left running, when a listener
+   * cannot listen.
+   */
+  static start(spec: ProxySpec, hooks: PlaneHooks, engines: number): NativePlane | null {
+    const plane = new NativePlane(spec, hooks, Math.min(MAX_ENGINES, Math.max(1, engines)));
+    if (plane.#engines.length === 0) return null;
+    try {
+      for (const listener of spec.listeners) plane.#listen(listener);
+    } catch (error) {
+      for (const listener of plane.#listeners.values()) listener.fds.forEach(closeFd);
+      plane.#listeners.clear();
+      for (const engine of plane.#engines) engine.stop();
+      throw error;
+    }
+    plane.#publish();
+    return plane;
+  }
+
+  /** How many engines run. */
+  get engines(): number {
+    return this.#engines.length;
+  }
+
+  /** The port each listener got, by configured address. */
+  get listenerPorts(): Record<string, number> {
+    return Object.fromEntries([...this.#listeners].map(([address, l]) => [address, l.port]));
+  }
+
+  /**
+   * Applies a new spec: listeners are added and removed (a removed one's sockets are closed
+   * once every engine stopped watching them), routes replaced for new connections. Returns the
+   * listener addresses added and removed; a listener that cannot start is thrown for, by
+   * address, after the others applied.
+   */
+  reload(spec: ProxySpec): { added: string[]; removed: string[]; failed: [string, Error][] } {
+    this.#spec = spec;
+    const added: string[] = [];
+    const removed: string[] = [];
+    const failed: [string, Error][] = [];
+    const wanted = new Set(spec.listeners.map((l) => l.address));
+    const closing: number[] = [];
+    for (const [address, listener] of this.#listeners) {
+      if (wanted.has(address)) continue;
+      this.#listeners.delete(address);
+      closing.push(...listener.fds);
+      removed.push(address);
+    }
+    for (const listener of spec.listeners) {
+      const running = this.#listeners.get(listener.address);
+      if (running) {
+        running.spec = listener;
+        continue;
+      }
+      try {
+        this.#listen(listener);
+        added.push(listener.address);
+      } catch (error) {
+        failed.push([listener.address, error instanceof Error ? error : new Error(String(error))]);
+      }
+    }
+    this.#publish(closing);
+    return { added, removed, failed };
+  }
+
+  /** Resets the passive health of the backends of clusters a reload changed. */
+  forgetHealth(clusters: string[]): void {
+    for (const name of clusters) {
+      const slot = this.#clusterSlots.get(name);
+      if (slot !== undefined) Atomics.store(this.#views.ints, CLUSTER_PICKS + slot, 0);
+    }
+    for (const [key, slot] of this.#backendSlots) {
+      if (!clusters.includes(key.slice(0, key.indexOf("/")))) continue;
+      Atomics.store(this.#views.ints, BACKEND_ACTIVE + slot * 2 + 1, 0);
+      this.#views.ejectedUntil[slot] = 0;
+    }
+  }
+
+  /**
+   * Stops accepting, lets connections finish for up to `drainMs`, ends the rest, and stops the
+   * engines. Resolves when every connection is closed.
+   */
+  async shutdown(drainMs: number): Promise<void> {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    const fds = [...this.#listeners.values()].flatMap((l) => l.fds);
+    this.#listeners.clear();
+    this.#publish(fds);
+    const deadline = performance.now() + drainMs;
+    while (this.#open() > 0 && performance.now() < deadline) await delay(DRAIN_POLL_MS);
+    for (const engine of this.#engines) engine.mail({ type: "abort-all" });
+    while (this.#open() > 0) await delay(DRAIN_POLL_MS);
+    await Promise.all(this.#engines.map((engine) => engine.stop()));
+    // Engines that stopped without acknowledging (they died) never will: close what is left.
+    for (const { fds } of this.#closing.values()) fds.forEach(closeFd);
+    this.#closing.clear();
+  }
+
+  /** The counters, summed over the engines, with per-backend health. */
+  stats(base: ProxyStats): ProxyStats {
+    const { counters, ints, ejectedUntil } = this.#views;
+    const sum = (field: number): number => {
+      let total = 0;
+      for (let e = 0; e < this.#engines.length; e++) total += counters[e * ENGINE_STRIDE + field];
+      return total;
+    };
+    const named = (codes: readonly string[], first: number): Record<string, number> => {
+      const out: Record<string, number> = {};
+      codes.forEach((code, i) => {
+        const n = sum(first + i);
+        if (n > 0) out[code] = n;
+      });
+      return out;
+    };
+    const now = performance.timeOrigin + performance.now();
+    const current = new Set(
+      this.#spec.clusters.flatMap((c) => c.backends.map((b) => `${c.name}/${b.address}`)),
+    );
+    const backends: ProxyStats["backends"] = {};
+    for (const [key, slot] of this.#backendSlots) {
+      const base = ENGINE_BACKENDS + slot * BACKEND_FIELDS;
+      const entry = {
+        cluster: key.slice(0, key.indexOf("/")),
+        active: Atomics.load(ints, BACKEND_ACTIVE + slot * 2),
+        ejected: ejectedUntil[slot] > now,
+        connections: sum(base),
+        failures: sum(base + 1),
+        bytesIn: sum(base + 2),
+        bytesOut: sum(base + 3),
+      };
+      if (current.has(key) || entry.connections > 0 || entry.failures > 0) backends[key] = entry;
+    }
+    return {
+      ...base,
+      connectionsOpen: sum(ENGINE_OPEN),
+      connectionsTotal: sum(ENGINE_OPENED),
+      connectionsRejected: sum(ENGINE_REJECTED),
+      bytesIn: sum(ENGINE_BYTES_IN),
+      bytesOut: sum(ENGINE_BYTES_OUT),
+      splicedConnections: sum(ENGINE_SPLICED),
+      copiedConnections: sum(ENGINE_COPIED),
+      connectFailures: sum(ENGINE_CONNECT_FAILURES),
+      acceptErrors: named(ACCEPT_CODES, ENGINE_ACCEPT_ERRORS),
+      localErrors: named(LOCAL_CODES, ENGINE_LOCAL_ERRORS),
+      backends,
+      engines: this.#engines.map((_, e) => counters[e * ENGINE_STRIDE + ENGINE_OPENED]),
+    };
+  }
+
+  #open(): number {
+    let total = 0;
+    for (let e = 0; e < this.#engines.length; e++) {
+      total += this.#views.counters[e * ENGINE_STRIDE + ENGINE_OPEN];
+    }
+    return total;
+  }
+
+  #listen(spec: ListenerSpec): void {
+    const refused = netRefusal(spec.hostname, spec.port);
+    if (refused !== null) {
+      throw new Deno.errors.NotCapable(`Cannot listen on ${spec.address}: ${refused}`);
+    }
+    const slot = this.#freeListenerSlot();
+    let address: Uint8Array;
+    try {
+      address = resolveSockaddrs(spec.hostname, spec.port)[0];
+    } catch (error) {
+      throw new Error(`Cannot listen on ${spec.address}: ${(error as Error).message}`);
+    }
+    const fds: number[] = [];
+    const count = this.#exclusive ? 1 : this.#engines.length;
+    let port = spec.port;
+    for (let i = 0; i < count; i++) {
+      // Port 0 picks a port for the first socket; the others of the group join it.
+      if (i === 1) new DataView(address.buffer).setUint16(2, port, false);
+      const made = listenSocket(address, { reusePort: !this.#exclusive, backlog: BACKLOG });
+      if ("errno" in made) {
+        fds.forEach(closeFd);
+        throw listenFailure(spec.address, made.errno, made.syscall);
+      }
+      fds.push(made.fd);
+      if (i === 0) port = localPort(made.fd);
+    }
+    this.#listeners.set(spec.address, { spec, slot, fds, port });
+  }
+
+  #freeListenerSlot(): number {
+    const used = new Set([...this.#listeners.values()].map((l) => l.slot));
+    for (let slot = 0; slot < MAX_LISTENERS; slot++) {
+      // A slot still counting open connections belongs to a removed listener draining.
+      if (!used.has(slot) && Atomics.load(this.#views.ints, slot) === 0) return slot;
+    }
+    throw new RangeError(`Cannot add a listener: at most ${MAX_LISTENERS} at a time`);
+  }
+
+  #clusterSlot(name: string): number {
+    let slot = this.#clusterSlots.get(name);
+    if (slot === undefined) {
+      // Past the bound, clusters share the last slot: round robin stays fair, not exact.
+      slot = Math.min(this.#clusterSlots.size, MAX_CLUSTERS - 1);
+      this.#clusterSlots.set(name, slot);
+    }
+    return slot;
+  }
+
+  #backendSlot(key: string): number {
+    const known = this.#backendSlots.get(key);
+    if (known !== undefined) return known;
+    if (this.#backendSlots.size >= MAX_BACKENDS) return -1;
+    const slot = this.#backendSlots.size;
+    this.#backendSlots.set(key, slot);
+    return slot;
+  }
+
+  /** Sends every engine the routes of the current spec; closes `closing` once all applied. */
+  #publish(closing: number[] = []): void {
+    const spec = this.#spec;
+    const generation = ++this.#generation;
+    const clusters: ClusterRoute[] = spec.clusters.map((cluster) => ({
+      name: cluster.name,
+      slot: this.#clusterSlot(cluster.name),
+      sequence: [],
+      policy: cluster.loadBalancing === "least_connections"
+        ? POLICY_LEAST_CONNECTIONS
+        : cluster.loadBalancing === "random"
+        ? POLICY_RANDOM
+        : POLICY_ROUND_ROBIN,
+      backends: cluster.backends.flatMap((backend) => {
+        const slot = this.#backendSlot(`${cluster.name}/${backend.address}`);
+        if (slot < 0) return [];
+        const route: BackendRoute = {
+          slot,
+          address: backend.address,
+          sockaddr: new Uint8Array(0),
+          weight: backend.weight,
+        };
+        // FFI sockets are outside Deno's sandbox: the proxy keeps to --allow-net itself.
+        const refused = netRefusal(backend.hostname, backend.port);
+        if (refused !== null) {
+          route.refusal = { reason: refused, local: true };
+          return [route];
+        }
+        try {
+          route.sockaddr = resolveSockaddrs(backend.hostname, backend.port)[0];
+        } catch (error) {
+          route.refusal = { reason: (error as Error).message, local: false };
+        }
+        return [route];
+      }),
+    }));
+    for (const cluster of clusters) cluster.sequence = roundRobinOrder(cluster);
+    const clusterOf = new Map<string, number>();
+    spec.clusters.forEach((cluster, i) => {
+      for (const frontend of cluster.frontends) clusterOf.set(frontend, i);
+    });
+    const mode = spec.spliceMode === "splice"
+      ? MODE_SPLICE
+      : spec.spliceMode === "copy"
+      ? MODE_COPY
+      : MODE_AUTO;
+    this.#engines.forEach((engine, e) => {
+      const queued: Record<number, number> = {};
+      for (const listener of this.#listeners.values()) {
+        const count = acceptQueueLength(this.#exclusive ? listener.fds[0] : listener.fds[e]);
+        if (count > 0) queued[listener.slot] = count;
+      }
+      const routes: Routes = {
+        queued,
+        generation,
+        listeners: [...this.#listeners.values()].map((l) => ({
+          slot: l.slot,
+          address: l.spec.address,
+          fd: this.#exclusive ? l.fds[0] : l.fds[e],
+          cluster: clusterOf.get(l.spec.address) ?? -1,
+          maxConnections: l.spec.maxConnections,
+        })),
+        clusters,
+        connectTimeoutMs: spec.connectTimeoutMs,
+        idleTimeoutMs: spec.idleTimeoutMs,
+        mode,
+        pipeCapacity: pipeCapacityOverride() ?? RELAY_PIPE_CAPACITY,
+        exclusive: this.#exclusive,
+        failuresToEject: DEFAULT_FAILURES_TO_EJECT,
+        ejectMs: DEFAULT_EJECT_MS,
+      };
+      engine.mail({ type: "routes", routes });
+    });
+    if (closing.length > 0) {
+      this.#closing.set(generation, {
+        waiting: new Set(this.#engines.map((_, e) => e)),
+        fds: closing,
+      });
+    }
+  }
+
+  #receive(engine: number, report: PlaneReport): void {
+    if (report.applied !== undefined) {
+      for (const [generation, entry] of this.#closing) {
+        if (generation > report.applied) continue;
+        entry.waiting.delete(engine);
+        if (entry.waiting.size > 0) continue;
+        entry.fds.forEach(closeFd);
+        this.#closing.delete(generation);
+      }
+    }
+    for (const event of report.events) this.#hooks.event(event);
+    for (const record of report.records) this.#hooks.record(toConnectionRecord(record, this.#spec));
+  }
+}
+
+/** A record as proxy/server.ts logs it, with the error text the Deno path would give. */
+function toConnectionRecord(record: PlaneRecord, spec: ProxySpec): ConnectionRecord {
+  const out: ConnectionRecord = {
+    client: record.client,
+    listener: record.listener,
+    cluster: record.cluster,
+    backend: record.backend,
+    bytesIn: record.bytesIn,
+    bytesOut: record.bytesOut,
+    durationMs: record.durationMs,
+    mode: record.mode,
+    end: record.end,
+  };
+  if (record.reason !== undefined && record.attempted !== undefined) {
+    out.error = `Cannot connect to ${record.attempted}: ${record.reason}`;
+  } else if (record.errno !== undefined && record.errno !== 0) {
+    if (record.backend === null && record.attempted !== undefined) {
+      const reason = record.errno === 110 && record.syscall === "connect"
+        ? `Timed out after ${spec.connectTimeoutMs} ms`
+        : `${errnoDescription(record.errno)} (os error ${record.errno})`;
+      out.error = `Cannot connect to ${record.attempted}: ${reason}`;
+    } else {
+      out.error = new SyscallError(record.syscall || "relay", record.errno, {
+        detail: `side ${record.side ?? "?"}`,
+      }).message;
+    }
+  }
+  return out;
+}
+
+/** The error of a listener that cannot listen, of the class Deno.listen would throw. */
+function listenFailure(address: string, errno: number, syscall: string): Error {
+  const message = `Cannot listen on ${address}: ${errnoDescription(errno)} (os error ${errno})`;
+  const cause = new SyscallError(syscall, errno);
+  if (errno === 98) return new Deno.errors.AddrInUse(message, { cause });
+  if (errno === 99) return new Deno.errors.AddrNotAvailable(message, { cause });
+  if (errno === 13 || errno === 1) return new Deno.errors.PermissionDenied(message, { cause });
+  return new Error(message, { cause });
+}
+
+/**
+ * Why Deno's sandbox would refuse `host:port` (as Deno.connect and Deno.listen word it), or
+ * null when --allow-net grants it.
+ */
+function netRefusal(hostname: string, port: number): string | null {
+  const host = hostname.includes(":") ? `[${hostname}]:${port}` : `${hostname}:${port}`;
+  if (Deno.permissions.querySync({ name: "net", host }).state === "granted") return null;
+  return `Requires net access to "${host}", run again with the --allow-net flag`;
+}
+
+/** SO_REUSEPORT unless `SPLICE_LISTEN_MODE=exclusive` is set and readable. */
+function listenMode(): "reuseport" | "exclusive" {
+  const variable = "SPLICE_LISTEN_MODE";
+  if (Deno.permissions.querySync({ name: "env", variable }).state !== "granted") {
+    return "reuseport";
+  }
+  return Deno.env.get(variable) === "exclusive" ? "exclusive" : "reuseport";
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/**
+ * One cycle of smooth weighted round robin over `cluster`'s backends (the weights divided by
+ * their greatest common divisor), as indexes; cut at {@linkcode MAX_SEQUENCE}, which keeps the
+ * proportions over any window of that length.
+ */
+function roundRobinOrder(cluster: ClusterRoute): number[] {
+  const weighted = cluster.backends.filter((b) => b.weight > 0);
+  if (weighted.length === 0) return [];
+  const divisor = weighted.reduce((g, b) => gcd(g, b.weight), 0);
+  const length = Math.min(MAX_SEQUENCE, weighted.reduce((sum, b) => sum + b.weight / divisor, 0));
+  const balancer = new Balancer(
+    cluster.backends.map((b) => ({ address: String(b.slot), weight: b.weight / divisor })),
+    "round_robin",
+  );
+  const order: number[] = [];
+  for (let i = 0; i < length; i++) {
+    const picked = balancer.pick(0);
+    if (picked === null) break;
+    order.push(cluster.backends.findIndex((b) => String(b.slot) === picked.address));
+  }
+  return order;
+}
+
+function gcd(a: number, b: number): number {
+  return b === 0 ? a : gcd(b, a % b);
+}
