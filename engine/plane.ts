@@ -451,7 +451,7 @@ export class Plane {
 
   #dropBackendSocket(relay: Relay): void {
     if (relay.b.fd < 0) return;
-    libc().epoll_ctl(this.#host.epfd, EPOLL_CTL_DEL, relay.b.fd, this.#control);
+    // Its only reference: the close takes it out of epoll as well.
     libc().close(relay.b.fd);
     relay.b.fd = -1;
     relay.b.readable = false;

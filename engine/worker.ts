@@ -186,10 +186,9 @@ function release(): void {
     for (const dir of [relay.aToB, relay.bToA]) {
       if (dir.pipe !== null) pool.release(dir.pipe, relay.capacity, 1);
     }
-    if (relay.proxied !== null) {
-      if (relay.a.fd >= 0) closeFd(relay.a.fd);
-      if (relay.b.fd >= 0) closeFd(relay.b.fd);
-    }
+    // Its shares of the shared limits and counts are given back too: the other engines and
+    // a restarted one go on with them.
+    if (relay.proxied !== null) plane!.ended(relay, "aborted", null);
   }
   pool.close();
   if (epollFd >= 0) closeFd(epollFd);
@@ -374,8 +373,11 @@ function finish(epfd: number, relay: Relay, end: number | PlaneRecord["end"]): v
   relays.delete(relay.id);
   withTimeout.delete(relay);
   again.delete(relay);
-  for (const side of [relay.a, relay.b]) {
-    if (side.fd >= 0) symbols.epoll_ctl(epfd, EPOLL_CTL_DEL, side.fd, control);
+  // The plane closes its own sockets right after, which takes them out of epoll (nothing else
+  // holds them); relay()'s are closed by the main thread once it learns of the end, so they
+  // leave epoll first, before their numbers can be reused.
+  if (relay.proxied === null) {
+    for (const side of [relay.a, relay.b]) symbols.epoll_ctl(epfd, EPOLL_CTL_DEL, side.fd, control);
   }
   for (const dir of [relay.aToB, relay.bToA]) {
     if (dir.pipe !== null) pool.release(dir.pipe, relay.capacity, dir.pending);

@@ -90,7 +90,13 @@ function findFd(conn: Deno.Conn): number {
   // A peer that already reset leaves the socket without a peer address: the internal fd is
   // trusted on its local address alone then, rather than scanning for what cannot match.
   const internal = internalFd(conn);
-  if (internal !== undefined && check(internal, local, remote) !== NO_MATCH) return internal;
+  // Once the internal fd proved to be the conn's own, it is trusted without the two lookups:
+  // it is Deno's, for a conn that is open (the caller holds it).
+  if (internal !== undefined && internalTrusted) return internal;
+  if (internal !== undefined && check(internal, local, remote) !== NO_MATCH) {
+    internalTrusted = true;
+    return internal;
+  }
 
   if (isUnixAddr(local) && isUnixAddr(remote)) return findUnixFd(local, remote);
 
@@ -98,7 +104,7 @@ function findFd(conn: Deno.Conn): number {
   // (reset between connect and this search) matches on its local address only; it is taken
   // when no socket matches both addresses, since connects to different peers may share a
   // local port and the connected one is the better witness.
-  const limit = maxFd();
+  const limit = maxFd(false);
   let orphan = -1;
   const visit = (fd: number): boolean => {
     const found = check(fd, local, remote);
@@ -113,6 +119,8 @@ function findFd(conn: Deno.Conn): number {
     if (step > 0 && below >= 0 && visit(below)) return (lastFound = below);
   }
   if (orphan !== -1) return orphan;
+  // The limit was read once; one that was raised since hides the fd above it.
+  if (limit !== maxFd(true)) return findFd(conn);
   throw new TypeError(
     `Cannot find the file descriptor of the connection ${formatAddr(local)} -> ` +
       `${formatAddr(remote)}: pass a raw fd, or a conn from Listener.accept()`,
@@ -121,7 +129,7 @@ function findFd(conn: Deno.Conn): number {
 
 function findUnixFd(local: Deno.UnixAddr, remote: Deno.UnixAddr): number {
   let found = -1;
-  for (let fd = 0, limit = maxFd(); fd <= limit; fd++) {
+  for (let fd = 0, limit = maxFd(false); fd <= limit; fd++) {
     if (check(fd, local, remote) !== MATCH) continue;
     if (found !== -1) {
       throw new TypeError(
@@ -143,11 +151,19 @@ function findUnixFd(local: Deno.UnixAddr, remote: Deno.UnixAddr): number {
 const RLIMIT = new BigUint64Array(2);
 
 /** The highest fd number this process can hold: the soft `RLIMIT_NOFILE`, minus one. */
-function maxFd(): number {
-  if (libc().getrlimit(RLIMIT_NOFILE, new Uint8Array(RLIMIT.buffer)) !== 0) return FALLBACK_MAX_FD;
+function maxFd(fresh: boolean): number {
+  if (cachedMaxFd !== -1 && !fresh) return cachedMaxFd;
+  if (libc().getrlimit(RLIMIT_NOFILE, new Uint8Array(RLIMIT.buffer)) !== 0) {
+    return (cachedMaxFd = FALLBACK_MAX_FD);
+  }
   // RLIM_INFINITY or absurd values: the kernel caps fds at fs.nr_open (1,048,576 by default).
-  return Number(RLIMIT[0] > 1_048_576n ? 1_048_576n : RLIMIT[0]) - 1;
+  return (cachedMaxFd = Number(RLIMIT[0] > 1_048_576n ? 1_048_576n : RLIMIT[0]) - 1);
 }
+
+/** The limit as last read: one `prlimit64` per process, not one per search. */
+let cachedMaxFd = -1;
+/** Whether an internal fd has been seen to be its conn's own (see {@linkcode findFd}). */
+let internalTrusted = false;
 
 function internalFd(conn: object): number | undefined {
   if (fdSymbol === undefined) {

@@ -94,6 +94,7 @@ export class NativePlane {
   #closing = new Map<number, { waiting: Set<number>; fds: number[] }>();
   #spec: ProxySpec;
   #stopped = false;
+  #buffer: SharedArrayBuffer;
 
   private constructor(spec: ProxySpec, hooks: PlaneHooks, engines: number) {
     this.#spec = spec;
@@ -101,12 +102,9 @@ export class NativePlane {
     this.#exclusive = listenMode() === "exclusive";
     const buffer = new SharedArrayBuffer(planeBytes(engines));
     this.#views = planeViews(buffer);
+    this.#buffer = buffer;
     for (let i = 0; i < engines; i++) {
-      const engine = startPlaneEngine({
-        plane: { buffer, engine: i },
-        onReport: (report) => this.#receive(i, report),
-        onFatal: (message) => hooks.fatal(`engine ${i}: ${message}`),
-      });
+      const engine = this.#startEngine(i);
       if (engine === null) {
         for (const started of this.#engines) started.stop();
         this.#engines = [];
@@ -134,6 +132,32 @@ export class NativePlane {
     }
     plane.#publish();
     return plane;
+  }
+
+  #startEngine(index: number): Engine | null {
+    return startPlaneEngine({
+      plane: { buffer: this.#buffer, engine: index },
+      onReport: (report) => this.#receive(index, report),
+      onFatal: (message) => this.#engineDied(index, message),
+    });
+  }
+
+  /**
+   * An engine died (a bug): it closed its sockets and gave back its shares of the limits on
+   * the way out. Its listening sockets would queue connections nobody accepts, so another
+   * engine takes its place at once with the same routes.
+   */
+  #engineDied(index: number, message: string): void {
+    this.#hooks.fatal(`engine ${index}: ${message}`);
+    if (this.#stopped) return;
+    for (const entry of this.#closing.values()) entry.waiting.delete(index);
+    const engine = this.#startEngine(index);
+    if (engine === null) {
+      this.#hooks.fatal(`engine ${index} could not be restarted: its listening sockets wait`);
+      return;
+    }
+    this.#engines[index] = engine;
+    this.#publish();
   }
 
   /** How many engines run. */
