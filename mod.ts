@@ -49,5 +49,6 @@ export {
   type RelayMode,
   type RelayOptions,
   type RelayResult,
+  type RelayTarget,
   shutdownRelayEngine,
 } from "./relay.ts";

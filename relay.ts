@@ -12,7 +12,12 @@ import { ffiAvailable } from "./ffi/libc.ts";
 import { pipeCapacityOverride, validateCapacity } from "./splice_pipe.ts";
 import { lastFatal, relayInEngine, stopEngine } from "./engine/engine.ts";
 import { type Conn, fallbackRelay, isResetError } from "./engine/fallback.ts";
-import { closeEndpoint, connFd, rawFd } from "./engine/endpoint.ts";
+import { closeEndpoint, connFd, dial, netRefusal, rawFd } from "./engine/endpoint.ts";
+import { closeFd } from "./ffi/pipe.ts";
+import { SyscallError } from "./errors.ts";
+
+/** Connection timed out: how a target's connect timeout is reported on either path. */
+const ETIMEDOUT = 110;
 import type { RelayMode, RelayResult } from "./engine/types.ts";
 
 export type { RelayEnd, RelayMode, RelayResult } from "./engine/types.ts";
@@ -20,8 +25,32 @@ export type { RelayEnd, RelayMode, RelayResult } from "./engine/types.ts";
 /** One end of a relay: a Deno TCP or Unix connection, or a raw connected socket fd. */
 export type RelayEndpoint = Deno.TcpConn | Deno.UnixConn | number;
 
+/**
+ * A host and port for {@linkcode relay} to connect to itself, in place of side `b`: with FFI
+ * the engine makes the connection, so it never becomes a Deno conn and needs no fd search.
+ *
+ * @example
+ * ```ts
+ * import type { RelayTarget } from "@zerocopy/splice";
+ *
+ * const backend: RelayTarget = { hostname: "127.0.0.1", port: 9000 };
+ * ```
+ */
+export interface RelayTarget {
+  /** A host name, an IPv4 address or an IPv6 address (without brackets). */
+  hostname: string;
+  /** 1 to 65535. */
+  port: number;
+}
+
 /** Options for {@linkcode relay}. */
 export interface RelayOptions {
+  /**
+   * For a {@linkcode RelayTarget}: how long its connect may take, in ms; 0 or absent: as long
+   * as the kernel tries (about two minutes). A connect that fails or times out ends the relay
+   * with `end: "error"` and `side: "b"`, and closes `a`.
+   */
+  connectTimeout?: number;
   /** Ends the relay and closes both ends; the result's `end` is `"aborted"`. */
   signal?: AbortSignal;
   /** Ends the relay after this many ms without a byte moving either way; 0 or absent: never. */
@@ -82,7 +111,9 @@ export const RELAY_PIPE_CAPACITY = 1 << 20;
  * `close(2)`.
  *
  * @param a one side, e.g. the accepted client
- * @param b the other, e.g. the backend from `Deno.connect`
+ * @param b the other: a conn or fd (e.g. the backend from `Deno.connect`), or a
+ * {@linkcode RelayTarget} `{ hostname, port }` that the relay connects to itself (with FFI, in
+ * the engine: no Deno conn, no fd search, a cheaper connection)
  * @param options abort signal, idle timeout, mode, pipe capacity, bytes already read
  * @returns bytes moved each way, the path used and how it ended; it rejects only on misuse
  * @throws {TypeError} on misuse: `a` and `b` the same, a raw fd without FFI, a raw fd that is not
@@ -103,10 +134,11 @@ export const RELAY_PIPE_CAPACITY = 1 << 20;
  */
 export async function relay(
   a: RelayEndpoint,
-  b: RelayEndpoint,
+  b: RelayEndpoint | RelayTarget,
   options?: RelayOptions,
 ): Promise<RelayResult> {
   if (a === b) throw new TypeError("Cannot relay a connection to itself");
+  if (isTarget(b)) return await relayToTarget(a, b, options);
   const mode = options?.mode ?? "auto";
   if (mode !== "auto" && mode !== "splice" && mode !== "copy") {
     throw new TypeError(`Cannot relay in mode "${mode}": expected "auto", "splice" or "copy"`);
@@ -186,6 +218,120 @@ export async function relay(
   if (result === "unavailable") return await withoutEngine(a, b, signal, idleTimeout);
   closeEndpoint(a);
   closeEndpoint(b);
+  return result;
+}
+
+function isTarget(b: RelayEndpoint | RelayTarget): b is RelayTarget {
+  return typeof b === "object" && b !== null && !("close" in b) && "hostname" in b;
+}
+
+/** The longest timeout a timer takes, and so "as long as the kernel tries". */
+const NO_TIMEOUT = 2 ** 31 - 1;
+
+/**
+ * relay() to a host and port: with the engine, side b is a socket whose connect the engine
+ * finishes; otherwise (no FFI, `initialData.toB` to write first, an fd that cannot be found, no
+ * engine) it is a Deno conn from Deno.connect, relayed as any other.
+ */
+async function relayToTarget(
+  a: RelayEndpoint,
+  target: RelayTarget,
+  options: RelayOptions | undefined,
+): Promise<RelayResult> {
+  const { hostname, port } = target;
+  if (typeof hostname !== "string" || hostname === "") {
+    closeEndpoint(a);
+    throw new TypeError(`Cannot relay to host ${JSON.stringify(hostname)}: expected a host name`);
+  }
+  if (!Number.isInteger(port) || port < 1 || port > 65535) {
+    closeEndpoint(a);
+    throw new RangeError(`Cannot relay to port ${port}: expected 1 to 65535`);
+  }
+  const connectTimeout = options?.connectTimeout ?? 0;
+  if (!Number.isInteger(connectTimeout) || connectTimeout < 0 || connectTimeout > NO_TIMEOUT) {
+    closeEndpoint(a);
+    throw new RangeError(
+      `Cannot relay with connectTimeout ${connectTimeout}: expected whole ms from 0 to ${NO_TIMEOUT}`,
+    );
+  }
+  const viaDeno = async (): Promise<RelayResult> => {
+    const signals = [
+      options?.signal,
+      connectTimeout > 0 ? AbortSignal.timeout(connectTimeout) : undefined,
+    ]
+      .filter((signal): signal is AbortSignal => signal !== undefined);
+    let conn: Deno.TcpConn;
+    try {
+      conn = await Deno.connect({
+        hostname,
+        port,
+        signal: signals.length > 0 ? AbortSignal.any(signals) : undefined,
+      });
+    } catch (error) {
+      closeEndpoint(a);
+      if (error instanceof Deno.errors.NotCapable) throw error;
+      const mode = ffiAvailable() ? "copy" : "fallback";
+      if (options?.signal?.aborted) {
+        return { aToB: 0, bToA: 0, splicedBytes: 0, mode, end: "aborted" };
+      }
+      // The timeout's signal fired: said as the engine says it.
+      const timedOut = error instanceof DOMException && error.name === "TimeoutError";
+      const reason = timedOut
+        ? new SyscallError("connect", ETIMEDOUT, { detail: "side b" })
+        : error;
+      return failedBeforeStart(reason, "b", mode);
+    }
+    return await relay(a, conn, options);
+  };
+  if (
+    !ffiAvailable() || options?.initialData?.toB?.byteLength ||
+    typeof a !== "number" && connFd(a) === -1
+  ) {
+    return await viaDeno();
+  }
+  // The engine's sockets are outside Deno's sandbox: --allow-net is kept here, as Deno.connect
+  // would keep it.
+  const refused = netRefusal(target);
+  if (refused !== null) {
+    closeEndpoint(a);
+    throw new Deno.errors.NotCapable(refused);
+  }
+  const signal = options?.signal;
+  const early = await writeInitialData(a, options?.initialData?.toA, "a", "copy");
+  if (early !== null || signal?.aborted) {
+    closeEndpoint(a);
+    return early ?? { aToB: 0, bToA: 0, splicedBytes: 0, mode: "copy", end: "aborted" };
+  }
+  const fdA = typeof a === "number" ? rawFd(a, -1) : connFd(a);
+  const dialed = await dial(target);
+  if ("error" in dialed) {
+    closeEndpoint(a);
+    return failedBeforeStart(dialed.error, "b", "copy");
+  }
+  const capacity = options?.pipeCapacity ?? 0;
+  const result = await relayInEngine({
+    fdA,
+    fdB: dialed.fd,
+    denoFds: typeof a === "number" ? [] : [fdA],
+    mode: options?.mode ?? "auto",
+    idleMs: options?.idleTimeout ?? 0,
+    capacity: capacity || (pipeCapacityOverride() ?? RELAY_PIPE_CAPACITY),
+    connectMs: dialed.inProgress ? (connectTimeout || NO_TIMEOUT) : 0,
+    signal,
+  });
+  closeFd(dialed.fd);
+  if (result === "unavailable") {
+    if (typeof a === "number") {
+      closeEndpoint(a);
+      return failedBeforeStart(
+        new Error(`Cannot start the relay engine (${lastFatal() || "too few free fds"})`),
+        undefined,
+        "copy",
+      );
+    }
+    return await viaDeno();
+  }
+  closeEndpoint(a);
   return result;
 }
 

@@ -5,8 +5,19 @@
  * @module
  */
 
-import { F_GETFL, F_SETFL, O_NONBLOCK } from "../ffi/constants.ts";
-import { errnoName } from "../ffi/errno.ts";
+import {
+  F_GETFL,
+  F_SETFL,
+  IPPROTO_TCP,
+  O_NONBLOCK,
+  SOCK_CLOEXEC,
+  SOCK_NONBLOCK,
+  SOCK_STREAM,
+  TCP_NODELAY,
+} from "../ffi/constants.ts";
+import { EINPROGRESS, errnoName } from "../ffi/errno.ts";
+import { resolveSockaddrsAsync, sockaddrFamily } from "../ffi/net.ts";
+import { SyscallError } from "../errors.ts";
 import { errno, ffiAvailable, libc } from "../ffi/libc.ts";
 import { closeFd } from "../ffi/pipe.ts";
 import { socketFd } from "../ffi/socket_fd.ts";
@@ -54,4 +65,50 @@ export function closeEndpoint(endpoint: Endpoint): void {
   } catch {
     // Already closed: nothing more to release.
   }
+}
+
+/** A host and port for relay() to connect to itself. */
+export interface Target {
+  hostname: string;
+  port: number;
+}
+
+const ONE = new Int32Array([1]);
+
+/**
+ * Starts a non-blocking connect to `target` (resolved as Deno.connect would, on the blocking
+ * pool): the engine finishes it. Returns the socket and whether the connect is still under way,
+ * or the error that ended it at once (nothing left open).
+ */
+export async function dial(
+  target: Target,
+): Promise<{ fd: number; inProgress: boolean } | { error: Error }> {
+  let address: Uint8Array;
+  try {
+    address = (await resolveSockaddrsAsync(target.hostname, target.port))[0];
+  } catch (error) {
+    return { error: error instanceof Error ? error : new Error(String(error)) };
+  }
+  const symbols = libc();
+  const fd = symbols.socket(sockaddrFamily(address), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return { error: new SyscallError("socket", errno()) };
+  symbols.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, ONE, 4);
+  if (symbols.connect(fd, address, address.byteLength) === 0) return { fd, inProgress: false };
+  const code = errno();
+  if (code === EINPROGRESS) return { fd, inProgress: true };
+  closeFd(fd);
+  return { error: new SyscallError("connect", code, { detail: "side b" }) };
+}
+
+/**
+ * Why Deno's sandbox would refuse `target` (worded as Deno.connect and Deno.listen word it), or
+ * null when --allow-net grants it. Sockets made through FFI are outside the sandbox, so relay()
+ * and the proxy's engines keep to --allow-net themselves.
+ */
+export function netRefusal(target: Target): string | null {
+  const host = target.hostname.includes(":")
+    ? `[${target.hostname}]:${target.port}`
+    : `${target.hostname}:${target.port}`;
+  if (Deno.permissions.querySync({ name: "net", host }).state === "granted") return null;
+  return `Requires net access to "${host}", run again with the --allow-net flag`;
 }

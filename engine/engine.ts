@@ -19,6 +19,7 @@ import type { RelayEnd, RelayMode, RelayResult } from "./types.ts";
 import type { PlaneMail, PlaneReport } from "./plane_layout.ts";
 import {
   ADD_CAPACITY,
+  ADD_CONNECT_MS,
   ADD_FD_A,
   ADD_FD_B,
   ADD_IDLE_MS,
@@ -59,6 +60,7 @@ interface EngineRelay {
   mode: number;
   idleMs: number;
   capacity: number;
+  connectMs: number;
 }
 
 /**
@@ -148,6 +150,7 @@ export class Engine {
     command[ADD_MODE] = relay.mode;
     command[ADD_IDLE_MS] = relay.idleMs;
     command[ADD_CAPACITY] = relay.capacity;
+    command[ADD_CONNECT_MS] = relay.connectMs;
     this.#send(command);
     return id;
   }
@@ -363,6 +366,8 @@ export interface EngineJob {
   mode: RelayMode;
   idleMs: number;
   capacity: number;
+  /** Above 0: `fdB`'s connect is under way, and is given up after this many ms. */
+  connectMs?: number;
   signal?: AbortSignal;
 }
 
@@ -399,6 +404,7 @@ export async function relayInEngine(job: EngineJob): Promise<RelayResult | "unav
         mode: MODES[job.mode],
         idleMs: job.idleMs,
         capacity: job.capacity,
+        connectMs: job.connectMs ?? 0,
       },
       resolve,
       job.denoFds,

@@ -34,6 +34,9 @@ import {
 } from "../ffi/constants.ts";
 import { EAGAIN, ECONNRESET, EINPROGRESS, EINTR, errnoName } from "../ffi/errno.ts";
 
+/** accept(2) on a socket that no longer listens. */
+const EINVAL = 22;
+
 /** Permission denied: how a backend outside --allow-net is counted. */
 const EACCES = 13;
 import { formatSockaddr, SOCKADDR_MAX, sockaddrFamily } from "../ffi/net.ts";
@@ -69,6 +72,7 @@ import {
   POLICY_RANDOM,
   POLICY_ROUND_ROBIN,
   type Routes,
+  ticketIndex,
 } from "./plane_layout.ts";
 import { syscallNumber } from "./wire.ts";
 
@@ -118,6 +122,11 @@ export class Plane {
   #counters: Float64Array;
   #ints: Int32Array;
   #routes: Routes | null = null;
+  /** The routes before the last reload, for connections queued before it. */
+  #previous: Routes | null = null;
+  /** Per listener slot, the first ticket the current routes apply to. */
+  #barrier = new Map<number, number>();
+  #engine: number;
   /** Routes by generation, kept while a connection accepted under them still connects. */
   #listening = new Map<number, Listening>();
   #nextId = FIRST_ID;
@@ -134,6 +143,7 @@ export class Plane {
 
   constructor(host: PlaneHost, buffer: SharedArrayBuffer, engine: number) {
     this.#host = host;
+    this.#engine = engine;
     this.#views = planeViews(buffer);
     this.#ints = this.#views.ints;
     this.#counters = this.#views.counters.subarray(
@@ -166,13 +176,8 @@ export class Plane {
    * Connections already accepted keep the backend they have or are connecting to.
    */
   apply(routes: Routes): void {
-    // Connections the kernel had queued when the reload was asked for go where the old routes
-    // said: the main thread counted them per socket, and the accept queue is first in, first
-    // out.
-    for (const [slot, queued] of Object.entries(routes.queued)) {
-      const listening = this.#listening.get(Number(slot));
-      if (listening) this.accept(listening.route.slot, queued);
-    }
+    this.#previous = this.#routes;
+    this.#barrier = new Map(Object.entries(routes.barrier).map(([slot, t]) => [Number(slot), t]));
     const wanted = new Map(routes.listeners.map((l) => [l.slot, l]));
     for (const [slot, listening] of this.#listening) {
       const next = wanted.get(slot);
@@ -249,6 +254,11 @@ export class Plane {
         const code = errno();
         if (code === EAGAIN) return;
         if (code === EINTR) continue;
+        // The main thread stopped this listener (removed, or draining): new routes follow.
+        if (code === EINVAL) {
+          this.#unregister(listening);
+          return;
+        }
         const name = errnoName(code);
         const index = ACCEPT_CODES.indexOf(name as typeof ACCEPT_CODES[number]);
         this.#counters[ENGINE_ACCEPT_ERRORS + (index === -1 ? ACCEPT_CODES.length - 1 : index)]++;
@@ -269,7 +279,20 @@ export class Plane {
       }
       listening.pauseMs = 0;
       const client = formatSockaddr(this.#addr.subarray(0, this.#addrLength[0]));
-      this.#accepted(fd, client, route, routes);
+      const ticket = Atomics.add(
+        this.#ints,
+        ticketIndex(route.slot, this.#engine, routes.exclusive),
+        1,
+      );
+      const barrier = this.#barrier.get(route.slot);
+      const previous = this.#previous;
+      // Counters wrap at 2^31: compared by their difference.
+      if (barrier !== undefined && previous !== null && ((ticket - barrier) | 0) < 0) {
+        const before = previous.listeners.find((l) => l.slot === route.slot) ?? route;
+        this.#accepted(fd, client, before, previous);
+      } else {
+        this.#accepted(fd, client, route, routes);
+      }
     }
   }
 
@@ -308,9 +331,8 @@ export class Plane {
       routes.pipeCapacity,
       now,
     );
+    relay.connecting = true;
     relay.proxied = {
-      connecting: true,
-      connectDeadline: 0,
       tried: [],
       listenerSlot: route.slot,
       listener: route.address,
@@ -391,9 +413,9 @@ export class Plane {
           this.#connected(relay, backend);
           return;
         }
-        proxied.connectDeadline = this.#host.now() + proxied.connectTimeoutMs;
+        relay.connectDeadline = this.#host.now() + proxied.connectTimeoutMs;
         this.#host.timed.add(relay);
-        this.#host.wakeAt(proxied.connectDeadline);
+        this.#host.wakeAt(relay.connectDeadline);
         return;
       }
       symbols.close(fd);
@@ -459,9 +481,8 @@ export class Plane {
   }
 
   #connected(relay: Relay, backend: BackendRoute): void {
-    const proxied = relay.proxied!;
-    proxied.connecting = false;
-    proxied.connectDeadline = 0;
+    relay.connecting = false;
+    relay.connectDeadline = 0;
     this.#host.timed.delete(relay);
     Atomics.add(this.#ints, BACKEND_ACTIVE + backend.slot * 2, 1);
     Atomics.store(this.#ints, BACKEND_FAILURES + backend.slot * 2, 0);
@@ -581,7 +602,7 @@ export class Plane {
     // Counted before the sockets close: whoever sees a close may read the counters next.
     Atomics.sub(this.#ints, LISTENER_OPEN + proxied.listenerSlot, 1);
     this.#counters[ENGINE_OPEN]--;
-    const relayed = !proxied.connecting && proxied.backendSlot >= 0;
+    const relayed = !relay.connecting && proxied.backendSlot >= 0;
     const bytesIn = relay.aToB.bytes;
     const bytesOut = relay.bToA.bytes;
     const spliced = relay.aToB.spliced + relay.bToA.spliced;

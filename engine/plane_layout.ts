@@ -33,8 +33,20 @@ export const BACKEND_ACTIVE = MAX_LISTENERS;
 export const BACKEND_FAILURES = MAX_LISTENERS + 1;
 /** Int32 index of cluster slot 0's round-robin position (`+ slot`). */
 export const CLUSTER_PICKS = MAX_LISTENERS + MAX_BACKENDS * 2;
+/**
+ * Int32 index of the accept tickets: per listener socket, connections accepted from it so far
+ * (`+ slot * MAX_ENGINES + engine`, engine 0 for a socket all engines share). The accept queue
+ * is first in, first out, so a ticket says where a connection stood in it (see
+ * {@linkcode Routes.barrier}).
+ */
+export const LISTENER_TICKETS = CLUSTER_PICKS + MAX_CLUSTERS;
 /** Int32s of the shared region. */
-export const INT_COUNT = CLUSTER_PICKS + MAX_CLUSTERS;
+export const INT_COUNT = LISTENER_TICKETS + MAX_LISTENERS * MAX_ENGINES;
+
+/** The ticket counter of listener `slot`'s socket in `engine` (0 when the socket is shared). */
+export function ticketIndex(slot: number, engine: number, exclusive: boolean): number {
+  return LISTENER_TICKETS + slot * MAX_ENGINES + (exclusive ? 0 : engine);
+}
 
 /**
  * Float64 region (after the Int32 one): per backend slot the absolute time (ms since the epoch,
@@ -187,10 +199,11 @@ export interface Routes {
   /** Listeners' fds are shared by every engine: registered with EPOLLEXCLUSIVE. */
   exclusive: boolean;
   /**
-   * Per listener slot, the connections this engine's socket had queued when the reload was
-   * asked for: accepted under the previous routes before these apply.
+   * Per listener slot, the first accept ticket these routes apply to: the tickets already
+   * taken plus the connections queued when the reload was asked for. Connections the kernel
+   * had completed before the reload keep the previous routes, even when accepted after.
    */
-  queued: Record<number, number>;
+  barrier: Record<number, number>;
   /** Connect failures in a row that eject a backend, and for how long. */
   failuresToEject: number;
   ejectMs: number;

@@ -82,10 +82,6 @@ export class Direction {
 
 /** What the proxy's data plane keeps of a connection it accepted (see plane.ts). */
 export interface Proxied {
-  /** Set while the backend connect is under way: no byte is pumped yet. */
-  connecting: boolean;
-  /** When the current connect attempt is given up. */
-  connectDeadline: number;
   /** Backend slots tried for this connection. */
   tried: number[];
   listenerSlot: number;
@@ -128,6 +124,10 @@ export class Relay {
    * over by relay(). Such a relay is the engine's to close, and pumps nothing while connecting.
    */
   proxied: Proxied | null = null;
+  /** Set while side b's connect is under way: nothing is pumped until it ends. */
+  connecting = false;
+  /** When that connect is given up (the loop's clock). */
+  connectDeadline = 0;
   constructor(
     readonly id: number,
     fdA: number,

@@ -52,6 +52,11 @@ export const ADD_MODE = 4;
 export const ADD_IDLE_MS = 5;
 /** Offset of the requested pipe capacity. */
 export const ADD_CAPACITY = 6;
+/**
+ * Offset of the connect timeout in ms: 0 when side b is connected; above 0 when its connect
+ * is under way, and the engine waits for it (writability, then `SO_ERROR`) before relaying.
+ */
+export const ADD_CONNECT_MS = 7;
 
 /** Relay modes as numbers in the ring: `auto` copies small messages and splices bulk. */
 export const MODE_AUTO = 0;
@@ -82,6 +87,7 @@ export const SYSCALL_NAMES = [
   "shutdown",
   "epoll_ctl",
   "getsockopt",
+  "connect",
 ] as const;
 
 /** A syscall's number in results. */

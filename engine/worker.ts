@@ -47,6 +47,7 @@ import { PipePool } from "./pipe_pool.ts";
 import { failRead, pump, Relay, type Side } from "./pump.ts";
 import {
   ADD_CAPACITY,
+  ADD_CONNECT_MS,
   ADD_FD_A,
   ADD_FD_B,
   ADD_IDLE_MS,
@@ -88,6 +89,9 @@ const MAX_IDLE_WAIT_MS = 60_000;
 
 const EPOLL_CTL = syscallNumber("epoll_ctl");
 const GETSOCKOPT = syscallNumber("getsockopt");
+const CONNECT = syscallNumber("connect");
+/** Connect timed out. */
+const ETIMEDOUT = 110;
 
 const symbols = libc();
 const events = new Uint8Array(EPOLL_EVENT_SIZE * MAX_EVENTS);
@@ -264,10 +268,11 @@ function loop(epfd: number, ring: Int32Array, eventFd: number): "stop" | "mail" 
       const side = (token & 1) === 0 ? relay.a : relay.b;
       if (flags & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) side.readable = true;
       if (flags & (EPOLLOUT | EPOLLHUP | EPOLLERR)) side.writable = true;
-      if (relay.proxied?.connecting) {
-        // Until the backend connects nothing moves; the client's readiness waits with it.
+      if (relay.connecting) {
+        // Until side b connects nothing moves; side a's readiness waits with it.
         if (side === relay.b && (flags & (EPOLLOUT | EPOLLHUP | EPOLLERR)) !== 0) {
-          plane!.connectReady(relay);
+          if (relay.proxied !== null) plane!.connectReady(relay);
+          else connectEnded(epfd, relay);
         }
         continue;
       }
@@ -316,6 +321,31 @@ function addRelay(epfd: number, ring: Int32Array, base: number): void {
   if (relay.idleMs > 0) {
     withTimeout.add(relay);
     nextCheck = Math.min(nextCheck, now + relay.idleMs);
+  }
+  const connectMs = ring[base + ADD_CONNECT_MS];
+  if (connectMs > 0 && relay.b.state !== "broken") {
+    relay.connecting = true;
+    relay.connectDeadline = now + connectMs;
+    withTimeout.add(relay);
+    nextCheck = Math.min(nextCheck, relay.connectDeadline);
+    return;
+  }
+  service(epfd, relay);
+}
+
+/** Side b's connect (started by relay()) is over: relay, or end with its error. */
+function connectEnded(epfd: number, relay: Relay): void {
+  errorLength[0] = 4;
+  const ok = symbols.getsockopt(relay.b.fd, SOL_SOCKET, SO_ERROR, errorValue, errorLength) === 0;
+  const code = ok ? errorValue[0] : errno();
+  relay.connecting = false;
+  relay.connectDeadline = 0;
+  if (relay.idleMs === 0) withTimeout.delete(relay);
+  relay.lastActive = now;
+  if (code !== 0) {
+    failRead(relay, relay.b, code, CONNECT);
+    finish(epfd, relay, END_ERROR);
+    return;
   }
   service(epfd, relay);
 }
@@ -421,10 +451,15 @@ function expireIdle(epfd: number): void {
   nextCheck = Infinity;
   plane?.resumePaused(now);
   for (const relay of [...withTimeout]) {
-    const proxied = relay.proxied;
-    if (proxied?.connecting) {
-      if (now >= proxied.connectDeadline) plane!.connectTimedOut(relay);
-      else nextCheck = Math.min(nextCheck, proxied.connectDeadline);
+    if (relay.connecting) {
+      if (now < relay.connectDeadline) {
+        nextCheck = Math.min(nextCheck, relay.connectDeadline);
+      } else if (relay.proxied !== null) {
+        plane!.connectTimedOut(relay);
+      } else {
+        failRead(relay, relay.b, ETIMEDOUT, CONNECT);
+        finish(epfd, relay, END_ERROR);
+      }
       continue;
     }
     if (relay.lingerUntil !== 0) {

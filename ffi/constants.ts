@@ -33,6 +33,8 @@ export const SPLICE_FLAGS = SPLICE_F_NONBLOCK | SPLICE_F_MOVE;
 
 /** `shutdown` how: stop sending, send FIN. */
 export const SHUT_WR = 1;
+/** `shutdown` how: stop receiving; on a listening socket, stop listening (new SYNs are refused). */
+export const SHUT_RD = 0;
 
 /** `getsockopt` level and options. */
 export const SOL_SOCKET = 1;

@@ -158,6 +158,19 @@ const SYMBOLS = {
     ],
     result: "i32", // int (0 or an EAI_* code, not errno)
   },
+  getaddrinfoAsync: {
+    // The same call on Deno's blocking thread pool, returning a Promise: relay() resolves a
+    // target's host name this way, as Deno.connect does, without stalling the event loop.
+    name: "getaddrinfo",
+    parameters: [
+      "buffer", // const char *node (NUL-terminated)
+      "pointer", // const char *service (always NULL)
+      "buffer", // const struct addrinfo *hints
+      "buffer", // struct addrinfo **res
+    ],
+    result: "i32", // int (0 or an EAI_* code, not errno)
+    nonblocking: true,
+  },
   freeaddrinfo: {
     parameters: [
       "pointer", // struct addrinfo *res

@@ -13,6 +13,7 @@ import {
   IPPROTO_IPV6,
   IPPROTO_TCP,
   IPV6_V6ONLY,
+  SHUT_RD,
   SO_REUSEADDR,
   SO_REUSEPORT,
   SOCK_CLOEXEC,
@@ -151,6 +152,14 @@ export function acceptQueueLength(fd: number): number {
   return new DataView(info.buffer).getUint32(TCPI_UNACKED, true);
 }
 
+/**
+ * Makes a listening socket refuse new connections now, while the fd stays open for the engines
+ * still watching it (they see it fail with EINVAL); connections it had queued are reset.
+ */
+export function stopListening(fd: number): void {
+  libc().shutdown(fd, SHUT_RD);
+}
+
 /** The port a bound socket got (what port 0 became); -1 when it cannot be read. */
 export function localPort(fd: number): number {
   const bytes = new Uint8Array(SOCKADDR_MAX);
@@ -176,16 +185,47 @@ const AI_NEXT = 40;
 export function resolveSockaddrs(hostname: string, port: number): Uint8Array[] {
   const literal = encodeSockaddr(hostname, port);
   if (literal !== null) return [literal];
-  const symbols = libc();
+  const query = addrinfoQuery(hostname);
+  const code = libc().getaddrinfo(query.node, null, query.hints, query.result);
+  return readAddrinfo(hostname, port, code, query.resultView);
+}
+
+/**
+ * {@linkcode resolveSockaddrs} without blocking the caller: the lookup runs on Deno's blocking
+ * thread pool, as Deno.connect's does.
+ */
+export async function resolveSockaddrsAsync(hostname: string, port: number): Promise<Uint8Array[]> {
+  const literal = encodeSockaddr(hostname, port);
+  if (literal !== null) return [literal];
+  const query = addrinfoQuery(hostname);
+  const code = await libc().getaddrinfoAsync(query.node, null, query.hints, query.result);
+  return readAddrinfo(hostname, port, code, query.resultView);
+}
+
+function addrinfoQuery(hostname: string): {
+  node: Uint8Array;
+  hints: Uint8Array;
+  result: Uint8Array;
+  resultView: BigUint64Array;
+} {
   const hints = new Uint8Array(ADDRINFO_SIZE);
   new DataView(hints.buffer).setInt32(AI_SOCKTYPE, SOCK_STREAM, true);
-  const result = new BigUint64Array(1);
-  const code = symbols.getaddrinfo(
-    new TextEncoder().encode(`${hostname}\0`),
-    null,
+  const resultView = new BigUint64Array(1);
+  return {
+    node: new TextEncoder().encode(`${hostname}\0`),
     hints,
-    new Uint8Array(result.buffer),
-  );
+    result: new Uint8Array(resultView.buffer),
+    resultView,
+  };
+}
+
+function readAddrinfo(
+  hostname: string,
+  port: number,
+  code: number,
+  result: BigUint64Array,
+): Uint8Array[] {
+  const symbols = libc();
   if (code !== 0 || result[0] === 0n) {
     throw new TypeError(`Cannot resolve "${hostname}": getaddrinfo failed with code ${code}`);
   }

@@ -5,21 +5,28 @@
  * shared memory, and turns their batched records into {@linkcode ConnectionRecord}s. No
  * connection of this plane ever becomes a Deno conn or costs the main thread anything.
  *
- * Listeners: each engine gets its own socket per listener address, bound with SO_REUSEPORT,
- * and the kernel spreads new connections over them by hash; `SPLICE_LISTEN_MODE=exclusive`
- * (read when --allow-env grants it) makes one socket shared by every engine with
- * EPOLLEXCLUSIVE instead. README says which was measured faster and why it is the default.
+ * Listeners: one socket per listener address, in every engine's epoll with EPOLLEXCLUSIVE, so
+ * that a new connection wakes one idle engine; `SPLICE_LISTEN_MODE=reuseport` (read when
+ * --allow-env grants it) gives each engine its own socket, bound with SO_REUSEPORT, over which
+ * the kernel spreads connections by hash. README says what was measured and why.
  *
  * @module
  */
 
 import { closeFd } from "../ffi/pipe.ts";
 import { errnoDescription } from "../ffi/errno.ts";
-import { acceptQueueLength, listenSocket, localPort, resolveSockaddrs } from "../ffi/net.ts";
+import {
+  acceptQueueLength,
+  listenSocket,
+  localPort,
+  resolveSockaddrs,
+  stopListening,
+} from "../ffi/net.ts";
 import { SyscallError } from "../errors.ts";
 import { RELAY_PIPE_CAPACITY } from "../relay.ts";
 import { pipeCapacityOverride } from "../splice_pipe.ts";
 import { type Engine, startPlaneEngine } from "../engine/engine.ts";
+import { netRefusal } from "../engine/endpoint.ts";
 import {
   ACCEPT_CODES,
   BACKEND_ACTIVE,
@@ -55,6 +62,7 @@ import {
   POLICY_RANDOM,
   POLICY_ROUND_ROBIN,
   type Routes,
+  ticketIndex,
 } from "../engine/plane_layout.ts";
 import { MODE_AUTO, MODE_COPY, MODE_SPLICE } from "../engine/wire.ts";
 import { Balancer, DEFAULT_EJECT_MS, DEFAULT_FAILURES_TO_EJECT } from "./balancer.ts";
@@ -186,6 +194,8 @@ export class NativePlane {
     for (const [address, listener] of this.#listeners) {
       if (wanted.has(address)) continue;
       this.#listeners.delete(address);
+      // Refused from now on, not from when every engine has let go of it.
+      listener.fds.forEach(stopListening);
       closing.push(...listener.fds);
       removed.push(address);
     }
@@ -227,6 +237,7 @@ export class NativePlane {
     if (this.#stopped) return;
     this.#stopped = true;
     const fds = [...this.#listeners.values()].flatMap((l) => l.fds);
+    fds.forEach(stopListening);
     this.#listeners.clear();
     this.#publish(fds);
     const deadline = performance.now() + drainMs;
@@ -299,7 +310,7 @@ export class NativePlane {
   }
 
   #listen(spec: ListenerSpec): void {
-    const refused = netRefusal(spec.hostname, spec.port);
+    const refused = netRefusal(spec);
     if (refused !== null) {
       throw new Deno.errors.NotCapable(`Cannot listen on ${spec.address}: ${refused}`);
     }
@@ -378,7 +389,7 @@ export class NativePlane {
           weight: backend.weight,
         };
         // FFI sockets are outside Deno's sandbox: the proxy keeps to --allow-net itself.
-        const refused = netRefusal(backend.hostname, backend.port);
+        const refused = netRefusal(backend);
         if (refused !== null) {
           route.refusal = { reason: refused, local: true };
           return [route];
@@ -402,13 +413,20 @@ export class NativePlane {
       ? MODE_COPY
       : MODE_AUTO;
     this.#engines.forEach((engine, e) => {
-      const queued: Record<number, number> = {};
+      // The queue first, then the tickets: a connection accepted between the two reads is
+      // counted twice, so the worst case is one connection made after the reload that keeps
+      // the old routes, never one made before it that loses them.
+      const barrier: Record<number, number> = {};
       for (const listener of this.#listeners.values()) {
-        const count = acceptQueueLength(this.#exclusive ? listener.fds[0] : listener.fds[e]);
-        if (count > 0) queued[listener.slot] = count;
+        const queued = acceptQueueLength(this.#exclusive ? listener.fds[0] : listener.fds[e]);
+        const taken = Atomics.load(
+          this.#views.ints,
+          ticketIndex(listener.slot, e, this.#exclusive),
+        );
+        barrier[listener.slot] = (taken + queued) | 0;
       }
       const routes: Routes = {
-        queued,
+        barrier,
         generation,
         listeners: [...this.#listeners.values()].map((l) => ({
           slot: l.slot,
@@ -492,22 +510,15 @@ function listenFailure(address: string, errno: number, syscall: string): Error {
 }
 
 /**
- * Why Deno's sandbox would refuse `host:port` (as Deno.connect and Deno.listen word it), or
- * null when --allow-net grants it.
+ * One socket per listener shared with EPOLLEXCLUSIVE, unless `SPLICE_LISTEN_MODE=reuseport` is
+ * set and readable (README, "Engines", says why and what was measured).
  */
-function netRefusal(hostname: string, port: number): string | null {
-  const host = hostname.includes(":") ? `[${hostname}]:${port}` : `${hostname}:${port}`;
-  if (Deno.permissions.querySync({ name: "net", host }).state === "granted") return null;
-  return `Requires net access to "${host}", run again with the --allow-net flag`;
-}
-
-/** SO_REUSEPORT unless `SPLICE_LISTEN_MODE=exclusive` is set and readable. */
 function listenMode(): "reuseport" | "exclusive" {
   const variable = "SPLICE_LISTEN_MODE";
   if (Deno.permissions.querySync({ name: "env", variable }).state !== "granted") {
-    return "reuseport";
+    return "exclusive";
   }
-  return Deno.env.get(variable) === "exclusive" ? "exclusive" : "reuseport";
+  return Deno.env.get(variable) === "reuseport" ? "reuseport" : "exclusive";
 }
 
 function delay(ms: number): Promise<void> {
