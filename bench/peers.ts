@@ -36,8 +36,8 @@ export type Impl =
   | "floor";
 /**
  * proxy.ts under each name, with the `engines` key its config sets (null: the key left out, so
- * its default). A variant is one line here; bench/run.ts runs those other than `proxy` only
- * with `--with-engines`, as they need a proxy.ts that knows the key.
+ * its default). A variant is one line here; bench/run.ts runs proxy1 and proxy2, and `proxy`
+ * only with `--default-engines`.
  */
 export const PROXY_ENGINES = {
   proxy: null,
@@ -47,7 +47,7 @@ export const PROXY_ENGINES = {
 function isProxyTs(impl: Impl): impl is keyof typeof PROXY_ENGINES {
   return Object.hasOwn(PROXY_ENGINES, impl);
 }
-/** The variants of `proxy` that bench/run.ts adds with `--with-engines`. */
+/** The variants of `proxy` that bench/run.ts runs in its place. */
 export const ENGINE_IMPLS = (Object.keys(PROXY_ENGINES) as Impl[]).filter((i) => i !== "proxy");
 /** Clock ticks per second in /proc/PID/stat. */
 export const CLOCK_TICKS = 100;

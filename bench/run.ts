@@ -5,7 +5,7 @@
  * anchors (HAProxy with forced splice, and Go's io.Copy). External load generators (iperf3,
  * bench/benchtool.c) so that JS is not the bottleneck of the measurement.
  *
- *     deno task bench [--rounds N] [--only ROW,...] [--with-engines]
+ *     deno task bench [--rounds N] [--only ROW,...] [--default-engines]
  *
  * The rows: bulk1, bulk8, pingpong, pingpong2, churn, idle, memory (the default set), and
  * syscalls, which runs only when --only names it: it needs strace and ptrace, which a
@@ -25,8 +25,9 @@
  * pair of processes on the same CPUs, no server, which `direct` should match if the client and the
  * echo server add nothing.
  *
- * `--with-engines` adds proxy.ts with `engines = 1` and `engines = 2` (proxy1, proxy2) beside
- * `proxy` in every row: left out by default while proxy.ts rejects the key it does not know.
+ * proxy.ts runs as `proxy1` and `proxy2`, with `engines = 1` and `engines = 2`, set against
+ * HAProxy's `nbthread 1` and `nbthread 2`; `--default-engines` runs it once more as `proxy`, its
+ * config without the key (one engine per CPU it may run on).
  *
  * Needs root for `apt-get install iperf3 haproxy golang-go` (and strace for the syscalls row)
  * when they are missing, and `cc`.
@@ -60,11 +61,13 @@ function arg(name: string, fallback: string): string {
 }
 const ROUNDS = Number(arg("--rounds", "3"));
 const ONLY = arg("--only", "bulk1,bulk8,pingpong,pingpong2,churn,idle,memory").split(",");
-const WITH_ENGINES = Deno.args.includes("--with-engines");
+const DEFAULT_ENGINES = Deno.args.includes("--default-engines");
 
-/** A row's list with the proxy.ts engine variants after `proxy` when --with-engines asks. */
+/** A row's list with proxy.ts as its engine variants (and as `proxy` when asked). */
 function withEngines(list: Impl[]): Impl[] {
-  return WITH_ENGINES ? list.flatMap((i) => i === "proxy" ? [i, ...ENGINE_IMPLS] : [i]) : list;
+  return list.flatMap((i) =>
+    i === "proxy" ? [...(DEFAULT_ENGINES ? [i] : []), ...ENGINE_IMPLS] : [i]
+  );
 }
 
 const BULK_IMPLS = withEngines([...IMPLS, "csplice", ...ANCHORS]);
