@@ -20,7 +20,8 @@
 //                                             event loop
 //   benchtool idle PORT COUNT [noecho]        opens COUNT connections (each proved by a 1-byte
 //                                             echo unless noecho), prints "ready", holds them
-//                                             until stdin closes
+//                                             until stdin closes; each "c" on stdin re-proves
+//                                             every tenth and prints "checked SAMPLED ANSWERED"
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -266,8 +267,18 @@ static int idle(int port, int count, int echo) {
   }
   printf("ready\n");
   fflush(stdout);
+  // Each "c" on stdin re-proves every tenth connection with another 1-byte echo (all of them
+  // stay open meanwhile) and prints how many of those answered.
   char c;
   while (read(0, &c, 1) > 0) {
+    if (c != 'c' || !echo) continue;
+    int sampled = 0, answered = 0;
+    for (int i = 0; i < count; i += 10) {
+      sampled++;
+      if (write_full(fds[i], &byte, 1) == 0 && read_full(fds[i], &byte, 1) == 0) answered++;
+    }
+    printf("checked %d %d\n", sampled, answered);
+    fflush(stdout);
   }
   for (int i = 0; i < count; i++) close(fds[i]);
   return 0;

@@ -41,13 +41,12 @@ const EINVAL = 22;
 const EACCES = 13;
 import { formatSockaddr, SOCKADDR_MAX, sockaddrFamily } from "../ffi/net.ts";
 import { failRead, Relay } from "./pump.ts";
+import { markConnected, markFailed, pickBackend } from "./plane_pick.ts";
 import {
   ACCEPT_CODES,
   BACKEND_ACTIVE,
-  BACKEND_FAILURES,
   BACKEND_FIELDS,
   type BackendRoute,
-  CLUSTER_PICKS,
   type ClusterRoute,
   ENGINE_ACCEPT_ERRORS,
   ENGINE_BACKENDS,
@@ -68,15 +67,18 @@ import {
   type PlaneRecord,
   type PlaneViews,
   planeViews,
-  POLICY_LEAST_CONNECTIONS,
-  POLICY_RANDOM,
-  POLICY_ROUND_ROBIN,
   type Routes,
   ticketIndex,
 } from "./plane_layout.ts";
 import { syscallNumber } from "./wire.ts";
 
 const GETSOCKOPT = syscallNumber("getsockopt");
+/** The `tried` list of a connection before its first attempt; never written to. */
+const NONE_TRIED: number[] = [];
+/** Records sent in one message at most; more wait for the next. */
+const RECORD_BATCH = 512;
+/** How long a record may wait for others to share its message (the access log's delay). */
+const RECORD_DELAY_MS = 20;
 /** Connections one listener may accept per wake-up before other work gets a turn. */
 const ACCEPTS_PER_TURN = 64;
 /** First epoll token of listeners (`+ slot`); relay tokens stay below 2^31. */
@@ -127,10 +129,12 @@ export class Plane {
   /** Per listener slot, the first ticket the current routes apply to. */
   #barrier = new Map<number, number>();
   #engine: number;
-  /** Routes by generation, kept while a connection accepted under them still connects. */
+  /** The listeners this engine watches, by slot. */
   #listening = new Map<number, Listening>();
   #nextId = FIRST_ID;
   #records: PlaneRecord[] = [];
+  /** When the oldest record waiting was queued (the loop's clock). */
+  #firstRecordAt = Infinity;
   #events: PlaneEvent[] = [];
   #applied: number | undefined;
   #addr = new Uint8Array(SOCKADDR_MAX);
@@ -157,6 +161,26 @@ export class Plane {
     return this.#records.length > 0 || this.#events.length > 0 || this.#applied !== undefined;
   }
 
+  /**
+   * Whether the report should go now: events and acknowledgements at once, records once enough
+   * are waiting or the oldest has waited {@linkcode RECORD_DELAY_MS}. Each message wakes the main
+   * thread; under churn a message per loop turn would cost it a wake-up per connection or two.
+   */
+  due(now: number): boolean {
+    if (this.#events.length > 0 || this.#applied !== undefined) return true;
+    if (this.#records.length === 0) return false;
+    if (this.#records.length >= RECORD_BATCH || now >= this.#firstRecordAt + RECORD_DELAY_MS) {
+      return true;
+    }
+    this.#host.wakeAt(this.#firstRecordAt + RECORD_DELAY_MS);
+    return false;
+  }
+
+  #record(record: PlaneRecord): void {
+    if (this.#records.length === 0) this.#firstRecordAt = this.#host.now();
+    this.#records.push(record);
+  }
+
   /** Takes what is to be posted. */
   takeReport(): { records: PlaneRecord[]; events: PlaneEvent[]; applied?: number } {
     const report: { records: PlaneRecord[]; events: PlaneEvent[]; applied?: number } = {
@@ -167,6 +191,7 @@ export class Plane {
     this.#records = [];
     this.#events = [];
     this.#applied = undefined;
+    this.#firstRecordAt = Infinity;
     return report;
   }
 
@@ -278,7 +303,7 @@ export class Plane {
         return;
       }
       listening.pauseMs = 0;
-      const client = formatSockaddr(this.#addr.subarray(0, this.#addrLength[0]));
+      const client = formatSockaddr(this.#addr);
       const ticket = Atomics.add(
         this.#ints,
         ticketIndex(route.slot, this.#engine, routes.exclusive),
@@ -304,7 +329,7 @@ export class Plane {
       this.#counters[ENGINE_REJECTED]++;
       Atomics.sub(this.#ints, LISTENER_OPEN + route.slot, 1);
       libc().close(fd);
-      this.#records.push({
+      this.#record({
         client,
         listener: route.address,
         cluster: cluster?.name ?? "",
@@ -320,8 +345,10 @@ export class Plane {
     this.#counters[ENGINE_OPENED]++;
     this.#counters[ENGINE_OPEN]++;
     const now = this.#host.now();
-    const id = this.#nextId;
-    this.#nextId = this.#nextId + 1 >= LAST_ID ? FIRST_ID : this.#nextId + 1;
+    // Ids wrap after 2^29 connections: one still held by a long-lived relay is skipped.
+    let id = this.#nextId;
+    while (this.#host.relays.has(id)) id = id + 1 >= LAST_ID ? FIRST_ID : id + 1;
+    this.#nextId = id + 1 >= LAST_ID ? FIRST_ID : id + 1;
     const relay = new Relay(
       id,
       fd,
@@ -333,7 +360,7 @@ export class Plane {
     );
     relay.connecting = true;
     relay.proxied = {
-      tried: [],
+      tried: NONE_TRIED,
       listenerSlot: route.slot,
       listener: route.address,
       cluster,
@@ -369,13 +396,14 @@ export class Plane {
     const proxied = relay.proxied!;
     const symbols = libc();
     for (;;) {
-      const backend = this.#pick(cluster, proxied.tried);
+      const backend = pickBackend(cluster, proxied.tried, this.#views);
       if (backend === null) {
         // As on the Deno path: "local-error" only when every backend would fail alike.
         this.#host.finishNow(relay, "no-backend");
         return;
       }
-      proxied.tried.push(backend.slot);
+      // Sized to fit: most connections make one attempt, and a held array costs per connection.
+      proxied.tried = [...proxied.tried, backend.slot];
       proxied.backendSlot = backend.slot;
       proxied.backend = backend.address;
       if (backend.refusal !== undefined) {
@@ -484,9 +512,7 @@ export class Plane {
     relay.connecting = false;
     relay.connectDeadline = 0;
     this.#host.timed.delete(relay);
-    Atomics.add(this.#ints, BACKEND_ACTIVE + backend.slot * 2, 1);
-    Atomics.store(this.#ints, BACKEND_FAILURES + backend.slot * 2, 0);
-    this.#views.ejectedUntil[backend.slot] = 0;
+    markConnected(this.#views, backend.slot);
     this.#counters[ENGINE_BACKENDS + backend.slot * BACKEND_FIELDS]++;
     relay.lastActive = this.#host.now();
     if (relay.idleMs > 0) {
@@ -509,11 +535,8 @@ export class Plane {
     proxied.syscall = syscall;
     this.#counters[ENGINE_CONNECT_FAILURES]++;
     this.#counters[ENGINE_BACKENDS + backend.slot * BACKEND_FIELDS + 1]++;
-    const failures = Atomics.add(this.#ints, BACKEND_FAILURES + backend.slot * 2, 1) + 1;
     const routes = this.#routes!;
-    const now = wallClock();
-    if (failures < routes.failuresToEject || this.#views.ejectedUntil[backend.slot] > now) return;
-    this.#views.ejectedUntil[backend.slot] = now + routes.ejectMs;
+    if (!markFailed(this.#views, backend.slot, routes.failuresToEject, routes.ejectMs)) return;
     this.#events.push({ type: "backend-ejected", cluster: cluster.name, backend: backend.address });
   }
 
@@ -550,55 +573,17 @@ export class Plane {
   }
 
   /**
-   * The backend for the next attempt, skipping those tried and, while others remain, the
-   * ejected ones (as proxy/balancer.ts does for the Deno path, with the health shared).
-   */
-  #pick(cluster: ClusterRoute, tried: number[]): BackendRoute | null {
-    const usable = cluster.backends.filter((b) => b.weight > 0 && !tried.includes(b.slot));
-    if (usable.length === 0) return null;
-    const now = wallClock();
-    const ejected = this.#views.ejectedUntil;
-    const healthy = usable.filter((b) => ejected[b.slot] <= now);
-    const pool = healthy.length > 0
-      ? healthy
-      : [usable.reduce((a, b) => (ejected[a.slot] <= ejected[b.slot] ? a : b))];
-    if (cluster.policy === POLICY_LEAST_CONNECTIONS) {
-      const active = (b: BackendRoute): number =>
-        Atomics.load(this.#ints, BACKEND_ACTIVE + b.slot * 2);
-      return pool.reduce((best, b) => {
-        const lhs = active(b) * best.weight;
-        const rhs = active(best) * b.weight;
-        return lhs < rhs || (lhs === rhs && b.weight > best.weight) ? b : best;
-      });
-    }
-    if (cluster.policy === POLICY_RANDOM) {
-      const total = pool.reduce((sum, b) => sum + b.weight, 0);
-      let ticket = Math.random() * total;
-      for (const b of pool) {
-        ticket -= b.weight;
-        if (ticket < 0) return b;
-      }
-      return pool[pool.length - 1];
-    }
-    // Round robin: the shared position walks the precomputed order; a backend that cannot
-    // take this connection (tried, or ejected while others are healthy) passes its turn on.
-    if (cluster.policy === POLICY_ROUND_ROBIN && cluster.sequence.length > 0) {
-      const sequence = cluster.sequence;
-      const start = Atomics.add(this.#ints, CLUSTER_PICKS + cluster.slot, 1) >>> 0;
-      for (let k = 0; k < sequence.length; k++) {
-        const b = cluster.backends[sequence[(start + k) % sequence.length]];
-        if (pool.includes(b)) return b;
-      }
-    }
-    return pool[0];
-  }
-
-  /**
    * A proxied relay ended (already out of epoll): closes both sockets, gives back its shares of
    * the limits, counts it and records it.
    */
   ended(relay: Relay, end: PlaneRecord["end"], failure: Failure | null): void {
     const proxied = relay.proxied!;
+    // Its two fds are free now: a listener paused for want of fds tries again at once.
+    for (const listening of this.#listening.values()) {
+      if (listening.pausedUntil === 0) continue;
+      listening.pausedUntil = this.#host.now();
+      this.#host.wakeAt(listening.pausedUntil);
+    }
     // Counted before the sockets close: whoever sees a close may read the counters next.
     Atomics.sub(this.#ints, LISTENER_OPEN + proxied.listenerSlot, 1);
     this.#counters[ENGINE_OPEN]--;
@@ -636,7 +621,7 @@ export class Plane {
     }
     if (!relayed && proxied.backend !== null) record.attempted = proxied.backend;
     if (!relayed && proxied.reason !== "") record.reason = proxied.reason;
-    this.#records.push(record);
+    this.#record(record);
     const symbols = libc();
     if (relay.a.fd >= 0) symbols.close(relay.a.fd);
     if (relay.b.fd >= 0) symbols.close(relay.b.fd);
@@ -648,11 +633,6 @@ export interface Failure {
   errno: number;
   syscall: string;
   side: number;
-}
-
-/** The clock every thread reads alike: absolute ms, for the shared ejection deadlines. */
-function wallClock(): number {
-  return performance.timeOrigin + performance.now();
 }
 
 /** The name a connect errno gets when it is the proxy's own failure, else null. */

@@ -222,13 +222,13 @@ function loop(epfd: number, ring: Int32Array, eventFd: number): "stop" | "mail" 
         stopping = true;
       } else if (op === OP_MAIL) {
         Atomics.store(ring, HEAD, (head + 1) | 0);
-        flushResults();
+        flushResults(true);
         return "mail";
       }
       head = (head + 1) | 0;
       Atomics.store(ring, HEAD, head);
     }
-    flushResults();
+    flushResults(stopping && relays.size === 0);
     if (stopping && relays.size === 0) return "stop";
 
     let timeout = -1;
@@ -434,12 +434,13 @@ function finish(epfd: number, relay: Relay, end: number | PlaneRecord["end"]): v
   ]);
 }
 
-function flushResults(): void {
+/** Posts what ended; the plane's records may wait for company unless `all` (leaving the loop). */
+function flushResults(all = false): void {
   if (finished.length > 0) {
     post({ type: "ended", results: finished });
     finished = [];
   }
-  if (plane?.pending) post({ type: "plane", ...plane.takeReport() });
+  if (plane?.pending && (all || plane.due(now))) post({ type: "plane", ...plane.takeReport() });
 }
 
 function idleWait(): number {

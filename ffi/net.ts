@@ -53,11 +53,12 @@ export function encodeSockaddr(hostname: string, port: number): Uint8Array | nul
 
 /** `"a.b.c.d:port"` or `"[v6]:port"` of a `struct sockaddr` of either family; "" otherwise. */
 export function formatSockaddr(bytes: Uint8Array): string {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const family = view.getUint16(0, true);
-  const port = view.getUint16(2, false);
+  const family = bytes[0] | (bytes[1] << 8);
+  const port = (bytes[2] << 8) | bytes[3];
+  // IPv4 allocates nothing but the string: this runs once per accepted connection.
   if (family === AF_INET) return `${bytes[4]}.${bytes[5]}.${bytes[6]}.${bytes[7]}:${port}`;
   if (family !== AF_INET6) return "";
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const groups: string[] = [];
   for (let i = 0; i < 8; i++) groups.push(view.getUint16(8 + i * 2, false).toString(16));
   // The canonical text (RFC 5952) is what URL gives for a bracketed literal.

@@ -66,7 +66,8 @@ import {
 } from "../engine/plane_layout.ts";
 import { MODE_AUTO, MODE_COPY, MODE_SPLICE } from "../engine/wire.ts";
 import { Balancer, DEFAULT_EJECT_MS, DEFAULT_FAILURES_TO_EJECT } from "./balancer.ts";
-import type { ConnectionRecord, ListenerSpec, ProxySpec, ProxyStats } from "./types.ts";
+import { Throttle } from "./faults.ts";
+import type { ConnectionRecord, ListenerSpec, ProxyEvent, ProxySpec, ProxyStats } from "./types.ts";
 
 /** Pending connections a listener queues (as Deno.listen and HAProxy use by default). */
 const BACKLOG = 511;
@@ -76,9 +77,13 @@ const DRAIN_POLL_MS = 10;
 /** What the plane tells the proxy around it. */
 export interface PlaneHooks {
   record(record: ConnectionRecord): void;
-  event(event: PlaneEvent): void;
+  /** Ejections, and accept and local errors at most once a second each (as on the Deno path). */
+  event(event: ProxyEvent): void;
   fatal(message: string): void;
 }
+
+/** How often a kind of failure may be reported (as proxy/server.ts does for the Deno path). */
+const REPORT_INTERVAL_MS = 1_000;
 
 interface Listener {
   spec: ListenerSpec;
@@ -102,6 +107,7 @@ export class NativePlane {
   #closing = new Map<number, { waiting: Set<number>; fds: number[] }>();
   #spec: ProxySpec;
   #stopped = false;
+  #throttle = new Throttle(REPORT_INTERVAL_MS);
   #buffer: SharedArrayBuffer;
 
   private constructor(spec: ProxySpec, hooks: PlaneHooks, engines: number) {
@@ -454,6 +460,24 @@ export class NativePlane {
     }
   }
 
+  /** An engine's event as the proxy reports it; null while its kind is throttled. */
+  #reportable(event: PlaneEvent): ProxyEvent | null {
+    if (event.type === "backend-ejected") return event;
+    const key = event.type === "accept-error"
+      ? `accept ${event.address} ${event.code}`
+      : `local ${event.cluster}/${event.backend} ${event.code}`;
+    const { report, suppressed } = this.#throttle.pass(key, performance.now());
+    if (!report) return null;
+    const error = `${errnoDescription(event.errno)} (os error ${event.errno})`;
+    if (event.type === "accept-error") {
+      const { address, code, pauseMs } = event;
+      return { type: "accept-error", address, code, error, pauseMs, suppressed };
+    }
+    const { cluster, backend, code } = event;
+    const message = `Cannot connect to ${backend}: ${event.reason ?? error}`;
+    return { type: "local-error", cluster, backend, code, error: message, suppressed };
+  }
+
   #receive(engine: number, report: PlaneReport): void {
     if (report.applied !== undefined) {
       for (const [generation, entry] of this.#closing) {
@@ -464,7 +488,10 @@ export class NativePlane {
         this.#closing.delete(generation);
       }
     }
-    for (const event of report.events) this.#hooks.event(event);
+    for (const event of report.events) {
+      const reported = this.#reportable(event);
+      if (reported !== null) this.#hooks.event(reported);
+    }
     for (const record of report.records) this.#hooks.record(toConnectionRecord(record, this.#spec));
   }
 }

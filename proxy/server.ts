@@ -14,9 +14,7 @@ import { errorCode, failsEveryBackend, localConnectFailure, Throttle } from "./f
 import { specFromConfig } from "./spec.ts";
 import { closeQuietly, connectWithin, listenError } from "./dial.ts";
 import { NativePlane, type PlaneHooks } from "./native_plane.ts";
-import type { PlaneEvent } from "../engine/plane_layout.ts";
 import { ffiAvailable } from "../ffi/libc.ts";
-import { errnoDescription } from "../ffi/errno.ts";
 import { usableCpus } from "../ffi/net.ts";
 import { ProxyCounters } from "./stats.ts";
 import type {
@@ -295,30 +293,9 @@ export class TcpProxy {
   #planeHooks(): PlaneHooks {
     return {
       record: (record) => this.#emit({ type: "connection", record }),
-      event: (event) => this.#planeEvent(event),
+      event: (event) => this.#emit(event),
       fatal: (message) => this.#internalError(new Error(message)),
     };
-  }
-
-  #planeEvent(event: PlaneEvent): void {
-    if (event.type === "backend-ejected") {
-      this.#emit(event);
-      return;
-    }
-    const key = event.type === "accept-error"
-      ? `accept ${event.address} ${event.code}`
-      : `local ${event.cluster}/${event.backend} ${event.code}`;
-    const { report, suppressed } = this.#throttle.pass(key, performance.now());
-    if (!report) return;
-    const error = `${errnoText(event.errno)}`;
-    if (event.type === "accept-error") {
-      const { address, code, pauseMs } = event;
-      this.#emit({ type: "accept-error", address, code, error, pauseMs, suppressed });
-    } else {
-      const { cluster, backend, code } = event;
-      const message = `Cannot connect to ${backend}: ${event.reason ?? error}`;
-      this.#emit({ type: "local-error", cluster, backend, code, error: message, suppressed });
-    }
   }
 
   #applyClusters(spec: ProxySpec): string[] {
@@ -604,8 +581,4 @@ export function startProxy(
 ): TcpProxy {
   applyConfig(config);
   return TcpProxy.start(specFromConfig(config), options);
-}
-
-function errnoText(errno: number): string {
-  return `${errnoDescription(errno)} (os error ${errno})`;
 }

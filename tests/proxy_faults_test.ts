@@ -101,6 +101,11 @@ Deno.test("TcpProxy: a backend that resets every connection on accept never cras
     const stats = proxy.stats();
     assert.equal(stats.connectionsTotal, 300);
     assert.equal(stats.internalErrors, 0);
+    // Engines send records in batches, after the counters.
+    await waitFor(
+      () => events.filter((e) => e.type === "connection").length >= 300,
+      "every connection's record",
+    );
     const records = events.flatMap((e) => e.type === "connection" ? [e.record] : []);
     assert.equal(records.length, 300);
     // Each ended as a reset of the backend, or found it gone before the relay started.

@@ -1,0 +1,99 @@
+/**
+ * The backend choice of the proxy's data plane, per connection attempt, with the health and the
+ * round-robin position every engine shares (plane_layout.ts): the policies of
+ * proxy/balancer.ts, for the Deno-conn path, with their state in shared memory.
+ *
+ * @module
+ */
+
+import {
+  BACKEND_ACTIVE,
+  BACKEND_FAILURES,
+  type BackendRoute,
+  CLUSTER_PICKS,
+  type ClusterRoute,
+  type PlaneViews,
+  POLICY_LEAST_CONNECTIONS,
+  POLICY_RANDOM,
+  POLICY_ROUND_ROBIN,
+} from "./plane_layout.ts";
+
+/**
+ * The backend for the next attempt, skipping those tried and, while others remain, the
+ * ejected ones (as proxy/balancer.ts does for the Deno path, with the health shared).
+ */
+export function pickBackend(
+  cluster: ClusterRoute,
+  tried: number[],
+  views: PlaneViews,
+): BackendRoute | null {
+  const ejected = views.ejectedUntil;
+  // The common case first, allocating nothing: round robin's next turn is a backend that has
+  // weight, was not tried and is not ejected.
+  if (cluster.policy === POLICY_ROUND_ROBIN && cluster.sequence.length > 0) {
+    const sequence = cluster.sequence;
+    const start = Atomics.add(views.ints, CLUSTER_PICKS + cluster.slot, 1) >>> 0;
+    const now = wallClock();
+    for (let k = 0; k < sequence.length; k++) {
+      const b = cluster.backends[sequence[(start + k) % sequence.length]];
+      if (b.weight > 0 && ejected[b.slot] <= now && !tried.includes(b.slot)) return b;
+    }
+  }
+  const usable = cluster.backends.filter((b) => b.weight > 0 && !tried.includes(b.slot));
+  if (usable.length === 0) return null;
+  const now = wallClock();
+  const healthy = usable.filter((b) => ejected[b.slot] <= now);
+  const pool = healthy.length > 0
+    ? healthy
+    : [usable.reduce((a, b) => (ejected[a.slot] <= ejected[b.slot] ? a : b))];
+  if (cluster.policy === POLICY_LEAST_CONNECTIONS) {
+    const active = (b: BackendRoute): number =>
+      Atomics.load(views.ints, BACKEND_ACTIVE + b.slot * 2);
+    return pool.reduce((best, b) => {
+      const lhs = active(b) * best.weight;
+      const rhs = active(best) * b.weight;
+      return lhs < rhs || (lhs === rhs && b.weight > best.weight) ? b : best;
+    });
+  }
+  if (cluster.policy === POLICY_RANDOM) {
+    const total = pool.reduce((sum, b) => sum + b.weight, 0);
+    let ticket = Math.random() * total;
+    for (const b of pool) {
+      ticket -= b.weight;
+      if (ticket < 0) return b;
+    }
+    return pool[pool.length - 1];
+  }
+  // Round robin with no healthy untried backend (the loop above found none): the least
+  // recently ejected one.
+  return pool[0];
+}
+
+/** A connect to backend `slot` succeeded: one more active, its failures forgiven. */
+export function markConnected(views: PlaneViews, slot: number): void {
+  Atomics.add(views.ints, BACKEND_ACTIVE + slot * 2, 1);
+  Atomics.store(views.ints, BACKEND_FAILURES + slot * 2, 0);
+  views.ejectedUntil[slot] = 0;
+}
+
+/**
+ * A connect to backend `slot` failed by its fault. Returns `true` when this failure ejected it
+ * (the threshold reached while it was not ejected), so that one engine reports it.
+ */
+export function markFailed(
+  views: PlaneViews,
+  slot: number,
+  failuresToEject: number,
+  ejectMs: number,
+): boolean {
+  const failures = Atomics.add(views.ints, BACKEND_FAILURES + slot * 2, 1) + 1;
+  const now = wallClock();
+  if (failures < failuresToEject || views.ejectedUntil[slot] > now) return false;
+  views.ejectedUntil[slot] = now + ejectMs;
+  return true;
+}
+
+/** The clock every thread reads alike: absolute ms, for the shared ejection deadlines. */
+export function wallClock(): number {
+  return performance.timeOrigin + performance.now();
+}
