@@ -44,6 +44,7 @@ import { failRead, Relay } from "./pump.ts";
 import { markConnected, markFailed, pickBackend } from "./plane_pick.ts";
 import {
   ACCEPT_CODES,
+  ACCEPTING,
   BACKEND_ACTIVE,
   BACKEND_FIELDS,
   type BackendRoute,
@@ -67,6 +68,8 @@ import {
   type PlaneRecord,
   type PlaneViews,
   planeViews,
+  PUBLISHED,
+  RELOADING,
   type Routes,
   ticketIndex,
 } from "./plane_layout.ts";
@@ -267,7 +270,18 @@ export class Plane {
     if (!listening || !listening.registered || routes === null) return;
     const symbols = libc();
     const route = listening.route;
+    const accepting = ACCEPTING + this.#engine;
     for (let i = 0; i < limit; i++) {
+      // The main thread is counting for a reload, or newer routes wait in the mail: nothing is
+      // accepted until they apply (the listener, level-triggered, is reported again).
+      Atomics.store(this.#ints, accepting, 1);
+      if (
+        Atomics.load(this.#ints, RELOADING) !== 0 ||
+        Atomics.load(this.#ints, PUBLISHED) !== routes.generation
+      ) {
+        Atomics.store(this.#ints, accepting, 0);
+        return;
+      }
       this.#addrLength[0] = SOCKADDR_MAX;
       const fd = symbols.accept4(
         route.fd,
@@ -276,6 +290,7 @@ export class Plane {
         SOCK_NONBLOCK | SOCK_CLOEXEC,
       );
       if (fd < 0) {
+        Atomics.store(this.#ints, accepting, 0);
         const code = errno();
         if (code === EAGAIN) return;
         if (code === EINTR) continue;
@@ -309,6 +324,7 @@ export class Plane {
         ticketIndex(route.slot, this.#engine, routes.exclusive),
         1,
       );
+      Atomics.store(this.#ints, accepting, 0);
       const barrier = this.#barrier.get(route.slot);
       const previous = this.#previous;
       // Counters wrap at 2^31: compared by their difference.

@@ -40,8 +40,26 @@ export const CLUSTER_PICKS = MAX_LISTENERS + MAX_BACKENDS * 2;
  * {@linkcode Routes.barrier}).
  */
 export const LISTENER_TICKETS = CLUSTER_PICKS + MAX_CLUSTERS;
+/**
+ * Int32 index of the reload flag: 1 while the main thread counts, for new routes, the
+ * connections accepted and queued so far; engines accept nothing meanwhile, so the count is
+ * exact.
+ */
+export const RELOADING = LISTENER_TICKETS + MAX_LISTENERS * MAX_ENGINES;
+/**
+ * Int32 index of engine 0's accepting flag (`+ engine`): 1 from before it looks at
+ * {@linkcode RELOADING} until its accept4 has taken its ticket. An engine sets its flag, then
+ * reads the reload flag; the main thread sets the reload flag, then waits for every accepting
+ * flag to clear: with sequentially consistent atomics one of the two always sees the other.
+ */
+export const ACCEPTING = RELOADING + 1;
+/**
+ * Int32 index of the newest routes generation published: an engine whose routes are older has
+ * mail waiting, and accepts nothing until it has read it.
+ */
+export const PUBLISHED = ACCEPTING + MAX_ENGINES;
 /** Int32s of the shared region. */
-export const INT_COUNT = LISTENER_TICKETS + MAX_LISTENERS * MAX_ENGINES;
+export const INT_COUNT = PUBLISHED + 1;
 
 /** The ticket counter of listener `slot`'s socket in `engine` (0 when the socket is shared). */
 export function ticketIndex(slot: number, engine: number, exclusive: boolean): number {
@@ -115,9 +133,12 @@ export const LOCAL_CODES = [
   "permission",
 ] as const;
 
+/** Bytes of the Int32 region, rounded up so that the Float64 regions after it are aligned. */
+const INT_BYTES = Math.ceil((INT_COUNT * 4) / 8) * 8;
+
 /** Bytes of the shared buffer for `engines` engines. */
 export function planeBytes(engines: number): number {
-  return INT_COUNT * 4 + MAX_BACKENDS * 8 + engines * ENGINE_STRIDE * 8;
+  return INT_BYTES + MAX_BACKENDS * 8 + engines * ENGINE_STRIDE * 8;
 }
 
 /** Views of one proxy's shared buffer. */
@@ -130,11 +151,10 @@ export interface PlaneViews {
 
 /** The views of `buffer` laid out for {@linkcode planeBytes}. */
 export function planeViews(buffer: SharedArrayBuffer): PlaneViews {
-  const intBytes = INT_COUNT * 4;
   return {
     ints: new Int32Array(buffer, 0, INT_COUNT),
-    ejectedUntil: new Float64Array(buffer, intBytes, MAX_BACKENDS),
-    counters: new Float64Array(buffer, intBytes + MAX_BACKENDS * 8),
+    ejectedUntil: new Float64Array(buffer, INT_BYTES, MAX_BACKENDS),
+    counters: new Float64Array(buffer, INT_BYTES + MAX_BACKENDS * 8),
   };
 }
 

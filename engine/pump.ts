@@ -42,8 +42,14 @@ export class Side {
   state: ReadState = "open";
   /** Set when a write to it failed: its peer takes no more bytes. */
   writeFailed = false;
-  /** Edge-triggered readiness not yet used up; only EAGAIN clears it. */
+  /**
+   * Edge-triggered readiness not yet used up. EAGAIN clears it, and so does a short copy-path
+   * read while no hang-up was reported: a stream read returns all that is queued, and bytes
+   * arriving later raise a new edge.
+   */
   readable = false;
+  /** A hang-up or error was reported: it is read until EAGAIN or the end, never cut short. */
+  hangUp = false;
   /** Edge-triggered readiness not yet used up; only EAGAIN clears it. */
   writable = false;
   /** Whether its sending half was shut down (FIN sent). */
@@ -272,6 +278,9 @@ export function pump(relay: Relay, dir: Direction, pool: PipePool, now: number):
       const n = Number(got);
       relay.lastActive = now;
       if (dir.mode === MODE_AUTO && n >= SPLICE_PROMOTE_BYTES) dir.useSplice = true;
+      // Short of the buffer: the socket is empty now (see Side.readable), which saves the read
+      // that would only say EAGAIN.
+      if (n < COPY_BUFFER_SIZE && !from.hangUp) from.readable = false;
       const written = symbols.write(to.fd, copyBuffer, got);
       if (written >= 0n) {
         const w = Number(written);

@@ -241,9 +241,6 @@ function loop(epfd: number, ring: Int32Array, eventFd: number): "stop" | "mail" 
     if (Atomics.load(ring, TAIL) !== head) timeout = 0;
     const count = symbols.epoll_wait(epfd, events, MAX_EVENTS, timeout);
     Atomics.store(ring, SLEEPING, 0);
-    // New routes waiting (a reload) apply to the connections accepted after them: listeners,
-    // level-triggered, are reported again once the mail is read.
-    const deferAccepts = plane !== null && mailWaiting(ring);
     if (count < 0) {
       const code = errno();
       if (code === EINTR) continue;
@@ -260,13 +257,15 @@ function loop(epfd: number, ring: Int32Array, eventFd: number): "stop" | "mail" 
         continue;
       }
       if (token >= LISTENER_TOKEN) {
-        if (!deferAccepts) plane?.accept(token - LISTENER_TOKEN);
+        // Refused while newer routes wait in the mail (see Plane.accept).
+        plane?.accept(token - LISTENER_TOKEN);
         continue;
       }
       const relay = relays.get(token >>> 1);
       if (!relay) continue; // ended earlier in this batch
       const side = (token & 1) === 0 ? relay.a : relay.b;
       if (flags & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) side.readable = true;
+      if (flags & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) side.hangUp = true;
       if (flags & (EPOLLOUT | EPOLLHUP | EPOLLERR)) side.writable = true;
       if (relay.connecting) {
         // Until side b connects nothing moves; side a's readiness waits with it.
@@ -290,15 +289,6 @@ function loop(epfd: number, ring: Int32Array, eventFd: number): "stop" | "mail" 
     if (nextCheck !== Infinity) expireIdle(epfd);
     flushResults();
   }
-}
-
-/** Whether an `OP_MAIL` is among the commands not yet read. */
-function mailWaiting(ring: Int32Array): boolean {
-  const tail = Atomics.load(ring, TAIL);
-  for (let head = Atomics.load(ring, HEAD); head !== tail; head = (head + 1) | 0) {
-    if (ring[SLOTS_START + (head & (RING_SLOTS - 1)) * SLOT_INTS] === OP_MAIL) return true;
-  }
-  return false;
 }
 
 function addRelay(epfd: number, ring: Int32Array, base: number): void {

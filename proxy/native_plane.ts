@@ -29,6 +29,7 @@ import { type Engine, startPlaneEngine } from "../engine/engine.ts";
 import { netRefusal } from "../engine/endpoint.ts";
 import {
   ACCEPT_CODES,
+  ACCEPTING,
   BACKEND_ACTIVE,
   BACKEND_FIELDS,
   type BackendRoute,
@@ -61,6 +62,8 @@ import {
   POLICY_LEAST_CONNECTIONS,
   POLICY_RANDOM,
   POLICY_ROUND_ROBIN,
+  PUBLISHED,
+  RELOADING,
   type Routes,
   ticketIndex,
 } from "../engine/plane_layout.ts";
@@ -71,6 +74,8 @@ import type { ConnectionRecord, ListenerSpec, ProxyEvent, ProxySpec, ProxyStats 
 
 /** Pending connections a listener queues (as Deno.listen and HAProxy use by default). */
 const BACKLOG = 511;
+/** How long a reload waits for an engine to finish the accept it is in (a dead one never does). */
+const RELOAD_WAIT_MS = 50;
 /** How often a drain looks at the open count. */
 const DRAIN_POLL_MS = 10;
 
@@ -418,10 +423,17 @@ export class NativePlane {
       : spec.spliceMode === "copy"
       ? MODE_COPY
       : MODE_AUTO;
+    // Engines stop accepting while the barriers are counted (see RELOADING), and resume once
+    // their mail is in the ring: what is queued now is exactly what came before this reload.
+    const ints = this.#views.ints;
+    Atomics.store(ints, RELOADING, 1);
+    const until = performance.now() + RELOAD_WAIT_MS;
+    for (let e = 0; e < this.#engines.length; e++) {
+      while (Atomics.load(ints, ACCEPTING + e) !== 0 && performance.now() < until) {
+        // an accept4 and an atomic add: a few microseconds
+      }
+    }
     this.#engines.forEach((engine, e) => {
-      // The queue first, then the tickets: a connection accepted between the two reads is
-      // counted twice, so the worst case is one connection made after the reload that keeps
-      // the old routes, never one made before it that loses them.
       const barrier: Record<number, number> = {};
       for (const listener of this.#listeners.values()) {
         const queued = acceptQueueLength(this.#exclusive ? listener.fds[0] : listener.fds[e]);
@@ -452,6 +464,8 @@ export class NativePlane {
       };
       engine.mail({ type: "routes", routes });
     });
+    Atomics.store(ints, PUBLISHED, generation);
+    Atomics.store(ints, RELOADING, 0);
     if (closing.length > 0) {
       this.#closing.set(generation, {
         waiting: new Set(this.#engines.map((_, e) => e)),
