@@ -308,6 +308,13 @@ async function relayToTarget(
     closeEndpoint(a);
     return failedBeforeStart(dialed.error, "b", "copy");
   }
+  // Aborted while the name was resolved: an abort signal that already fired raises no event,
+  // so the engine would never hear of it.
+  if (signal?.aborted) {
+    closeFd(dialed.fd);
+    closeEndpoint(a);
+    return { aToB: 0, bToA: 0, splicedBytes: 0, mode: "copy", end: "aborted" };
+  }
   const capacity = options?.pipeCapacity ?? 0;
   const result = await relayInEngine({
     fdA,

@@ -1,6 +1,6 @@
 // Small load tools for bench/run.ts, compiled by it with the system cc. Loopback only.
 //
-//   benchtool echo PORT                       echo server, one thread per connection
+//   benchtool echo PORT                       echo server, one thread, an epoll loop
 //   benchtool pingpong PORT COUNT SIZE        one connection, COUNT round trips of SIZE bytes;
 //                                             prints p50 p99 p999 in microseconds
 //   benchtool floor CPU_A CPU_B COUNT SIZE    the same ping-pong between two processes of its
@@ -24,6 +24,7 @@
 //                                             every tenth and prints "checked SAMPLED ANSWERED"
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <sys/epoll.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -109,19 +110,36 @@ static int listen_ready(int port) {
   return ls;
 }
 
+// One thread and an epoll loop: a thread per connection (the first version) spent more on
+// thread creation than the proxies under test spend per connection, and capped direct churn
+// at about 14k connections/s. Connections stay blocking: they are read only when epoll says
+// readable, and the 1 KiB or 64-byte messages of the rows that use this server fit the send
+// buffer, so the echo's write does not wait.
 static int echo_server(int port) {
   int ls = listen_ready(port);
   if (ls < 0) return 1;
+  int ep = epoll_create1(EPOLL_CLOEXEC);
+  struct epoll_event ev = {.events = EPOLLIN, .data.fd = ls};
+  epoll_ctl(ep, EPOLL_CTL_ADD, ls, &ev);
+  struct epoll_event events[256];
+  char buf[65536];
+  int one = 1;
   for (;;) {
-    int fd = accept(ls, NULL, NULL);
-    if (fd < 0) continue;
-    pthread_t t;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&attr, 256 * 1024);
-    if (pthread_create(&t, &attr, echo_conn, (void *)(long)fd) != 0) close(fd);
-    pthread_attr_destroy(&attr);
+    int count = epoll_wait(ep, events, 256, -1);
+    for (int i = 0; i < count; i++) {
+      int fd = events[i].data.fd;
+      if (fd == ls) {
+        int c = accept4(ls, NULL, NULL, SOCK_CLOEXEC);
+        if (c < 0) continue;
+        setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        struct epoll_event add = {.events = EPOLLIN, .data.fd = c};
+        epoll_ctl(ep, EPOLL_CTL_ADD, c, &add);
+        continue;
+      }
+      ssize_t n = read(fd, buf, sizeof buf);
+      if (n > 0 && write_full(fd, buf, n) == 0) continue;
+      close(fd); // end of input, or a failure: closing also takes it out of epoll
+    }
   }
 }
 
