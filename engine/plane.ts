@@ -19,6 +19,12 @@
 
 import { errno, libc } from "../ffi/libc.ts";
 import {
+  acceptErrorKind,
+  failsEveryBackend,
+  localConnectFailure,
+  nextBackoff,
+} from "../proxy/faults.ts";
+import {
   EPOLL_CTL_ADD,
   EPOLL_CTL_DEL,
   EPOLL_DATA_OFFSET,
@@ -41,6 +47,7 @@ const EINVAL = 22;
 const EACCES = 13;
 import { formatSockaddr, SOCKADDR_MAX, sockaddrFamily } from "../ffi/net.ts";
 import { failRead, Relay } from "./pump.ts";
+import { type Failure, recordOf, ReportQueue } from "./plane_report.ts";
 import { markConnected, markFailed, pickBackend } from "./plane_pick.ts";
 import {
   ACCEPT_CODES,
@@ -78,10 +85,6 @@ import { syscallNumber } from "./wire.ts";
 const GETSOCKOPT = syscallNumber("getsockopt");
 /** The `tried` list of a connection before its first attempt; never written to. */
 const NONE_TRIED: number[] = [];
-/** Records sent in one message at most; more wait for the next. */
-const RECORD_BATCH = 512;
-/** How long a record may wait for others to share its message (the access log's delay). */
-const RECORD_DELAY_MS = 20;
 /** Connections one listener may accept per wake-up before other work gets a turn. */
 const ACCEPTS_PER_TURN = 64;
 /** First epoll token of listeners (`+ slot`); relay tokens stay below 2^31. */
@@ -90,11 +93,6 @@ export const LISTENER_TOKEN = 0x80000000;
 const FIRST_ID = 2 ** 29;
 const LAST_ID = 2 ** 30;
 /** accept(2) errors that say the process is short of a resource: the listener pauses. */
-const PAUSING = new Set(["EMFILE", "ENFILE", "ENOBUFS", "ENOMEM"]);
-/** Local connect failures that every backend would meet alike: no other is tried. */
-const FAILS_EVERY_BACKEND = new Set(["EMFILE", "ENFILE", "ENOBUFS", "ENOMEM", "EADDRNOTAVAIL"]);
-const PAUSE_MIN_MS = 5;
-const PAUSE_MAX_MS = 1_000;
 
 /** What the loop lends the plane. */
 export interface PlaneHost {
@@ -135,11 +133,7 @@ export class Plane {
   /** The listeners this engine watches, by slot. */
   #listening = new Map<number, Listening>();
   #nextId = FIRST_ID;
-  #records: PlaneRecord[] = [];
-  /** When the oldest record waiting was queued (the loop's clock). */
-  #firstRecordAt = Infinity;
-  #events: PlaneEvent[] = [];
-  #applied: number | undefined;
+  #report = new ReportQueue();
   #addr = new Uint8Array(SOCKADDR_MAX);
   #addrLength = new Uint32Array(1);
   #one = new Int32Array([1]);
@@ -159,43 +153,9 @@ export class Plane {
     );
   }
 
-  /** Whether the next loop turn has a report to post. */
-  get pending(): boolean {
-    return this.#records.length > 0 || this.#events.length > 0 || this.#applied !== undefined;
-  }
-
-  /**
-   * Whether the report should go now: events and acknowledgements at once, records once enough
-   * are waiting or the oldest has waited {@linkcode RECORD_DELAY_MS}. Each message wakes the main
-   * thread; under churn a message per loop turn would cost it a wake-up per connection or two.
-   */
-  due(now: number): boolean {
-    if (this.#events.length > 0 || this.#applied !== undefined) return true;
-    if (this.#records.length === 0) return false;
-    if (this.#records.length >= RECORD_BATCH || now >= this.#firstRecordAt + RECORD_DELAY_MS) {
-      return true;
-    }
-    this.#host.wakeAt(this.#firstRecordAt + RECORD_DELAY_MS);
-    return false;
-  }
-
-  #record(record: PlaneRecord): void {
-    if (this.#records.length === 0) this.#firstRecordAt = this.#host.now();
-    this.#records.push(record);
-  }
-
-  /** Takes what is to be posted. */
-  takeReport(): { records: PlaneRecord[]; events: PlaneEvent[]; applied?: number } {
-    const report: { records: PlaneRecord[]; events: PlaneEvent[]; applied?: number } = {
-      records: this.#records,
-      events: this.#events,
-    };
-    if (this.#applied !== undefined) report.applied = this.#applied;
-    this.#records = [];
-    this.#events = [];
-    this.#applied = undefined;
-    this.#firstRecordAt = Infinity;
-    return report;
+  /** The queue of what is to be posted (see plane_report.ts). */
+  get report(): ReportQueue {
+    return this.#report;
   }
 
   /**
@@ -223,7 +183,7 @@ export class Plane {
       this.#registerListener(listening, routes.exclusive);
     }
     this.#routes = routes;
-    this.#applied = routes.generation;
+    this.#report.applied(routes.generation);
   }
 
   /** Ends every proxied connection now (the drain timeout passed). */
@@ -300,15 +260,15 @@ export class Plane {
           return;
         }
         const name = errnoName(code);
-        const index = ACCEPT_CODES.indexOf(name as typeof ACCEPT_CODES[number]);
+        const index = ACCEPT_CODES.indexOf(name);
         this.#counters[ENGINE_ACCEPT_ERRORS + (index === -1 ? ACCEPT_CODES.length - 1 : index)]++;
         // A client that gave up while queued is its own affair: the next one is accepted.
-        if (!PAUSING.has(name) && index !== -1) continue;
-        listening.pauseMs = Math.min(PAUSE_MAX_MS, Math.max(PAUSE_MIN_MS, listening.pauseMs * 2));
+        if (acceptErrorKind(name) === "transient") continue;
+        listening.pauseMs = nextBackoff(listening.pauseMs);
         listening.pausedUntil = this.#host.now() + listening.pauseMs;
         this.#unregister(listening);
         this.#host.wakeAt(listening.pausedUntil);
-        this.#events.push({
+        this.#report.event({
           type: "accept-error",
           address: route.address,
           code: name,
@@ -345,7 +305,7 @@ export class Plane {
       this.#counters[ENGINE_REJECTED]++;
       Atomics.sub(this.#ints, LISTENER_OPEN + route.slot, 1);
       libc().close(fd);
-      this.#record({
+      this.#report.record({
         client,
         listener: route.address,
         cluster: cluster?.name ?? "",
@@ -355,7 +315,7 @@ export class Plane {
         durationMs: 0,
         mode: "none",
         end: "over-limit",
-      });
+      }, this.#host.now());
       return;
     }
     this.#counters[ENGINE_OPENED]++;
@@ -553,7 +513,11 @@ export class Plane {
     this.#counters[ENGINE_BACKENDS + backend.slot * BACKEND_FIELDS + 1]++;
     const routes = this.#routes!;
     if (!markFailed(this.#views, backend.slot, routes.failuresToEject, routes.ejectMs)) return;
-    this.#events.push({ type: "backend-ejected", cluster: cluster.name, backend: backend.address });
+    this.#report.event({
+      type: "backend-ejected",
+      cluster: cluster.name,
+      backend: backend.address,
+    });
   }
 
   /**
@@ -572,7 +536,7 @@ export class Plane {
     proxied.errno = code;
     proxied.syscall = syscall;
     proxied.local = true;
-    const index = LOCAL_CODES.indexOf(name as typeof LOCAL_CODES[number]);
+    const index = LOCAL_CODES.indexOf(name);
     if (index !== -1) this.#counters[ENGINE_LOCAL_ERRORS + index]++;
     const event: PlaneEvent = {
       type: "local-error",
@@ -582,8 +546,8 @@ export class Plane {
       errno: code,
     };
     if (proxied.reason !== "") event.reason = proxied.reason;
-    this.#events.push(event);
-    if (!FAILS_EVERY_BACKEND.has(name)) return false;
+    this.#report.event(event);
+    if (!failsEveryBackend(name)) return false;
     this.#host.finishNow(relay, "local-error");
     return true;
   }
@@ -616,45 +580,17 @@ export class Plane {
       this.#counters[ENGINE_BYTES_OUT] += bytesOut;
       this.#counters[spliced > 0 ? ENGINE_SPLICED : ENGINE_COPIED]++;
     }
-    const record: PlaneRecord = {
-      client: proxied.client,
-      listener: proxied.listener,
-      cluster: proxied.cluster?.name ?? "",
-      backend: relayed ? proxied.backend : null,
-      bytesIn,
-      bytesOut,
-      durationMs: Math.round(this.#host.now() - proxied.startedAt),
-      mode: relayed ? (spliced > 0 ? "splice" : "copy") : "none",
-      end,
-    };
-    if (failure !== null) {
-      record.errno = failure.errno;
-      record.syscall = failure.syscall;
-      if (failure.side !== -1) record.side = failure.side === 0 ? "a" : "b";
-    } else if (!relayed && proxied.errno !== 0) {
-      record.errno = proxied.errno;
-      record.syscall = proxied.syscall;
-    }
-    if (!relayed && proxied.backend !== null) record.attempted = proxied.backend;
-    if (!relayed && proxied.reason !== "") record.reason = proxied.reason;
-    this.#record(record);
+    const record = recordOf(relay, end, failure, this.#host.now());
+    this.#report.record(record, this.#host.now());
     const symbols = libc();
     if (relay.a.fd >= 0) symbols.close(relay.a.fd);
     if (relay.b.fd >= 0) symbols.close(relay.b.fd);
   }
 }
 
-/** A relay's first failure, as the loop recorded it. */
-export interface Failure {
-  errno: number;
-  syscall: string;
-  side: number;
-}
-
 /** The name a connect errno gets when it is the proxy's own failure, else null. */
 function localCode(code: number): string | null {
   const name = errnoName(code);
-  if (FAILS_EVERY_BACKEND.has(name)) return name;
-  if (name === "EACCES" || name === "EPERM") return "permission";
-  return null;
+  // Deno's words for these (proxy/faults.ts) are "permission".
+  return localConnectFailure(name === "EACCES" || name === "EPERM" ? "permission" : name);
 }

@@ -14,6 +14,8 @@
  * @module
  */
 
+import { RESOURCE_CODES, TRANSIENT_ACCEPT_CODES } from "../proxy/faults.ts";
+
 /** Listener slots (addresses seen by one proxy); a slot is never reused while it runs. */
 export const MAX_LISTENERS = 256;
 /** Backend slots (`cluster/address` pairs seen by one proxy), stable across reloads. */
@@ -102,36 +104,14 @@ export const BACKEND_FIELDS = 4;
 export const ENGINE_STRIDE = ENGINE_BACKENDS + MAX_BACKENDS * BACKEND_FIELDS;
 
 /** accept(2) errors counted by name; anything else counts as the last, "other". */
-export const ACCEPT_CODES = [
-  "ECONNABORTED",
-  "ECONNRESET",
-  "ENOTCONN",
-  "EPROTO",
-  "EPERM",
-  "EINTR",
-  "ENETDOWN",
-  "ENOPROTOOPT",
-  "EHOSTDOWN",
-  "ENONET",
-  "EHOSTUNREACH",
-  "EOPNOTSUPP",
-  "ENETUNREACH",
-  "EMFILE",
-  "ENFILE",
-  "ENOBUFS",
-  "ENOMEM",
+export const ACCEPT_CODES: readonly string[] = [
+  ...TRANSIENT_ACCEPT_CODES.filter((code) => code !== "EAGAIN"),
+  ...RESOURCE_CODES,
   "other",
-] as const;
+];
 
 /** The proxy's own connect failures, counted apart from the backends' (see proxy/faults.ts). */
-export const LOCAL_CODES = [
-  "EMFILE",
-  "ENFILE",
-  "ENOBUFS",
-  "ENOMEM",
-  "EADDRNOTAVAIL",
-  "permission",
-] as const;
+export const LOCAL_CODES: readonly string[] = [...RESOURCE_CODES, "EADDRNOTAVAIL", "permission"];
 
 /** Bytes of the Int32 region, rounded up so that the Float64 regions after it are aligned. */
 const INT_BYTES = Math.ceil((INT_COUNT * 4) / 8) * 8;

@@ -41,7 +41,8 @@ import { ECONNRESET, EINTR, EPIPE } from "../ffi/errno.ts";
 import { closeFd } from "../ffi/pipe.ts";
 import { ACK_POLL_MS, resetConnection, unackedBytes } from "../ffi/tcp.ts";
 import { decideRelay } from "./decision.ts";
-import { type Failure, LISTENER_TOKEN, Plane } from "./plane.ts";
+import { LISTENER_TOKEN, Plane } from "./plane.ts";
+import type { Failure } from "./plane_report.ts";
 import type { PlaneMail, PlaneRecord } from "./plane_layout.ts";
 import { PipePool } from "./pipe_pool.ts";
 import { failRead, pump, Relay, type Side } from "./pump.ts";
@@ -430,7 +431,12 @@ function flushResults(all = false): void {
     post({ type: "ended", results: finished });
     finished = [];
   }
-  if (plane?.pending && (all || plane.due(now))) post({ type: "plane", ...plane.takeReport() });
+  const report = plane?.report;
+  if (report?.pending) {
+    const dueAt = report.dueAt();
+    if (all || now >= dueAt) post({ type: "plane", ...report.take() });
+    else nextCheck = Math.min(nextCheck, dueAt);
+  }
 }
 
 function idleWait(): number {

@@ -16,7 +16,8 @@
  */
 export type AcceptErrorKind = "transient" | "resources" | "other";
 
-const TRANSIENT_ACCEPT = new Set([
+/** accept(2) errors that concern one client only: it is skipped, the next one accepted. */
+export const TRANSIENT_ACCEPT_CODES: readonly string[] = [
   "ECONNABORTED",
   "ECONNRESET",
   "ENOTCONN",
@@ -31,8 +32,11 @@ const TRANSIENT_ACCEPT = new Set([
   "EHOSTUNREACH",
   "EOPNOTSUPP",
   "ENETUNREACH",
-]);
-const RESOURCES = new Set(["EMFILE", "ENFILE", "ENOBUFS", "ENOMEM"]);
+];
+/** Errors that say the process is short of a resource (fds, buffers, memory). */
+export const RESOURCE_CODES: readonly string[] = ["EMFILE", "ENFILE", "ENOBUFS", "ENOMEM"];
+const TRANSIENT_ACCEPT = new Set(TRANSIENT_ACCEPT_CODES);
+const RESOURCES = new Set(RESOURCE_CODES);
 
 /** The errno name of an error from Deno (`code`), or the error's class name when it has none. */
 export function errorCode(error: unknown): string {
