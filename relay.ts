@@ -138,7 +138,6 @@ export async function relay(
   options?: RelayOptions,
 ): Promise<RelayResult> {
   if (a === b) throw new TypeError("Cannot relay a connection to itself");
-  if (isTarget(b)) return await relayToTarget(a, b, options);
   const mode = options?.mode ?? "auto";
   if (mode !== "auto" && mode !== "splice" && mode !== "copy") {
     throw new TypeError(`Cannot relay in mode "${mode}": expected "auto", "splice" or "copy"`);
@@ -151,6 +150,7 @@ export async function relay(
   }
   const capacity = options?.pipeCapacity ?? 0;
   validateCapacity(capacity, "pipeCapacity");
+  if (isTarget(b)) return await relayToTarget(a, b, options);
 
   const kernel = ffiAvailable();
   const rawFds = typeof a === "number" || typeof b === "number";
@@ -254,6 +254,8 @@ async function relayToTarget(
       `Cannot relay with connectTimeout ${connectTimeout}: expected whole ms from 0 to ${NO_TIMEOUT}`,
     );
   }
+  // `toA` sent: set when initialData.toA has been written here, so that it is not sent twice.
+  let toASent = false;
   const viaDeno = async (): Promise<RelayResult> => {
     const signals = [
       options?.signal,
@@ -281,7 +283,10 @@ async function relayToTarget(
         : error;
       return failedBeforeStart(reason, "b", mode);
     }
-    return await relay(a, conn, options);
+    const rest: RelayOptions = toASent
+      ? { ...options, initialData: { toB: options?.initialData?.toB } }
+      : { ...options };
+    return await relay(a, conn, rest);
   };
   if (
     !ffiAvailable() || options?.initialData?.toB?.byteLength ||
@@ -298,6 +303,7 @@ async function relayToTarget(
   }
   const signal = options?.signal;
   const early = await writeInitialData(a, options?.initialData?.toA, "a", "copy");
+  toASent = true;
   if (early !== null || signal?.aborted) {
     closeEndpoint(a);
     return early ?? { aToB: 0, bToA: 0, splicedBytes: 0, mode: "copy", end: "aborted" };

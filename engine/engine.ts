@@ -163,6 +163,8 @@ export class Engine {
   /** Stops the Worker once no relay runs; resolves when it has released everything. */
   stop(): Promise<void> {
     return new Promise((resolve) => {
+      // An engine that already died has released everything: nothing will resolve it later.
+      if (this.#released) return resolve();
       this.#onStopped.push(resolve);
       if (!this.#stopping && this.#waiting.size === 0) this.#beginStop();
     });

@@ -89,7 +89,10 @@ const NONE_TRIED: number[] = [];
 const ACCEPTS_PER_TURN = 64;
 /** First epoll token of listeners (`+ slot`); relay tokens stay below 2^31. */
 export const LISTENER_TOKEN = 0x80000000;
-/** Relay ids of proxied connections: above those relay() hands over (below 2^29). */
+/**
+ * Relay ids of proxied connections. relay()'s ids (up to 2^30) never reach a plane engine,
+ * which takes no OP_ADD; the range is kept apart anyway, so that tokens say which kind is which.
+ */
 const FIRST_ID = 2 ** 29;
 const LAST_ID = 2 ** 30;
 /** accept(2) errors that say the process is short of a resource: the listener pauses. */
@@ -289,8 +292,11 @@ export class Plane {
       const previous = this.#previous;
       // Counters wrap at 2^31: compared by their difference.
       if (barrier !== undefined && previous !== null && ((ticket - barrier) | 0) < 0) {
-        const before = previous.listeners.find((l) => l.slot === route.slot) ?? route;
-        this.#accepted(fd, client, before, previous);
+        // The same socket under the previous routes; a socket new in this reload (or a slot
+        // reused for another address) had no previous routes, and takes the current ones.
+        const before = previous.listeners.find((l) => l.slot === route.slot && l.fd === route.fd);
+        if (before) this.#accepted(fd, client, before, previous);
+        else this.#accepted(fd, client, route, routes);
       } else {
         this.#accepted(fd, client, route, routes);
       }
@@ -299,7 +305,7 @@ export class Plane {
 
   #accepted(fd: number, client: string, route: ListenerRoute, routes: Routes): void {
     const open = Atomics.add(this.#ints, LISTENER_OPEN + route.slot, 1);
-    const cluster = route.cluster >= 0 ? routes.clusters[route.cluster] : null;
+    const cluster = route.cluster >= 0 ? routes.clusters[route.cluster] ?? null : null;
     if (open >= route.maxConnections) {
       // Counted before the close: whoever sees the close may read the counters next.
       this.#counters[ENGINE_REJECTED]++;
@@ -477,7 +483,9 @@ export class Plane {
 
   #dropBackendSocket(relay: Relay): void {
     if (relay.b.fd < 0) return;
-    // Its only reference: the close takes it out of epoll as well.
+    // Out of epoll before the close: a child process spawned meanwhile may hold a copy of the
+    // fd, and the registration would outlive the close and report on the next socket's token.
+    libc().epoll_ctl(this.#host.epfd, EPOLL_CTL_DEL, relay.b.fd, this.#control);
     libc().close(relay.b.fd);
     relay.b.fd = -1;
     relay.b.readable = false;

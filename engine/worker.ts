@@ -175,14 +175,27 @@ function start(init: WorkerInit): void {
  * waits (then returns, so that the event loop can deliver it; `resume` runs it again).
  */
 function resume(): void {
+  let outcome: WorkerMessage;
   try {
     if (loop(epollFd, ringView!, wakeFd) === "mail") return;
-    post({ type: "stopped" });
+    outcome = { type: "stopped" };
   } catch (error) {
-    post({ type: "fatal", message: error instanceof Error ? error.message : String(error) });
+    outcome = { type: "fatal", message: error instanceof Error ? error.message : String(error) };
   }
-  release();
-  self.close();
+  end(outcome);
+}
+
+/**
+ * Releases everything, then says so: the main thread terminates the Worker on this message, and
+ * the shared counts must be given back before (another engine may take this one's place).
+ */
+function end(outcome: WorkerMessage): void {
+  try {
+    release();
+  } finally {
+    post(outcome);
+    self.close();
+  }
 }
 
 /** Closes every fd the Worker opened; also after a crash, as they would outlive it. */
@@ -477,9 +490,7 @@ self.onmessage = (event: MessageEvent<WorkerInit>): void => {
   try {
     start(event.data);
   } catch (error) {
-    post({ type: "fatal", message: error instanceof Error ? error.message : String(error) });
-    release();
-    self.close();
+    end({ type: "fatal", message: error instanceof Error ? error.message : String(error) });
     return;
   }
   // Later messages are mail for the data plane, each announced in the ring by OP_MAIL.
@@ -487,9 +498,7 @@ self.onmessage = (event: MessageEvent<WorkerInit>): void => {
     try {
       receiveMail(mail.data);
     } catch (error) {
-      post({ type: "fatal", message: error instanceof Error ? error.message : String(error) });
-      release();
-      self.close();
+      end({ type: "fatal", message: error instanceof Error ? error.message : String(error) });
       return;
     }
     resume();

@@ -76,6 +76,8 @@ import type { ConnectionRecord, ListenerSpec, ProxyEvent, ProxySpec, ProxyStats 
 const BACKLOG = 511;
 /** How long a reload waits for an engine to finish the accept it is in (a dead one never does). */
 const RELOAD_WAIT_MS = 50;
+/** How long a shutdown waits for aborted relays to end. */
+const ABORT_WAIT_MS = 5_000;
 /** How often a drain looks at the open count. */
 const DRAIN_POLL_MS = 10;
 
@@ -168,6 +170,8 @@ export class NativePlane {
    */
   #engineDied(index: number, message: string): void {
     this.#hooks.fatal(`engine ${index}: ${message}`);
+    // It may have died inside an accept: a reload must not wait for that flag.
+    Atomics.store(this.#views.ints, ACCEPTING + index, 0);
     if (this.#stopped) return;
     for (const entry of this.#closing.values()) entry.waiting.delete(index);
     const engine = this.#startEngine(index);
@@ -254,7 +258,9 @@ export class NativePlane {
     const deadline = performance.now() + drainMs;
     while (this.#open() > 0 && performance.now() < deadline) await delay(DRAIN_POLL_MS);
     for (const engine of this.#engines) engine.mail({ type: "abort-all" });
-    while (this.#open() > 0) await delay(DRAIN_POLL_MS);
+    // Aborted relays end within a loop turn; bounded all the same, for an engine that died.
+    const aborted = performance.now() + ABORT_WAIT_MS;
+    while (this.#open() > 0 && performance.now() < aborted) await delay(DRAIN_POLL_MS);
     await Promise.all(this.#engines.map((engine) => engine.stop()));
     // Engines that stopped without acknowledging (they died) never will: close what is left.
     for (const { fds } of this.#closing.values()) fds.forEach(closeFd);
