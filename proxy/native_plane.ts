@@ -54,8 +54,6 @@ import {
   MAX_LISTENERS,
   MAX_SEQUENCE,
   planeBytes,
-  type PlaneEvent,
-  type PlaneRecord,
   type PlaneReport,
   type PlaneViews,
   planeViews,
@@ -70,6 +68,7 @@ import {
 import { MODE_AUTO, MODE_COPY, MODE_SPLICE } from "../engine/wire.ts";
 import { Balancer, DEFAULT_EJECT_MS, DEFAULT_FAILURES_TO_EJECT } from "./balancer.ts";
 import { Throttle } from "./faults.ts";
+import { reportable, toConnectionRecord } from "./plane_reports.ts";
 import type { ConnectionRecord, ListenerSpec, ProxyEvent, ProxySpec, ProxyStats } from "./types.ts";
 
 /** Pending connections a listener queues (as Deno.listen and HAProxy use by default). */
@@ -377,10 +376,31 @@ export class NativePlane {
   #backendSlot(key: string): number {
     const known = this.#backendSlots.get(key);
     if (known !== undefined) return known;
-    if (this.#backendSlots.size >= MAX_BACKENDS) return -1;
-    const slot = this.#backendSlots.size;
-    this.#backendSlots.set(key, slot);
-    return slot;
+    if (this.#backendSlots.size < MAX_BACKENDS) {
+      const slot = this.#backendSlots.size;
+      this.#backendSlots.set(key, slot);
+      return slot;
+    }
+    // Full: the slot of a backend no cluster names any more and no connection uses takes the
+    // new one, its counters and health cleared (its totals leave the stats with it).
+    const current = new Set(
+      this.#spec.clusters.flatMap((c) => c.backends.map((b) => `${c.name}/${b.address}`)),
+    );
+    for (const [old, slot] of this.#backendSlots) {
+      if (current.has(old) || Atomics.load(this.#views.ints, BACKEND_ACTIVE + slot * 2) !== 0) {
+        continue;
+      }
+      this.#backendSlots.delete(old);
+      this.#backendSlots.set(key, slot);
+      Atomics.store(this.#views.ints, BACKEND_ACTIVE + slot * 2 + 1, 0);
+      this.#views.ejectedUntil[slot] = 0;
+      for (let e = 0; e < this.#engines.length; e++) {
+        const base = e * ENGINE_STRIDE + ENGINE_BACKENDS + slot * BACKEND_FIELDS;
+        this.#views.counters.fill(0, base, base + BACKEND_FIELDS);
+      }
+      return slot;
+    }
+    return -1; // more than MAX_BACKENDS backends in use at once: left out of the routes
   }
 
   /** Sends every engine the routes of the current spec; closes `closing` once all applied. */
@@ -480,24 +500,6 @@ export class NativePlane {
     }
   }
 
-  /** An engine's event as the proxy reports it; null while its kind is throttled. */
-  #reportable(event: PlaneEvent): ProxyEvent | null {
-    if (event.type === "backend-ejected") return event;
-    const key = event.type === "accept-error"
-      ? `accept ${event.address} ${event.code}`
-      : `local ${event.cluster}/${event.backend} ${event.code}`;
-    const { report, suppressed } = this.#throttle.pass(key, performance.now());
-    if (!report) return null;
-    const error = `${errnoDescription(event.errno)} (os error ${event.errno})`;
-    if (event.type === "accept-error") {
-      const { address, code, pauseMs } = event;
-      return { type: "accept-error", address, code, error, pauseMs, suppressed };
-    }
-    const { cluster, backend, code } = event;
-    const message = `Cannot connect to ${backend}: ${event.reason ?? error}`;
-    return { type: "local-error", cluster, backend, code, error: message, suppressed };
-  }
-
   #receive(engine: number, report: PlaneReport): void {
     if (report.applied !== undefined) {
       for (const [generation, entry] of this.#closing) {
@@ -509,41 +511,11 @@ export class NativePlane {
       }
     }
     for (const event of report.events) {
-      const reported = this.#reportable(event);
+      const reported = reportable(event, this.#throttle);
       if (reported !== null) this.#hooks.event(reported);
     }
     for (const record of report.records) this.#hooks.record(toConnectionRecord(record, this.#spec));
   }
-}
-
-/** A record as proxy/server.ts logs it, with the error text the Deno path would give. */
-function toConnectionRecord(record: PlaneRecord, spec: ProxySpec): ConnectionRecord {
-  const out: ConnectionRecord = {
-    client: record.client,
-    listener: record.listener,
-    cluster: record.cluster,
-    backend: record.backend,
-    bytesIn: record.bytesIn,
-    bytesOut: record.bytesOut,
-    durationMs: record.durationMs,
-    mode: record.mode,
-    end: record.end,
-  };
-  if (record.reason !== undefined && record.attempted !== undefined) {
-    out.error = `Cannot connect to ${record.attempted}: ${record.reason}`;
-  } else if (record.errno !== undefined && record.errno !== 0) {
-    if (record.backend === null && record.attempted !== undefined) {
-      const reason = record.errno === 110 && record.syscall === "connect"
-        ? `Timed out after ${spec.connectTimeoutMs} ms`
-        : `${errnoDescription(record.errno)} (os error ${record.errno})`;
-      out.error = `Cannot connect to ${record.attempted}: ${reason}`;
-    } else {
-      out.error = new SyscallError(record.syscall || "relay", record.errno, {
-        detail: `side ${record.side ?? "?"}`,
-      }).message;
-    }
-  }
-  return out;
 }
 
 /** The error of a listener that cannot listen, of the class Deno.listen would throw. */

@@ -145,3 +145,39 @@ backends = [{ address = "127.0.0.1:${backend}" }, ${padding}]
     await shutdownRelayEngine();
   }
 });
+
+Deno.test("TcpProxy (engines = 1): backends past the 1,024 slots, over several reloads, take the slots of backends no longer named", async () => {
+  // Each reload names 600 new backends (weight 0) beside the live one: the third cannot fit
+  // without the slots the first named. Before, the new backends were left out of the routes and
+  // every connection ended "no-backend".
+  const live = taggedBackend("live");
+  const port = freePort();
+  const toml = (round: number): string => {
+    const padding = Array.from(
+      { length: 600 },
+      (_, i) => `{ address = "127.0.0.${round + 2}:${1000 + i}", weight = 0 }`,
+    ).join(", ");
+    return `
+engines = 1
+[[listeners]]
+address = "127.0.0.1:${port}"
+[clusters.app${round}]
+frontends = [{ address = "127.0.0.1:${port}" }]
+backends = [${padding}, { address = "127.0.0.1:${live.port}" }]
+`;
+  };
+  const proxy = TcpProxy.start(specFromConfig(parseConfig(toml(0))));
+  try {
+    for (let round = 0; round < 4; round++) {
+      if (round > 0) proxy.reload(specFromConfig(parseConfig(toml(round))));
+      assert.equal(await knock(port), "live", `round ${round}`);
+    }
+    const stats = proxy.stats();
+    assert.equal(stats.connectionsTotal, 4);
+    assert.equal(stats.backends[`app3/127.0.0.1:${live.port}`].connections, 1);
+  } finally {
+    await proxy.shutdown();
+    live.close();
+    await shutdownRelayEngine();
+  }
+});
