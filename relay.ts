@@ -288,12 +288,10 @@ async function relayToTarget(
       : { ...options };
     return await relay(a, conn, rest);
   };
-  if (
-    !ffiAvailable() || options?.initialData?.toB?.byteLength ||
-    typeof a !== "number" && connFd(a) === -1
-  ) {
-    return await viaDeno();
-  }
+  if (!ffiAvailable() || options?.initialData?.toB?.byteLength) return await viaDeno();
+  // Looked up once: a second lookup of a known conn re-checks it (two syscalls).
+  const connFdA = typeof a === "number" ? -1 : connFd(a);
+  if (typeof a !== "number" && connFdA === -1) return await viaDeno();
   // The engine's sockets are outside Deno's sandbox: --allow-net is kept here, as Deno.connect
   // would keep it.
   const refused = netRefusal(target);
@@ -308,7 +306,7 @@ async function relayToTarget(
     closeEndpoint(a);
     return early ?? { aToB: 0, bToA: 0, splicedBytes: 0, mode: "copy", end: "aborted" };
   }
-  const fdA = typeof a === "number" ? rawFd(a, -1) : connFd(a);
+  const fdA = typeof a === "number" ? rawFd(a, -1) : connFdA;
   const dialed = await dial(target);
   if ("error" in dialed) {
     closeEndpoint(a);
