@@ -92,6 +92,17 @@ export function echoBackend(): { port: number; close(): Promise<void> } {
 }
 
 /**
+ * A loopback port nothing listens on now (it was free a moment ago): connects to it are refused,
+ * and a process told to listen there finds it free unless another took it meanwhile.
+ */
+export function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = listener.addr.port;
+  listener.close();
+  return port;
+}
+
+/**
  * Accepts from `listener` until it is closed, handing each conn to `serve`. A client that is
  * gone before its accept (a proxy passed a reset on) fails that accept alone: Deno's async
  * iterator would end the loop there, and every later client would hang.

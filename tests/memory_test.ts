@@ -8,7 +8,7 @@
  * installs one when missing.
  */
 import assert from "node:assert/strict";
-import { waitFor } from "./_helpers.ts";
+import { freePort, waitFor } from "./_helpers.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const PROXY = `${ROOT}proxy.ts`;
@@ -33,13 +33,6 @@ const BASELINE_ROUND = 2;
 const MAX_GROWTH_KIB = 8 * 1024;
 
 const decoder = new TextDecoder();
-
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = listener.addr.port;
-  listener.close();
-  return port;
-}
 
 /** Compiles bench/benchtool.c into `dir`; fails with a clear message without a C compiler. */
 async function buildBenchtool(dir: string): Promise<string> {

@@ -5,7 +5,14 @@
  */
 
 import assert from "node:assert/strict";
-import { acceptEach, closeQuietly, echoBackend, outputLines, waitFor } from "./_helpers.ts";
+import {
+  acceptEach,
+  closeQuietly,
+  echoBackend,
+  freePort,
+  outputLines,
+  waitFor,
+} from "./_helpers.ts";
 import { within } from "./_relay_helpers.ts";
 import { resetAndClose } from "./_sockets.ts";
 
@@ -68,13 +75,6 @@ function spawnProxy(
       }
     },
   };
-}
-
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = listener.addr.port;
-  listener.close();
-  return port;
 }
 
 function config(backend: string, extra = "", listen = "127.0.0.1:0", metrics?: number): string {

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { acceptEach, receiveAll, sendPattern, waitFor } from "./_helpers.ts";
+import { acceptEach, freePort, receiveAll, sendPattern, waitFor } from "./_helpers.ts";
 
 const PROXY = new URL("../proxy.ts", import.meta.url).pathname;
 const CONFIG = new URL("../deno.json", import.meta.url).pathname;
@@ -19,13 +19,6 @@ function namedBackend(name: string): { port: number; close(): void } {
     })().catch(() => {});
   });
   return { port: listener.addr.port, close: () => listener.close() };
-}
-
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = listener.addr.port;
-  listener.close();
-  return port;
 }
 
 function configText(backendPort: number, metricsPort: number): string {

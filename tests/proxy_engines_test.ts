@@ -19,6 +19,7 @@ import {
   closeQuietly,
   echoBackend,
   fillPattern,
+  freePort,
   openFdCount,
   outputLines,
   receiveAll,
@@ -55,14 +56,6 @@ function proxyToml(options: {
     `backends = ${list(options.backends)}`,
   );
   return lines.join("\n") + "\n";
-}
-
-/** A port nothing listens on now: connects to it are refused. */
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = listener.addr.port;
-  listener.close();
-  return port;
 }
 
 /**

@@ -8,7 +8,7 @@ import { shutdownRelayEngine } from "../mod.ts";
 import { parseConfig } from "../config.ts";
 import { specFromConfig, TcpProxy } from "../proxy/mod.ts";
 import type { ProxyEvent } from "../proxy/types.ts";
-import { acceptEach } from "./_helpers.ts";
+import { acceptEach, freePort } from "./_helpers.ts";
 
 /** A backend that answers each connection with `tag` and closes it. */
 function taggedBackend(tag: string): { port: number; close(): void } {
@@ -21,13 +21,6 @@ function taggedBackend(tag: string): { port: number; close(): void } {
     });
   });
   return { port: listener.addr.port, close: () => listener.close() };
-}
-
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = listener.addr.port;
-  listener.close();
-  return port;
 }
 
 /** What one connection to `port` reads before its end; null when refused. */
