@@ -7,10 +7,10 @@
  *
  *     deno task bench [--rounds N] [--only ROW,...] [--default-engines]
  *
- * The rows: bulk1, bulk8, pingpong, pingpong2, churn, idle, memory (the default set), and
- * syscalls, which runs only when --only names it: it needs strace and ptrace, which a
- * container may not allow, takes about 8 s per implementation, and counts what does not change
- * from run to run unless the code does.
+ * The rows: bulk1, bulk8, pingpong, pingpong2, churn1 (one client), churn (8 clients), idle,
+ * memory (the default set), and syscalls, which runs only when --only names it: it needs strace
+ * and ptrace, which a container may not allow, takes about 8 s per implementation, and counts
+ * what does not change from run to run unless the code does.
  *
  * Ping-pong runs twice because on this kind of machine (a VM whose idle vCPUs halt: no guest halt
  * polling) waking a thread on the other CPU costs about 20 us, more than a loopback round trip's
@@ -60,7 +60,7 @@ function arg(name: string, fallback: string): string {
   return i === -1 ? fallback : Deno.args[i + 1];
 }
 const ROUNDS = Number(arg("--rounds", "3"));
-const ONLY = arg("--only", "bulk1,bulk8,pingpong,pingpong2,churn,idle,memory").split(",");
+const ONLY = arg("--only", "bulk1,bulk8,pingpong,pingpong2,churn1,churn,idle,memory").split(",");
 const DEFAULT_ENGINES = Deno.args.includes("--default-engines");
 
 /** A row's list with proxy.ts as its engine variants (and as `proxy` when asked). */
@@ -172,9 +172,10 @@ async function pingpong(
   );
 }
 
-async function churn(impl: Impl, echoPort: number): Promise<Sample> {
+/** Short connections (1 KiB each way) for 3 s from `clients` clients, each one at a time. */
+async function churn(impl: Impl, echoPort: number, clients: number): Promise<Sample> {
   return await withProxy(impl, echoPort, async (port) => {
-    const [rate, failed] = (await run(TOOL, ["churn", String(port), "8", "3", "1024"]))
+    const [rate, failed] = (await run(TOOL, ["churn", String(port), String(clients), "3", "1024"]))
       .trim().split(" ").map(Number);
     return { value: rate, extra: [failed] };
   });
@@ -189,6 +190,7 @@ async function idle(impl: Impl, echoPort: number): Promise<Sample> {
     await warm.stop();
     await new Promise((r) => setTimeout(r, 300));
     const before = pssKiB(pid);
+    const anonBefore = pssKiB(pid, "Pss_Anon");
     const holder = await start(TOOL, ["idle", String(port), String(IDLE_CONNS), ...echo], true);
     try {
       await new Promise((r) => setTimeout(r, 500));
@@ -196,7 +198,8 @@ async function idle(impl: Impl, echoPort: number): Promise<Sample> {
       await new Promise((r) => setTimeout(r, 3000));
       const cpu = cpuSeconds(pid) - cpu0;
       const after = pssKiB(pid);
-      return { value: (after - before) / IDLE_CONNS, extra: [cpu / 3 * 100] };
+      const anon = (pssKiB(pid, "Pss_Anon") - anonBefore) / IDLE_CONNS;
+      return { value: (after - before) / IDLE_CONNS, extra: [cpu / 3 * 100, anon] };
     } finally {
       await holder.stop();
     }
@@ -328,7 +331,8 @@ async function main(): Promise<void> {
     ["bulk8", (impl) => bulk(impl, iperfPort, 8)],
     ["pingpong", (impl) => pingpong(impl, pinnedEchoPort, PIN_CPU, PIN_CPU)],
     ["pingpong2", (impl) => pingpong(impl, pinnedEchoPort, CLIENT2_CPU)],
-    ["churn", (impl) => churn(impl, echoPort)],
+    ["churn1", (impl) => churn(impl, echoPort, 1)],
+    ["churn", (impl) => churn(impl, echoPort, 8)],
     ["idle", (impl) => idle(impl, echoPort)],
     ["memory", (impl) => memory(impl, echoPort)],
     ["syscalls", (impl) => syscalls(impl, echoPort)],
@@ -412,23 +416,31 @@ function report(results: Record<string, Record<Impl, Sample[]>>): void {
       );
     }
   }
-  if (results.churn) {
-    const direct = med("churn", "direct", (s) => s.value);
-    for (const impl of ran("churn", ROW_IMPLS)) {
-      const rate = med("churn", impl, (s) => s.value);
+  for (const name of ["churn1", "churn"]) {
+    if (!results[name]) continue;
+    const direct = med(name, "direct", (s) => s.value);
+    for (const impl of ran(name, ROW_IMPLS)) {
+      const rate = med(name, impl, (s) => s.value);
       lines.push(
-        `churn ${impl.padEnd(8)} ${rate.toFixed(0).padStart(6)} conn/s  ${
+        `${name} ${impl.padEnd(8)} ${rate.toFixed(0).padStart(6)} conn/s  ${
           (rate / direct).toFixed(2)
         }x direct`,
       );
     }
   }
   if (results.idle) {
-    lines.push(`idle: PSS growth per connection with ${IDLE_CONNS} relayed idle connections held`);
+    lines.push(
+      `idle: PSS growth per connection with ${IDLE_CONNS} relayed idle connections held ` +
+        "(all of it, and its anonymous part)",
+    );
     for (const impl of ran("idle", IDLE_IMPLS)) {
       const kib = med("idle", impl, (s) => s.value);
       const cpu = med("idle", impl, (s) => s.extra?.[0]);
-      lines.push(`idle ${impl.padEnd(8)} ${kib.toFixed(1)} KiB PSS/conn  CPU ${cpu.toFixed(2)}%`);
+      const anon = med("idle", impl, (s) => s.extra?.[1]);
+      lines.push(
+        `idle ${impl.padEnd(8)} ${kib.toFixed(1)} KiB PSS/conn  anon ${anon.toFixed(1)} KiB  ` +
+          `CPU ${cpu.toFixed(2)}%`,
+      );
     }
   }
   if (results.memory) {

@@ -365,8 +365,13 @@ function service(epfd: number, relay: Relay): void {
     relay.aToB.inFlight(),
     relay.bToA.inFlight(),
   );
-  if (decision.shutdownB && !b.shutDown) shutdownSide(b);
-  if (decision.shutdownA && !a.shutDown) shutdownSide(a);
+  // A proxied relay that ends cleanly has both inputs read to their end and is closed in this
+  // turn (Plane.ended): close(2) sends the FIN that a shutdown would, one syscall sooner.
+  const closingNow = !decision.open && relay.proxied !== null && relay.brokenSide === -1;
+  if (!closingNow) {
+    if (decision.shutdownB && !b.shutDown) shutdownSide(b);
+    if (decision.shutdownA && !a.shutDown) shutdownSide(a);
+  }
   if (!decision.open) {
     finish(epfd, relay, endOf(relay));
   } else if (decision.lingering) {
