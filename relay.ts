@@ -150,7 +150,8 @@ export async function relay(
   }
   const capacity = options?.pipeCapacity ?? 0;
   validateCapacity(capacity, "pipeCapacity");
-  if (isTarget(b)) return await relayToTarget(a, b, options);
+  // Not awaited: relay()'s frame is not kept for as long as the relay runs.
+  if (isTarget(b)) return relayToTarget(a, b, options);
 
   const kernel = ffiAvailable();
   const rawFds = typeof a === "number" || typeof b === "number";
@@ -204,7 +205,9 @@ export async function relay(
     return { aToB: 0, bToA: 0, splicedBytes: 0, mode: "copy", end: "aborted" };
   }
   const denoFds = [a, b].flatMap((end, i) => typeof end === "number" ? [] : [i === 0 ? fdA : fdB]);
-  const result = await relayInEngine({
+  // Not awaited: what waits for the end is this closure, not relay()'s frame (see
+  // relayToTarget).
+  return relayInEngine({
     fdA,
     fdB,
     denoFds,
@@ -212,13 +215,14 @@ export async function relay(
     idleMs: idleTimeout,
     capacity: capacity || (pipeCapacityOverride() ?? RELAY_PIPE_CAPACITY),
     signal,
+  }).then((result) => {
+    // No engine (it could not start, or died before it took the relay): the conns are still
+    // in Deno's hands, and Deno conns get the userspace loop, which needs no fd of its own.
+    if (result === "unavailable") return withoutEngine(a, b, signal, idleTimeout);
+    closeEndpoint(a);
+    closeEndpoint(b);
+    return result;
   });
-  // No engine (it could not start, or died before it took the relay): the conns are still in
-  // Deno's hands, and Deno conns get the userspace loop, which needs no fd of its own.
-  if (result === "unavailable") return await withoutEngine(a, b, signal, idleTimeout);
-  closeEndpoint(a);
-  closeEndpoint(b);
-  return result;
 }
 
 function isTarget(b: RelayEndpoint | RelayTarget): b is RelayTarget {
@@ -254,44 +258,14 @@ async function relayToTarget(
       `Cannot relay with connectTimeout ${connectTimeout}: expected whole ms from 0 to ${NO_TIMEOUT}`,
     );
   }
-  // `toA` sent: set when initialData.toA has been written here, so that it is not sent twice.
-  let toASent = false;
-  const viaDeno = async (): Promise<RelayResult> => {
-    const signals = [
-      options?.signal,
-      connectTimeout > 0 ? AbortSignal.timeout(connectTimeout) : undefined,
-    ]
-      .filter((signal): signal is AbortSignal => signal !== undefined);
-    let conn: Deno.TcpConn;
-    try {
-      conn = await Deno.connect({
-        hostname,
-        port,
-        signal: signals.length > 0 ? AbortSignal.any(signals) : undefined,
-      });
-    } catch (error) {
-      closeEndpoint(a);
-      if (error instanceof Deno.errors.NotCapable) throw error;
-      const mode = ffiAvailable() ? "copy" : "fallback";
-      if (options?.signal?.aborted) {
-        return { aToB: 0, bToA: 0, splicedBytes: 0, mode, end: "aborted" };
-      }
-      // The timeout's signal fired: said as the engine says it.
-      const timedOut = error instanceof DOMException && error.name === "TimeoutError";
-      const reason = timedOut
-        ? new SyscallError("connect", ETIMEDOUT, { detail: "side b" })
-        : error;
-      return failedBeforeStart(reason, "b", mode);
-    }
-    const rest: RelayOptions = toASent
-      ? { ...options, initialData: { toB: options?.initialData?.toB } }
-      : { ...options };
-    return await relay(a, conn, rest);
-  };
-  if (!ffiAvailable() || options?.initialData?.toB?.byteLength) return await viaDeno();
+  if (!ffiAvailable() || options?.initialData?.toB?.byteLength) {
+    return await viaDeno(a, target, options, connectTimeout, false);
+  }
   // Looked up once: a second lookup of a known conn re-checks it (two syscalls).
   const connFdA = typeof a === "number" ? -1 : connFd(a);
-  if (typeof a !== "number" && connFdA === -1) return await viaDeno();
+  if (typeof a !== "number" && connFdA === -1) {
+    return await viaDeno(a, target, options, connectTimeout, false);
+  }
   // The engine's sockets are outside Deno's sandbox: --allow-net is kept here, as Deno.connect
   // would keep it.
   const refused = netRefusal(target);
@@ -301,7 +275,6 @@ async function relayToTarget(
   }
   const signal = options?.signal;
   const early = await writeInitialData(a, options?.initialData?.toA, "a", "copy");
-  toASent = true;
   if (early !== null || signal?.aborted) {
     closeEndpoint(a);
     return early ?? { aToB: 0, bToA: 0, splicedBytes: 0, mode: "copy", end: "aborted" };
@@ -320,18 +293,24 @@ async function relayToTarget(
     return { aToB: 0, bToA: 0, splicedBytes: 0, mode: "copy", end: "aborted" };
   }
   const capacity = options?.pipeCapacity ?? 0;
-  const result = await relayInEngine({
+  const fdB = dialed.fd;
+  // Not awaited: a relay may idle for hours, and what waits for its end is this closure, not
+  // this function's frame with every local in it.
+  return relayInEngine({
     fdA,
-    fdB: dialed.fd,
+    fdB,
     denoFds: typeof a === "number" ? [] : [fdA],
     mode: options?.mode ?? "auto",
     idleMs: options?.idleTimeout ?? 0,
     capacity: capacity || (pipeCapacityOverride() ?? RELAY_PIPE_CAPACITY),
     connectMs: dialed.inProgress ? (connectTimeout || NO_TIMEOUT) : 0,
     signal,
-  });
-  closeFd(dialed.fd);
-  if (result === "unavailable") {
+  }).then((result) => {
+    closeFd(fdB);
+    if (result !== "unavailable") {
+      closeEndpoint(a);
+      return result;
+    }
     if (typeof a === "number") {
       closeEndpoint(a);
       return failedBeforeStart(
@@ -340,10 +319,49 @@ async function relayToTarget(
         "copy",
       );
     }
-    return await viaDeno();
+    return viaDeno(a, target, options, connectTimeout, true);
+  });
+}
+
+/**
+ * relay() to a target through a Deno conn from Deno.connect; `toASent` says that
+ * initialData.toA was written already, so that it is not sent twice.
+ */
+async function viaDeno(
+  a: RelayEndpoint,
+  target: RelayTarget,
+  options: RelayOptions | undefined,
+  connectTimeout: number,
+  toASent: boolean,
+): Promise<RelayResult> {
+  const signals = [
+    options?.signal,
+    connectTimeout > 0 ? AbortSignal.timeout(connectTimeout) : undefined,
+  ]
+    .filter((signal): signal is AbortSignal => signal !== undefined);
+  let conn: Deno.TcpConn;
+  try {
+    conn = await Deno.connect({
+      hostname: target.hostname,
+      port: target.port,
+      signal: signals.length > 0 ? AbortSignal.any(signals) : undefined,
+    });
+  } catch (error) {
+    closeEndpoint(a);
+    if (error instanceof Deno.errors.NotCapable) throw error;
+    const mode = ffiAvailable() ? "copy" : "fallback";
+    if (options?.signal?.aborted) {
+      return { aToB: 0, bToA: 0, splicedBytes: 0, mode, end: "aborted" };
+    }
+    // The timeout's signal fired: said as the engine says it.
+    const timedOut = error instanceof DOMException && error.name === "TimeoutError";
+    const reason = timedOut ? new SyscallError("connect", ETIMEDOUT, { detail: "side b" }) : error;
+    return failedBeforeStart(reason, "b", mode);
   }
-  closeEndpoint(a);
-  return result;
+  const rest: RelayOptions = toASent
+    ? { ...options, initialData: { toB: options?.initialData?.toB } }
+    : { ...options };
+  return await relay(a, conn, rest);
 }
 
 async function withoutEngine(

@@ -181,27 +181,41 @@ async function churn(impl: Impl, echoPort: number, clients: number): Promise<Sam
   });
 }
 
+/**
+ * PSS growth per connection while IDLE_CONNS relayed idle connections are held, after 10 idle
+ * ones: the value, and with it what a process pays once as its load first grows (a JIT
+ * compiling the hot paths and the binary's pages that takes, heaps growing a step). Then
+ * IDLE_CONNS more are held beside them, and their growth is the marginal cost of an idle
+ * connection, with every earlier one still open (no memory freed by others to reuse). extra
+ * holds the CPU while idle, the first growth's anonymous part, and the marginal growth and its
+ * anonymous part (the file-backed rest is the deno binary's pages, shared with every deno
+ * process on the machine).
+ */
 async function idle(impl: Impl, echoPort: number): Promise<Sample> {
   return await withProxy(impl, echoPort, async (port, pid) => {
     if (!pid) return { value: 0 };
-    // Warm up the proxy's paths (engine Worker, pools) before the baseline.
     const echo = impl === "hold" ? ["noecho"] : [];
     const warm = await start(TOOL, ["idle", String(port), "10", ...echo], true);
     await warm.stop();
     await new Promise((r) => setTimeout(r, 300));
-    const before = pssKiB(pid);
-    const anonBefore = pssKiB(pid, "Pss_Anon");
-    const holder = await start(TOOL, ["idle", String(port), String(IDLE_CONNS), ...echo], true);
+    const base = [pssKiB(pid), pssKiB(pid, "Pss_Anon")];
+    const holders = [await start(TOOL, ["idle", String(port), String(IDLE_CONNS), ...echo], true)];
     try {
       await new Promise((r) => setTimeout(r, 500));
       const cpu0 = cpuSeconds(pid);
       await new Promise((r) => setTimeout(r, 3000));
-      const cpu = cpuSeconds(pid) - cpu0;
-      const after = pssKiB(pid);
-      const anon = (pssKiB(pid, "Pss_Anon") - anonBefore) / IDLE_CONNS;
-      return { value: (after - before) / IDLE_CONNS, extra: [cpu / 3 * 100, anon] };
+      const cpu = (cpuSeconds(pid) - cpu0) / 3 * 100;
+      const first = [pssKiB(pid), pssKiB(pid, "Pss_Anon")];
+      holders.push(await start(TOOL, ["idle", String(port), String(IDLE_CONNS), ...echo], true));
+      await new Promise((r) => setTimeout(r, 500));
+      const second = [pssKiB(pid), pssKiB(pid, "Pss_Anon")];
+      const per = (to: number[], from: number[], i: number) => (to[i] - from[i]) / IDLE_CONNS;
+      return {
+        value: per(first, base, 0),
+        extra: [cpu, per(first, base, 1), per(second, first, 0), per(second, first, 1)],
+      };
     } finally {
-      await holder.stop();
+      for (const holder of holders) await holder.stop();
     }
   });
 }
@@ -430,16 +444,16 @@ function report(results: Record<string, Record<Impl, Sample[]>>): void {
   }
   if (results.idle) {
     lines.push(
-      `idle: PSS growth per connection with ${IDLE_CONNS} relayed idle connections held ` +
-        "(all of it, and its anonymous part)",
+      `idle: PSS growth per connection, ${IDLE_CONNS} relayed idle connections held, then ` +
+        `${IDLE_CONNS} more beside them (all of it, and its anonymous part)`,
     );
     for (const impl of ran("idle", IDLE_IMPLS)) {
-      const kib = med("idle", impl, (s) => s.value);
-      const cpu = med("idle", impl, (s) => s.extra?.[0]);
-      const anon = med("idle", impl, (s) => s.extra?.[1]);
+      const [kib, cpu, anon, next, nextAnon] = [0, 1, 2, 3, 4].map((i) =>
+        med("idle", impl, (s) => i === 0 ? s.value : s.extra?.[i - 1])
+      );
       lines.push(
-        `idle ${impl.padEnd(8)} ${kib.toFixed(1)} KiB PSS/conn  anon ${anon.toFixed(1)} KiB  ` +
-          `CPU ${cpu.toFixed(2)}%`,
+        `idle ${impl.padEnd(8)} first ${kib.toFixed(1)} KiB/conn (anon ${anon.toFixed(1)})  ` +
+          `next ${next.toFixed(1)} (anon ${nextAnon.toFixed(1)})  CPU ${cpu.toFixed(2)}%`,
       );
     }
   }

@@ -391,14 +391,15 @@ const ENDS: Record<number, RelayEnd> = {
  * Resolves to `"unavailable"`, with both sockets untouched, when the engine cannot start (too
  * few free fds, its module unreadable) or died before taking the relay.
  */
-export async function relayInEngine(job: EngineJob): Promise<RelayResult | "unavailable"> {
+export function relayInEngine(job: EngineJob): Promise<RelayResult | "unavailable"> {
   // Deno's reactors are the epoll instances that exist before the engine makes its own.
   findDenoReactors();
   const running = engine();
-  if (running === null) return "unavailable";
-  const { signal } = job;
+  if (running === null) return Promise.resolve("unavailable");
+  const { signal, denoFds } = job;
   let onAbort: (() => void) | undefined;
-  const outcome = await new Promise<Outcome>((resolve) => {
+  // Chained rather than awaited: while the relay runs, the closures below are all it holds.
+  return new Promise<Outcome>((resolve) => {
     const id = running.add(
       {
         fdA: job.fdA,
@@ -409,15 +410,18 @@ export async function relayInEngine(job: EngineJob): Promise<RelayResult | "unav
         connectMs: job.connectMs ?? 0,
       },
       resolve,
-      job.denoFds,
+      denoFds,
     );
-    onAbort = () => running.abort(id);
-    signal?.addEventListener("abort", onAbort, { once: true });
+    if (signal) {
+      onAbort = () => running.abort(id);
+      signal.addEventListener("abort", onAbort, { once: true });
+    }
+  }).then((outcome) => {
+    if (onAbort) signal?.removeEventListener("abort", onAbort);
+    if (outcome === "not-started") return "unavailable";
+    for (const fd of denoFds) returnToDenoReactor(fd);
+    return toRelayResult(outcome);
   });
-  if (onAbort) signal?.removeEventListener("abort", onAbort);
-  if (outcome === "not-started") return "unavailable";
-  for (const fd of job.denoFds) returnToDenoReactor(fd);
-  return toRelayResult(outcome);
 }
 
 function toRelayResult(outcome: EngineResult | "died"): RelayResult {
