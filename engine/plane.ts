@@ -378,14 +378,15 @@ export class Plane {
     const proxied = relay.proxied!;
     const symbols = libc();
     for (;;) {
+      // The slot of the attempt before joins the list only now: most connections make one
+      // attempt, and a list held for each would cost memory per connection.
+      if (proxied.backendSlot >= 0) proxied.tried = [...proxied.tried, proxied.backendSlot];
       const backend = pickBackend(cluster, proxied.tried, this.#views);
       if (backend === null) {
         // As on the Deno path: "local-error" only when every backend would fail alike.
         this.#host.finishNow(relay, "no-backend");
         return;
       }
-      // Sized to fit: most connections make one attempt, and a held array costs per connection.
-      proxied.tried = [...proxied.tried, backend.slot];
       proxied.backendSlot = backend.slot;
       proxied.backend = backend.address;
       if (backend.refusal !== undefined) {

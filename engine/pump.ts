@@ -36,26 +36,60 @@ const SPLICE = syscallNumber("splice");
 const READ = syscallNumber("read");
 const WRITE = syscallNumber("write");
 
+/** Side flags, in one field: a relay's state is held per connection, for as long as it lasts. */
+const WRITE_FAILED = 1;
+const READABLE = 2;
+const HANG_UP = 4;
+const WRITABLE = 8;
+const SHUT_DOWN = 16;
+
 /** One connection of a relay. */
 export class Side {
   /** What reading this side has given. */
   state: ReadState = "open";
+  #flags = 0;
+  /** -1 until a proxied connection's backend socket exists. */
+  constructor(public fd: number) {}
+
   /** Set when a write to it failed: its peer takes no more bytes. */
-  writeFailed = false;
+  get writeFailed(): boolean {
+    return (this.#flags & WRITE_FAILED) !== 0;
+  }
+  set writeFailed(on: boolean) {
+    this.#flags = on ? this.#flags | WRITE_FAILED : this.#flags & ~WRITE_FAILED;
+  }
   /**
    * Edge-triggered readiness not yet used up. EAGAIN clears it, and so does a short copy-path
    * read while no hang-up was reported: a stream read returns all that is queued, and bytes
    * arriving later raise a new edge.
    */
-  readable = false;
+  get readable(): boolean {
+    return (this.#flags & READABLE) !== 0;
+  }
+  set readable(on: boolean) {
+    this.#flags = on ? this.#flags | READABLE : this.#flags & ~READABLE;
+  }
   /** A hang-up or error was reported: it is read until EAGAIN or the end, never cut short. */
-  hangUp = false;
+  get hangUp(): boolean {
+    return (this.#flags & HANG_UP) !== 0;
+  }
+  set hangUp(on: boolean) {
+    this.#flags = on ? this.#flags | HANG_UP : this.#flags & ~HANG_UP;
+  }
   /** Edge-triggered readiness not yet used up; only EAGAIN clears it. */
-  writable = false;
+  get writable(): boolean {
+    return (this.#flags & WRITABLE) !== 0;
+  }
+  set writable(on: boolean) {
+    this.#flags = on ? this.#flags | WRITABLE : this.#flags & ~WRITABLE;
+  }
   /** Whether its sending half was shut down (FIN sent). */
-  shutDown = false;
-  /** -1 until a proxied connection's backend socket exists. */
-  constructor(public fd: number) {}
+  get shutDown(): boolean {
+    return (this.#flags & SHUT_DOWN) !== 0;
+  }
+  set shutDown(on: boolean) {
+    this.#flags = on ? this.#flags | SHUT_DOWN : this.#flags & ~SHUT_DOWN;
+  }
 }
 
 /** One way of a relay. */
@@ -88,7 +122,7 @@ export class Direction {
 
 /** What the proxy's data plane keeps of a connection it accepted (see plane.ts). */
 export interface Proxied {
-  /** Backend slots tried for this connection. */
+  /** Backend slots tried for this connection before the current one (`backendSlot`). */
   tried: number[];
   listenerSlot: number;
   listener: string;
