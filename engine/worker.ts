@@ -96,6 +96,10 @@ const ETIMEDOUT = 110;
 
 const symbols = libc();
 const events = new Uint8Array(EPOLL_EVENT_SIZE * MAX_EVENTS);
+/** Indexes into `events` of the hang-ups of a batch, handled after the rest (see loop()). */
+const deferredEvents = new Int32Array(MAX_EVENTS);
+/** Events that say a side ended or failed. */
+const HANG_UP_EVENTS = EPOLLRDHUP | EPOLLHUP | EPOLLERR;
 const eventsView = new DataView(events.buffer);
 const control = new Uint8Array(EPOLL_EVENT_SIZE);
 const controlView = new DataView(control.buffer);
@@ -262,38 +266,23 @@ function loop(epfd: number, ring: Int32Array, eventFd: number): "stop" | "mail" 
     }
     now = performance.now();
 
+    // Hang-ups go last: a batch often holds one connection's end beside another's bytes (a
+    // backend's reply, a connect just completed), and those bytes are on a client's critical
+    // path, while the end's work (reading the EOF, closing, recording) is on nobody's.
+    let deferred = 0;
     for (let i = 0; i < count; i++) {
       const offset = i * EPOLL_EVENT_SIZE;
       const flags = eventsView.getUint32(offset, true);
-      const token = eventsView.getUint32(offset + EPOLL_DATA_OFFSET, true);
-      if (token === WAKE_TOKEN) {
-        symbols.read(eventFd, wakeBuffer, 8n);
+      if ((flags & HANG_UP_EVENTS) !== 0 && count > 1) {
+        deferredEvents[deferred++] = i;
         continue;
       }
-      if (token >= LISTENER_TOKEN) {
-        // Refused while newer routes wait in the mail (see Plane.accept).
-        plane?.accept(token - LISTENER_TOKEN);
-        continue;
-      }
-      const relay = relays.get(token >>> 1);
-      if (!relay) continue; // ended earlier in this batch
-      const side = (token & 1) === 0 ? relay.a : relay.b;
-      if (flags & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) side.readable = true;
-      if (flags & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) side.hangUp = true;
-      if (flags & (EPOLLOUT | EPOLLHUP | EPOLLERR)) side.writable = true;
-      if (relay.connecting) {
-        // Until side b connects nothing moves; side a's readiness waits with it.
-        if (side === relay.b && (flags & (EPOLLOUT | EPOLLHUP | EPOLLERR)) !== 0) {
-          if (relay.proxied !== null) plane!.connectReady(relay);
-          else connectEnded(epfd, relay);
-        }
-        continue;
-      }
-      // A side that already sent its FIN is never read again, so a reset after it would go
-      // unnoticed; its pending error says so. An open side is left to its next read, which
-      // delivers the bytes still queued before reporting the error.
-      if ((flags & EPOLLERR) !== 0 && side.state === "eof") pendingError(relay, side);
-      service(epfd, relay);
+      handleEvent(epfd, eventFd, flags, eventsView.getUint32(offset + EPOLL_DATA_OFFSET, true));
+    }
+    for (let k = 0; k < deferred; k++) {
+      const offset = deferredEvents[k] * EPOLL_EVENT_SIZE;
+      const flags = eventsView.getUint32(offset, true);
+      handleEvent(epfd, eventFd, flags, eventsView.getUint32(offset + EPOLL_DATA_OFFSET, true));
     }
     if (again.size > 0) {
       const turn = [...again];
@@ -303,6 +292,38 @@ function loop(epfd: number, ring: Int32Array, eventFd: number): "stop" | "mail" 
     if (nextCheck !== Infinity) expireIdle(epfd);
     flushResults();
   }
+}
+
+/** One readiness event: a wake-up, a listener's queue, or a relay side. */
+function handleEvent(epfd: number, eventFd: number, flags: number, token: number): void {
+  if (token === WAKE_TOKEN) {
+    symbols.read(eventFd, wakeBuffer, 8n);
+    return;
+  }
+  if (token >= LISTENER_TOKEN) {
+    // Refused while newer routes wait in the mail (see Plane.accept).
+    plane?.accept(token - LISTENER_TOKEN);
+    return;
+  }
+  const relay = relays.get(token >>> 1);
+  if (!relay) return; // ended earlier in this batch
+  const side = (token & 1) === 0 ? relay.a : relay.b;
+  if (flags & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) side.readable = true;
+  if (flags & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) side.hangUp = true;
+  if (flags & (EPOLLOUT | EPOLLHUP | EPOLLERR)) side.writable = true;
+  if (relay.connecting) {
+    // Until side b connects nothing moves; side a's readiness waits with it.
+    if (side === relay.b && (flags & (EPOLLOUT | EPOLLHUP | EPOLLERR)) !== 0) {
+      if (relay.proxied !== null) plane!.connectReady(relay);
+      else connectEnded(epfd, relay);
+    }
+    return;
+  }
+  // A side that already sent its FIN is never read again, so a reset after it would go
+  // unnoticed; its pending error says so. An open side is left to its next read, which
+  // delivers the bytes still queued before reporting the error.
+  if ((flags & EPOLLERR) !== 0 && side.state === "eof") pendingError(relay, side);
+  service(epfd, relay);
 }
 
 function addRelay(epfd: number, ring: Int32Array, base: number): void {
