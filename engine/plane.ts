@@ -438,20 +438,26 @@ export class Plane {
     }
   }
 
-  /** The backend socket of a connecting relay is writable, or failed: the connect is over. */
-  connectReady(relay: Relay): void {
+  /**
+   * The backend socket of a connecting relay is writable, or `failed` (an error or hang-up was
+   * reported, which SO_ERROR explains): the connect is over.
+   */
+  connectReady(relay: Relay, failed: boolean): void {
     const proxied = relay.proxied!;
     const cluster = proxied.cluster;
     const backend = cluster?.backends.find((b) => b.slot === proxied.backendSlot);
-    this.#errorLength[0] = 4;
-    const ok = libc().getsockopt(
-      relay.b.fd,
-      SOL_SOCKET,
-      SO_ERROR,
-      this.#errorValue,
-      this.#errorLength,
-    ) === 0;
-    const code = ok ? this.#errorValue[0] : errno();
+    let code = 0;
+    if (failed) {
+      this.#errorLength[0] = 4;
+      const ok = libc().getsockopt(
+        relay.b.fd,
+        SOL_SOCKET,
+        SO_ERROR,
+        this.#errorValue,
+        this.#errorLength,
+      ) === 0;
+      code = ok ? this.#errorValue[0] : errno();
+    }
     if ((code === 0 || code === ECONNRESET) && backend) {
       // ECONNRESET: the handshake completed and the backend reset right after. It did accept,
       // so this is a relay that ends in a reset, passed on to the client as one.

@@ -314,8 +314,11 @@ function handleEvent(epfd: number, eventFd: number, flags: number, token: number
   if (relay.connecting) {
     // Until side b connects nothing moves; side a's readiness waits with it.
     if (side === relay.b && (flags & (EPOLLOUT | EPOLLHUP | EPOLLERR)) !== 0) {
-      if (relay.proxied !== null) plane!.connectReady(relay);
-      else connectEnded(epfd, relay);
+      // Writable with no error or hang-up: the handshake completed, and SO_ERROR would say 0
+      // (a connect that failed reports EPOLLERR, and EPOLLHUP once the socket is closed).
+      const failed = (flags & (EPOLLHUP | EPOLLERR)) !== 0;
+      if (relay.proxied !== null) plane!.connectReady(relay, failed);
+      else connectEnded(epfd, relay, failed);
     }
     return;
   }
@@ -359,10 +362,13 @@ function addRelay(epfd: number, ring: Int32Array, base: number): void {
 }
 
 /** Side b's connect (started by relay()) is over: relay, or end with its error. */
-function connectEnded(epfd: number, relay: Relay): void {
-  errorLength[0] = 4;
-  const ok = symbols.getsockopt(relay.b.fd, SOL_SOCKET, SO_ERROR, errorValue, errorLength) === 0;
-  const code = ok ? errorValue[0] : errno();
+function connectEnded(epfd: number, relay: Relay, failed: boolean): void {
+  let code = 0;
+  if (failed) {
+    errorLength[0] = 4;
+    const ok = symbols.getsockopt(relay.b.fd, SOL_SOCKET, SO_ERROR, errorValue, errorLength);
+    code = ok === 0 ? errorValue[0] : errno();
+  }
   relay.connecting = false;
   relay.connectDeadline = 0;
   if (relay.idleMs === 0) withTimeout.delete(relay);
