@@ -341,6 +341,18 @@ export function cpuSeconds(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
 }
 
+/**
+ * CPU seconds the whole machine has spent busy since boot (every CPU, `/proc/stat`): on
+ * loopback a segment's receive work runs in whichever context sends it or finds it queued, so
+ * what a proxy causes its peers to spend is seen only here.
+ */
+export function machineCpuSeconds(): number {
+  const fields = Deno.readTextFileSync("/proc/stat").split("\n")[0].trim().split(/\s+/).slice(1)
+    .map(Number);
+  // user nice system idle iowait irq softirq steal ...: all but idle and iowait.
+  return (fields.reduce((a, b) => a + b, 0) - fields[3] - fields[4]) / CLOCK_TICKS;
+}
+
 export function pssKiB(pid: number, field = "Pss"): number {
   const text = Deno.readTextFileSync(`/proc/${pid}/smaps_rollup`);
   return Number(new RegExp(`^${field}:\\s+(\\d+)`, "m").exec(text)?.[1] ?? NaN);

@@ -42,6 +42,7 @@ import {
   ensureTools,
   type Impl,
   IMPLS,
+  machineCpuSeconds,
   nextPort,
   pinned,
   pssKiB,
@@ -116,6 +117,8 @@ const CLIENT2_CPU = "0";
 interface Sample {
   value: number;
   cpuPerGiB?: number;
+  /** Bulk rows: the whole machine's CPU seconds per GiB (client, server and proxy). */
+  machinePerGiB?: number;
   extra?: number[];
   /** The memory row: PSS in MiB after each round. */
   series?: number[];
@@ -126,6 +129,7 @@ interface Sample {
 async function bulk(impl: Impl, iperfPort: number, streams: number): Promise<Sample> {
   return await withProxy(impl, iperfPort, async (port, pid) => {
     const cpu0 = pid ? cpuSeconds(pid) : 0;
+    const machine0 = machineCpuSeconds();
     const json = JSON.parse(
       await run("iperf3", [
         "-c",
@@ -139,11 +143,14 @@ async function bulk(impl: Impl, iperfPort: number, streams: number): Promise<Sam
         "-J",
       ]),
     );
+    const machine = machineCpuSeconds() - machine0;
     const cpu = pid ? cpuSeconds(pid) - cpu0 : 0;
     const received = json.end.sum_received;
+    const gib = received.bytes / 2 ** 30;
     return {
       value: received.bits_per_second / 8 / 2 ** 20,
-      cpuPerGiB: pid ? cpu / (received.bytes / 2 ** 30) : undefined,
+      cpuPerGiB: pid ? cpu / gib : undefined,
+      machinePerGiB: machine / gib,
     };
   });
 }
@@ -403,13 +410,18 @@ function report(results: Record<string, Record<Impl, Sample[]>>): void {
       const mib = med(name, impl, (s) => s.value);
       const cpu = impl === "direct" ? NaN : med(name, impl, (s) => s.cpuPerGiB);
       const cpuPipe = med(name, "pipeto", (s) => s.cpuPerGiB);
+      // What the proxy adds to the machine's CPU per GiB, over iperf3's own (direct).
+      const added = med(name, impl, (s) => s.machinePerGiB) -
+        med(name, "direct", (s) => s.machinePerGiB);
       lines.push(
         `${name} ${impl.padEnd(8)} ${mib.toFixed(0).padStart(6)} MiB/s  ${
           (mib / direct).toFixed(2)
         }x direct` +
           (impl === "direct"
-            ? ""
-            : `  CPU ${cpu.toFixed(3)} s/GiB = ${(cpu / cpuPipe).toFixed(2)}x pipeTo`),
+            ? `  machine ${med(name, impl, (s) => s.machinePerGiB).toFixed(3)} s/GiB`
+            : `  CPU ${cpu.toFixed(3)} s/GiB = ${(cpu / cpuPipe).toFixed(2)}x pipeTo  machine ` +
+              `${med(name, impl, (s) => s.machinePerGiB).toFixed(3)} s/GiB ` +
+              `(${added >= 0 ? "+" : ""}${added.toFixed(3)} over direct)`),
       );
     }
   }
