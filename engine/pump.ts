@@ -56,7 +56,7 @@ export class Side {
     return (this.#flags & WRITE_FAILED) !== 0;
   }
   set writeFailed(on: boolean) {
-    this.#flags = on ? this.#flags | WRITE_FAILED : this.#flags & ~WRITE_FAILED;
+    this.#flags = flagged(this.#flags, WRITE_FAILED, on);
   }
   /**
    * Edge-triggered readiness not yet used up. EAGAIN clears it, and so does a short copy-path
@@ -67,29 +67,37 @@ export class Side {
     return (this.#flags & READABLE) !== 0;
   }
   set readable(on: boolean) {
-    this.#flags = on ? this.#flags | READABLE : this.#flags & ~READABLE;
+    this.#flags = flagged(this.#flags, READABLE, on);
   }
   /** A hang-up or error was reported: it is read until EAGAIN or the end, never cut short. */
   get hangUp(): boolean {
     return (this.#flags & HANG_UP) !== 0;
   }
   set hangUp(on: boolean) {
-    this.#flags = on ? this.#flags | HANG_UP : this.#flags & ~HANG_UP;
+    this.#flags = flagged(this.#flags, HANG_UP, on);
   }
   /** Edge-triggered readiness not yet used up; only EAGAIN clears it. */
   get writable(): boolean {
     return (this.#flags & WRITABLE) !== 0;
   }
   set writable(on: boolean) {
-    this.#flags = on ? this.#flags | WRITABLE : this.#flags & ~WRITABLE;
+    this.#flags = flagged(this.#flags, WRITABLE, on);
   }
   /** Whether its sending half was shut down (FIN sent). */
   get shutDown(): boolean {
     return (this.#flags & SHUT_DOWN) !== 0;
   }
   set shutDown(on: boolean) {
-    this.#flags = on ? this.#flags | SHUT_DOWN : this.#flags & ~SHUT_DOWN;
+    this.#flags = flagged(this.#flags, SHUT_DOWN, on);
   }
+}
+
+/**
+ * `flags` with `flag` set or cleared. A function rather than a private method: a class with a
+ * private method gives each instance a brand field, 8 more bytes per side.
+ */
+function flagged(flags: number, flag: number, on: boolean): number {
+  return on ? flags | flag : flags & ~flag;
 }
 
 /** One way of a relay. */
