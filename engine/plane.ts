@@ -31,11 +31,9 @@ import {
   EPOLLEXCLUSIVE,
   EPOLLIN,
   IPPROTO_TCP,
-  SO_ERROR,
   SOCK_CLOEXEC,
   SOCK_NONBLOCK,
   SOCK_STREAM,
-  SOL_SOCKET,
   TCP_NODELAY,
 } from "../ffi/constants.ts";
 import { EAGAIN, ECONNRESET, EINPROGRESS, EINTR, errnoName } from "../ffi/errno.ts";
@@ -46,6 +44,7 @@ const EINVAL = 22;
 /** Permission denied: how a backend outside --allow-net is counted. */
 const EACCES = 13;
 import { formatSockaddr, SOCKADDR_MAX, sockaddrFamily } from "../ffi/net.ts";
+import { socketError } from "../ffi/tcp.ts";
 import { failRead, Relay } from "./pump.ts";
 import { type Failure, recordOf, ReportQueue } from "./plane_report.ts";
 import { markConnected, markFailed, pickBackend } from "./plane_pick.ts";
@@ -140,8 +139,6 @@ export class Plane {
   #addr = new Uint8Array(SOCKADDR_MAX);
   #addrLength = new Uint32Array(1);
   #one = new Int32Array([1]);
-  #errorValue = new Int32Array(1);
-  #errorLength = new Uint32Array(1);
   #control = new Uint8Array(16);
   #controlView = new DataView(this.#control.buffer);
 
@@ -446,18 +443,7 @@ export class Plane {
     const proxied = relay.proxied!;
     const cluster = proxied.cluster;
     const backend = cluster?.backends.find((b) => b.slot === proxied.backendSlot);
-    let code = 0;
-    if (failed) {
-      this.#errorLength[0] = 4;
-      const ok = libc().getsockopt(
-        relay.b.fd,
-        SOL_SOCKET,
-        SO_ERROR,
-        this.#errorValue,
-        this.#errorLength,
-      ) === 0;
-      code = ok ? this.#errorValue[0] : errno();
-    }
+    const code = failed ? socketError(relay.b.fd) : 0;
     if ((code === 0 || code === ECONNRESET) && backend) {
       // ECONNRESET: the handshake completed and the backend reset right after. It did accept,
       // so this is a relay that ends in a reset, passed on to the client as one.

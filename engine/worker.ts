@@ -39,7 +39,7 @@ import {
 } from "../ffi/constants.ts";
 import { ECONNRESET, EINTR, EPIPE } from "../ffi/errno.ts";
 import { closeFd } from "../ffi/pipe.ts";
-import { ACK_POLL_MS, resetConnection, unackedBytes } from "../ffi/tcp.ts";
+import { ACK_POLL_MS, resetConnection, socketError, unackedBytes } from "../ffi/tcp.ts";
 import { decideRelay } from "./decision.ts";
 import { LISTENER_TOKEN, Plane } from "./plane.ts";
 import type { Failure } from "./plane_report.ts";
@@ -363,12 +363,7 @@ function addRelay(epfd: number, ring: Int32Array, base: number): void {
 
 /** Side b's connect (started by relay()) is over: relay, or end with its error. */
 function connectEnded(epfd: number, relay: Relay, failed: boolean): void {
-  let code = 0;
-  if (failed) {
-    errorLength[0] = 4;
-    const ok = symbols.getsockopt(relay.b.fd, SOL_SOCKET, SO_ERROR, errorValue, errorLength);
-    code = ok === 0 ? errorValue[0] : errno();
-  }
+  const code = failed ? socketError(relay.b.fd) : 0;
   relay.connecting = false;
   relay.connectDeadline = 0;
   if (relay.idleMs === 0) withTimeout.delete(relay);

@@ -1,14 +1,26 @@
 /**
- * Two controls over a connected socket that Deno has no API for: how many bytes its peer has
- * not acknowledged yet, and an abortive end (a TCP reset) that leaves the fd open.
+ * Controls over a connected socket that Deno has no API for: its pending error, how many bytes
+ * its peer has not acknowledged yet, and an abortive end (a TCP reset) that leaves the fd open.
  *
  * @module
  */
 
-import { AF_UNSPEC, SIOCOUTQ } from "./constants.ts";
-import { libc } from "./libc.ts";
+import { AF_UNSPEC, SIOCOUTQ, SO_ERROR, SOL_SOCKET } from "./constants.ts";
+import { errno, libc } from "./libc.ts";
 
 const queued = new Int32Array(1);
+const errorValue = new Int32Array(1);
+const errorLength = new Uint32Array(1);
+
+/**
+ * The pending error of socket `fd` (`SO_ERROR`, which reading clears): 0 for none, else its
+ * errno; the errno of getsockopt itself when that fails (a closed fd, not a socket).
+ */
+export function socketError(fd: number): number {
+  errorLength[0] = 4;
+  const ok = libc().getsockopt(fd, SOL_SOCKET, SO_ERROR, errorValue, errorLength) === 0;
+  return ok ? errorValue[0] : errno();
+}
 
 /**
  * How often a reset that waits for acknowledgements looks at {@linkcode unackedBytes} again:
