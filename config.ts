@@ -19,6 +19,7 @@
  * drain_timeout_ms = 10000         # on shutdown and reload: 0 to 3600000, default 10000
  * splice_mode = "auto"             # "auto" (default), "splice" or "copy"
  * log_format = "text"              # "text" (default) or "json"
+ * access_log = "all"               # "all" (default), "errors" (not ended cleanly) or "off"
  * engines = 0                      # 0 to 64, default 0: one per CPU the process may run on
  *
  * [metrics]                        # optional: no metrics endpoint without it
@@ -88,6 +89,7 @@ import {
   type MetricsConfig,
   PROXY_FIELDS,
 } from "./proxy/config_schema.ts";
+import type { AccessLog } from "./proxy/types.ts";
 import { MAX_SPLICE_PIPE_CAPACITY, setPipeCapacity } from "./splice_pipe.ts";
 
 // Defined beside the code that builds them; part of this module's API.
@@ -153,6 +155,12 @@ export interface Config {
   readonly spliceMode: "auto" | "splice" | "copy";
   /** `log_format`: `"text"` (default) or `"json"`, one object a line. */
   readonly logFormat: "text" | "json";
+  /**
+   * `access_log`: which connections get an access-log line (a `"connection"` event): `"all"`
+   * (default), `"errors"` (those that did not end cleanly: refused, failed to connect, reset,
+   * timed out, aborted) or `"off"`. Metrics count every connection either way.
+   */
+  readonly accessLog: AccessLog;
   /**
    * `engines`: how many engine Workers (threads) accept and relay the proxy's connections,
    * 0 to 64. `0`, the default (also when the key is absent), means one per CPU this process may

@@ -10,7 +10,7 @@ export const ROOT = new URL("../", import.meta.url).pathname;
 export const BUILD = `${ROOT}bench/.build`;
 export const TOOL = `${BUILD}/benchtool`;
 export const GOPROXY = `${BUILD}/goproxy`;
-/** `proxy` is the module's own proxy (proxy.ts, text access log to a pipe) on one backend. */
+/** `proxy` is the module's own proxy (proxy.ts; see PROXY_ENGINES) on one backend. */
 export const IMPLS = ["direct", "relay", "proxy", "pipeto", "copy"] as const;
 /**
  * The anchors, run in every row they make sense for, so that each run shows where the relay
@@ -35,20 +35,25 @@ export type Impl =
   | "csplice"
   | "floor";
 /**
- * proxy.ts under each name, with the `engines` key its config sets (null: the key left out, so
- * its default). A variant is one line here; bench/run.ts runs proxy1 and proxy2, and `proxy`
- * only with `--default-engines`.
+ * proxy.ts under each name: the `engines` key its config sets (null: the key left out, so its
+ * default) and its `access_log`. The anchors log nothing (HAProxy's config has no `log` line; Go's
+ * proxy prints nothing), so the rows that stand beside them run proxy.ts with `access_log = "off"`
+ * too; `proxy1log` is `proxy1` with its default access log (a line per connection, to a pipe the
+ * harness drains), run in the churn rows, where that line is a measurable share of the work. A
+ * variant is one line here; bench/run.ts runs proxy1 and proxy2, `proxy1log` in the churn rows,
+ * and `proxy` only with `--default-engines`.
  */
 export const PROXY_ENGINES = {
-  proxy: null,
-  proxy1: 1,
-  proxy2: 2,
+  proxy: { engines: null, accessLog: "off" },
+  proxy1: { engines: 1, accessLog: "off" },
+  proxy2: { engines: 2, accessLog: "off" },
+  proxy1log: { engines: 1, accessLog: "all" },
 } as const;
 function isProxyTs(impl: Impl): impl is keyof typeof PROXY_ENGINES {
   return Object.hasOwn(PROXY_ENGINES, impl);
 }
-/** The variants of `proxy` that bench/run.ts runs in its place. */
-export const ENGINE_IMPLS = (Object.keys(PROXY_ENGINES) as Impl[]).filter((i) => i !== "proxy");
+/** The variants of `proxy` that bench/run.ts runs in its place, in every row. */
+export const ENGINE_IMPLS: Impl[] = ["proxy1", "proxy2"];
 /** Clock ticks per second in /proc/PID/stat. */
 export const CLOCK_TICKS = 100;
 /** How long a process may take to say it is ready, and to exit once told to stop. */
@@ -436,7 +441,8 @@ export async function launch(
   cpus?: string,
 ): Promise<Proc> {
   if (isProxyTs(impl)) {
-    const config = await proxyConfig(port, backendPort, PROXY_ENGINES[impl]);
+    const { engines, accessLog } = PROXY_ENGINES[impl];
+    const config = await proxyConfig(port, backendPort, engines, accessLog);
     const args = ["run", "-A", `${ROOT}proxy.ts`, "--config", config];
     const proc = await start(Deno.execPath(), args, false, undefined, cpus).catch(
       async (error) => {
@@ -493,18 +499,20 @@ export async function launch(
 
 /**
  * A one-listener, one-backend config for proxy.ts, in a temporary file; `engines` sets the key
- * of that name (null leaves it out, to its default).
+ * of that name (null leaves it out, to its default), `accessLog` the `access_log` key.
  */
 export async function proxyConfig(
   port: number,
   backendPort: number,
   engines: number | null = null,
+  accessLog = "all",
 ): Promise<string> {
   const path = await Deno.makeTempFile({ suffix: ".toml" });
   await Deno.writeTextFile(
     path,
     // Top-level keys come before the first table: TOML puts any later key inside that table.
-    (engines === null ? "" : `engines = ${engines}\n\n`) +
+    `access_log = "${accessLog}"\n` + (engines === null ? "" : `engines = ${engines}\n`) +
+      "\n" +
       `[[listeners]]\naddress = "127.0.0.1:${port}"\n\n[clusters.bench]\n` +
       `frontends = [{ address = "127.0.0.1:${port}" }]\n` +
       `backends = [{ address = "127.0.0.1:${backendPort}" }]\n`,

@@ -27,7 +27,9 @@
  *
  * proxy.ts runs as `proxy1` and `proxy2`, with `engines = 1` and `engines = 2`, set against
  * HAProxy's `nbthread 1` and `nbthread 2`; `--default-engines` runs it once more as `proxy`, its
- * config without the key (one engine per CPU it may run on).
+ * config without the key (one engine per CPU it may run on). Like the anchors they log nothing
+ * (`access_log = "off"`); `proxy1log`, in the churn, memory and syscalls rows, is `proxy1` with
+ * its default access log.
  *
  * Needs root for `apt-get install iperf3 haproxy golang-go` (and strace for the syscalls row)
  * when they are missing, and `cc`.
@@ -73,6 +75,8 @@ function withEngines(list: Impl[]): Impl[] {
 
 const BULK_IMPLS = withEngines([...IMPLS, "csplice", ...ANCHORS]);
 const ROW_IMPLS = withEngines([...IMPLS, ...ANCHORS]);
+/** The churn rows add `proxy1log`: what proxy.ts's default access log costs per connection. */
+const CHURN_IMPLS: Impl[] = [...ROW_IMPLS, "proxy1log"];
 const PINGPONG_IMPLS: Impl[] = ["floor", ...ROW_IMPLS];
 /**
  * `go2` is left out here: an idle connection costs a goroutine pair and two sockets whatever
@@ -96,7 +100,7 @@ const IDLE_CONNS = 1000;
  * `copy` answers what Deno alone does; a Go heap's or HAProxy's pools' trend over 200,000
  * connections says nothing about that, and would add about 30 s per anchor to the run.
  */
-const MEMORY_IMPLS = withEngines(["relay", "proxy", "copy"]);
+const MEMORY_IMPLS = withEngines(["relay", "proxy", "proxy1log", "copy"]);
 /** The memory row: rounds of short connections, 1 KiB each way from 8 clients, one held. */
 const MEMORY_ROUNDS = 4;
 const MEMORY_PER_ROUND = 50_000;
@@ -104,7 +108,7 @@ const MEMORY_PER_ROUND = 50_000;
  * The syscalls row: the module's two ways and one anchor of each kind at one thread, as the
  * relay has one engine thread. `direct` has no proxy to trace.
  */
-const SYSCALL_IMPLS = withEngines(["relay", "proxy", "haproxy1", "go"]);
+const SYSCALL_IMPLS = withEngines(["relay", "proxy", "proxy1log", "haproxy1", "go"]);
 /** Connections counted, one client, 1 KiB each way: enough that a stray call is noise. */
 const SYSCALL_CONNS = 2000;
 /**
@@ -379,6 +383,8 @@ async function main(): Promise<void> {
           ? PINGPONG_IMPLS
           : name.startsWith("bulk")
           ? BULK_IMPLS
+          : name.startsWith("churn")
+          ? CHURN_IMPLS
           : ROW_IMPLS;
         for (const impl of impls) {
           const sample = await measure(impl);
@@ -445,10 +451,10 @@ function report(results: Record<string, Record<Impl, Sample[]>>): void {
   for (const name of ["churn1", "churn"]) {
     if (!results[name]) continue;
     const direct = med(name, "direct", (s) => s.value);
-    for (const impl of ran(name, ROW_IMPLS)) {
+    for (const impl of ran(name, CHURN_IMPLS)) {
       const rate = med(name, impl, (s) => s.value);
       lines.push(
-        `${name} ${impl.padEnd(8)} ${rate.toFixed(0).padStart(6)} conn/s  ${
+        `${name} ${impl.padEnd(9)} ${rate.toFixed(0).padStart(6)} conn/s  ${
           (rate / direct).toFixed(2)
         }x direct`,
       );
@@ -484,7 +490,7 @@ function report(results: Record<string, Record<Impl, Sample[]>>): void {
       const signed = (mib: number): string => `${mib >= 0 ? "+" : ""}${mib.toFixed(1)} MiB`;
       const series = sample.series!.map((v) => v.toFixed(0)).join(" -> ");
       lines.push(
-        `memory ${impl.padEnd(6)} ${series} MiB  round 1 -> ${MEMORY_ROUNDS}: ` +
+        `memory ${impl.padEnd(9)} ${series} MiB  round 1 -> ${MEMORY_ROUNDS}: ` +
           `${signed(sample.value)} (${perConn.toFixed(0)} B/conn; anon ${signed(anon)})  ` +
           `${rate.toFixed(0)} conn/s, ${failed} failed`,
       );
@@ -502,7 +508,7 @@ function report(results: Record<string, Record<Impl, Sample[]>>): void {
       const top = Object.entries(sample.calls!).sort((a, b) => b[1] - a[1]).slice(0, 8)
         .map(([call, n]) => `${call} ${n.toFixed(2)}`).join(", ");
       lines.push(
-        `syscalls ${impl.padEnd(8)} ${sample.value.toFixed(1)}/conn (idle for as long: ` +
+        `syscalls ${impl.padEnd(9)} ${sample.value.toFixed(1)}/conn (idle for as long: ` +
           `${background.toFixed(2)}/conn; ${failed} failed)  ${top}`,
       );
     }

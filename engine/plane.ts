@@ -24,6 +24,7 @@ import {
   localConnectFailure,
   nextBackoff,
 } from "../proxy/faults.ts";
+import { logged } from "../proxy/types.ts";
 import {
   EPOLL_CTL_ADD,
   EPOLL_CTL_DEL,
@@ -308,6 +309,7 @@ export class Plane {
       this.#counters[ENGINE_REJECTED]++;
       Atomics.sub(this.#ints, LISTENER_OPEN + route.slot, 1);
       libc().close(fd);
+      if (!logged(this.#routes?.accessLog, "over-limit")) return;
       this.#report.record({
         client,
         listener: route.address,
@@ -581,8 +583,11 @@ export class Plane {
       this.#counters[ENGINE_BYTES_OUT] += bytesOut;
       this.#counters[spliced > 0 ? ENGINE_SPLICED : ENGINE_COPIED]++;
     }
-    const record = recordOf(relay, end, failure, this.#host.now());
-    this.#report.record(record, this.#host.now());
+    // Nothing of a record is built unless it is logged: under churn that is most of an
+    // engine's work per connection outside the kernel, and of the main thread's.
+    if (logged(this.#routes?.accessLog, end)) {
+      this.#report.record(recordOf(relay, end, failure, this.#host.now()), this.#host.now());
+    }
     const symbols = libc();
     if (relay.a.fd >= 0) symbols.close(relay.a.fd);
     if (relay.b.fd >= 0) symbols.close(relay.b.fd);

@@ -14,6 +14,7 @@
  * @module
  */
 
+import type { AccessLog } from "../proxy/types.ts";
 import { RESOURCE_CODES, TRANSIENT_ACCEPT_CODES } from "../proxy/faults.ts";
 
 /** Listener slots (addresses seen by one proxy); a slot is never reused while it runs. */
@@ -207,6 +208,8 @@ export interface Routes {
   /** Connect failures in a row that eject a backend, and for how long. */
   failuresToEject: number;
   ejectMs: number;
+  /** Which ended connections get a record: the newest routes' setting applies to every end. */
+  accessLog: AccessLog;
 }
 
 /** Messages from the main thread to an engine (each announced by `OP_MAIL` in the ring). */

@@ -166,6 +166,7 @@ export const PROXY_FIELDS = {
   drain_timeout_ms: { kind: "integer", min: 0, max: 3_600_000, default: 10_000 },
   splice_mode: { kind: "enum", values: ["auto", "splice", "copy"], default: "auto" },
   log_format: { kind: "enum", values: ["text", "json"], default: "text" },
+  access_log: { kind: "enum", values: ["all", "errors", "off"], default: "all" },
   // 0: as many as the CPUs the process may run on (sched_getaffinity), decided at start.
   engines: { kind: "integer", min: 0, max: 64, default: 0 },
   metrics: {

@@ -30,6 +30,7 @@
 
 export { startProxy, TcpProxy } from "./server.ts";
 export type {
+  AccessLog,
   BackendSpec,
   ClusterSpec,
   ConnectionRecord,

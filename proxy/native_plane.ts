@@ -487,6 +487,7 @@ export class NativePlane {
         exclusive: this.#exclusive,
         failuresToEject: DEFAULT_FAILURES_TO_EJECT,
         ejectMs: DEFAULT_EJECT_MS,
+        accessLog: spec.accessLog ?? "all",
       };
       engine.mail({ type: "routes", routes });
     });

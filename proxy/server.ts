@@ -17,14 +17,15 @@ import { NativePlane, type PlaneHooks } from "./native_plane.ts";
 import { ffiAvailable } from "../ffi/libc.ts";
 import { usableCpus } from "../ffi/net.ts";
 import { ProxyCounters } from "./stats.ts";
-import type {
-  BackendSpec,
-  ClusterSpec,
-  ConnectionRecord,
-  ListenerSpec,
-  ProxyEvent,
-  ProxySpec,
-  ProxyStats,
+import {
+  type BackendSpec,
+  type ClusterSpec,
+  type ConnectionRecord,
+  type ListenerSpec,
+  logged,
+  type ProxyEvent,
+  type ProxySpec,
+  type ProxyStats,
 } from "./types.ts";
 
 interface RunningListener {
@@ -363,9 +364,11 @@ export class TcpProxy {
     }
     if (running.open >= running.spec.maxConnections) {
       this.#counters.rejected();
-      const record = this.#newRecord(running, client);
-      record.end = "over-limit";
-      this.#emit({ type: "connection", record });
+      if (logged(this.#spec.accessLog, "over-limit")) {
+        const record = this.#newRecord(running, client);
+        record.end = "over-limit";
+        this.#emit({ type: "connection", record });
+      }
       client.close();
       return;
     }
@@ -475,7 +478,7 @@ export class TcpProxy {
       running.open--;
       this.#counters.closed();
       record.durationMs = Math.round(performance.now() - started);
-      this.#emit({ type: "connection", record });
+      if (logged(this.#spec.accessLog, record.end)) this.#emit({ type: "connection", record });
       // Its fds are free: a listener paused for want of them may accept again.
       this.#pauses.wake();
     }

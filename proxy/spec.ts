@@ -57,5 +57,6 @@ export function specFromConfig(config: Config): ProxySpec {
     drainTimeoutMs: config.drainTimeoutMs,
     spliceMode: config.spliceMode,
     engines: config.engines,
+    accessLog: config.accessLog,
   };
 }

@@ -1,7 +1,8 @@
 /**
  * The proxy's public types: what it runs on (the spec), what it reports (events, connection
  * records) and what it counts (stats). Kept apart from the server so that the spec's builders
- * and the server's users depend on the types, not on each other.
+ * and the server's users depend on the types, not on each other; with them the one rule both
+ * data planes follow for which connections are reported ({@linkcode logged}).
  *
  * @module
  */
@@ -137,6 +138,45 @@ export interface ProxySpec {
    * has no effect.
    */
   engines?: number;
+  /**
+   * Which finished connections become `"connection"` events (access-log records): `"all"`,
+   * the default when absent; `"errors"`, those that did not end `"done"`; `"off"`, none.
+   * Leaving records out saves their cost per connection (building, passing from the engine,
+   * formatting); stats and metrics count every connection either way.
+   */
+  accessLog?: AccessLog;
+}
+
+/**
+ * Which finished connections the proxy reports (the config file's `access_log`): every one,
+ * those that did not end `"done"`, or none.
+ *
+ * @example
+ * ```ts
+ * import type { AccessLog, ProxySpec } from "@zerocopy/splice/proxy";
+ *
+ * const accessLog: AccessLog = "errors";
+ * const spec: ProxySpec = {
+ *   listeners: [],
+ *   clusters: [],
+ *   connectTimeoutMs: 3000,
+ *   idleTimeoutMs: 0,
+ *   drainTimeoutMs: 10_000,
+ *   spliceMode: "auto",
+ *   accessLog,
+ * };
+ * console.log(spec.accessLog); // "errors"
+ * ```
+ */
+export type AccessLog = "all" | "errors" | "off";
+
+/**
+ * Whether a connection that ended with `end` is reported under `accessLog`: the one rule for
+ * both data planes (the engines decide before building a record at all).
+ */
+export function logged(accessLog: AccessLog | undefined, end: ConnectionRecord["end"]): boolean {
+  return accessLog === undefined || accessLog === "all" ||
+    (accessLog === "errors" && end !== "done");
 }
 
 /**

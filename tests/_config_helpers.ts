@@ -10,7 +10,7 @@ import { type Config, ConfigError, parseConfig } from "../config.ts";
 
 export const KEY = "splice_pipe_capacity_bytes";
 export const KNOWN_KEYS = "splice_pipe_capacity_bytes, connect_timeout_ms, idle_timeout_ms, " +
-  "drain_timeout_ms, splice_mode, log_format, engines, metrics, listeners, clusters";
+  "drain_timeout_ms, splice_mode, log_format, access_log, engines, metrics, listeners, clusters";
 
 /** The configuration of an empty file. */
 export const DEFAULTS: Config = {
@@ -20,6 +20,7 @@ export const DEFAULTS: Config = {
   drainTimeoutMs: 10_000,
   spliceMode: "auto",
   logFormat: "text",
+  accessLog: "all",
   engines: 0,
   listeners: [],
   clusters: {},
@@ -69,6 +70,7 @@ idle_timeout_ms = 2147483647
 drain_timeout_ms = 0
 splice_mode = "copy"
 log_format = "json"
+access_log = "errors"
 engines = 64
 
 [metrics]
@@ -106,6 +108,7 @@ export const FULL_CONFIG: Config = {
   drainTimeoutMs: 0,
   spliceMode: "copy",
   logFormat: "json",
+  accessLog: "errors",
   engines: 64,
   metrics: { address: { hostname: "localhost", port: 9901 } },
   listeners: [

@@ -118,6 +118,18 @@ Deno.test("parseConfig suggests the nearest valid value for an unknown enum valu
     issue.message,
     'log_format = "JSON": expected one of "text", "json": did you mean "json"?',
   );
+
+  issue = onlyIssue('access_log = "error"');
+  assert.equal(
+    issue.message,
+    'access_log = "error": expected one of "all", "errors", "off": did you mean "errors"?',
+  );
+  issue = onlyIssue("access_log = false");
+  assert.equal(issue.keyPath, "access_log");
+  assert.equal(
+    issue.message,
+    'access_log = false: expected one of "all", "errors", "off", got a boolean',
+  );
 });
 
 Deno.test("parseConfig suggests the nearest key of a nested table for a misspelt key in it", () => {
