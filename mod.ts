@@ -52,3 +52,21 @@ export {
   type RelayTarget,
   shutdownRelayEngine,
 } from "./relay.ts";
+export {
+  encodeProxyHeader,
+  parseProxyHeader,
+  PROXY_V1_MAX_BYTES,
+  PROXY_V2_MAX_BYTES,
+  type ProxyAddress,
+  type ProxyHeader,
+  type ProxyHeaderParse,
+} from "./protocol/proxy_header.ts";
+export {
+  CLIENT_HELLO_MAX_BYTES,
+  matchServerName,
+  serverNameFromClientHello,
+  type ServerNameParse,
+  ServerNameRoutes,
+} from "./protocol/client_hello.ts";
+export { CidrList } from "./protocol/cidr.ts";
+export { formatIp, parseIp } from "./protocol/ip.ts";

@@ -139,6 +139,11 @@ function logger(format: Config["logFormat"]): (event: ProxyEvent) => void {
           `accepting again in ${event.pauseMs} ms or when a connection closes` +
           suppressedNote(event.suppressed),
       );
+    } else if (event.type === "connection-refused") {
+      say(
+        `listener ${event.listener}: refused ${event.client} (${event.reason})` +
+          suppressedNote(event.suppressed),
+      );
     } else if (event.type === "local-error") {
       say(
         `backend ${event.cluster}/${event.backend}: not tried (${event.code}), not its fault: ` +

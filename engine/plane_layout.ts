@@ -15,6 +15,8 @@
  */
 
 import type { AccessLog } from "../proxy/types.ts";
+import type { CidrList } from "../protocol/cidr.ts";
+import type { ServerNameRoutes } from "../protocol/client_hello.ts";
 import { RESOURCE_CODES, TRANSIENT_ACCEPT_CODES } from "../proxy/faults.ts";
 
 /** Listener slots (addresses seen by one proxy); a slot is never reused while it runs. */
@@ -93,6 +95,8 @@ export const ENGINE_SPLICED = 5;
 export const ENGINE_COPIED = 6;
 /** Connects that failed by the backend's fault. */
 export const ENGINE_CONNECT_FAILURES = 7;
+/** First of the refusal counters, one per {@linkcode REFUSAL_CODES} entry (8 to 15). */
+export const ENGINE_REFUSED = 8;
 /** First of the accept error counters, one per {@linkcode ACCEPT_CODES} entry. */
 export const ENGINE_ACCEPT_ERRORS = 16;
 /** First of the local error counters, one per {@linkcode LOCAL_CODES} entry. */
@@ -110,6 +114,22 @@ export const ACCEPT_CODES: readonly string[] = [
   ...RESOURCE_CODES,
   "other",
 ];
+
+/**
+ * Why a connection was closed before any backend was tried, by its listener's stages: the
+ * `reason` label of `splice_connections_refused_total`. At most 8 (their counters' room).
+ */
+export const REFUSAL_CODES = [
+  "denied",
+  "per_ip_limit",
+  "proxy_header_invalid",
+  "proxy_header_timeout",
+  "client_hello_invalid",
+  "client_hello_timeout",
+  "no_route",
+] as const;
+/** One of {@linkcode REFUSAL_CODES}. */
+export type RefusalCode = typeof REFUSAL_CODES[number];
 
 /** The proxy's own connect failures, counted apart from the backends' (see proxy/faults.ts). */
 export const LOCAL_CODES: readonly string[] = [...RESOURCE_CODES, "EADDRNOTAVAIL", "permission"];
@@ -173,6 +193,8 @@ export interface ClusterRoute {
    * so the order holds across engines exactly as in one.
    */
   sequence: number[];
+  /** PROXY protocol header sent to each backend first: 0 none, 1 v1, 2 v2. */
+  sendProxy: number;
 }
 
 /** A listener as one engine serves it. */
@@ -182,9 +204,39 @@ export interface ListenerRoute {
   address: string;
   /** This engine's listening socket for it (its own with SO_REUSEPORT, or the shared one). */
   fd: number;
-  /** Index into {@linkcode Routes.clusters}; -1 when no cluster has it as a frontend. */
+  /**
+   * Index into {@linkcode Routes.clusters}; -1 when no cluster has it as a frontend (without a
+   * hostname: with `names`, the default for names no frontend claims).
+   */
   cluster: number;
   maxConnections: number;
+  /** Open connections per client address; 0: no limit. */
+  maxPerIp: number;
+  /** CIDRs served (empty: all) and refused; checked on the client address. */
+  allow: string[];
+  deny: string[];
+  /** Each connection starts with a PROXY header, read before anything else. */
+  expectProxy: boolean;
+  headerTimeoutMs: number;
+  /** Server names (exact or `*.` wildcards) and their cluster indexes; empty: no SNI stage. */
+  names: [string, number][];
+  sniTimeoutMs: number;
+  /** Engine-local: the stages built from the above when the routes are applied (plane.ts). */
+  rules?: ListenerRules | null;
+}
+
+/** A listener's stages, built once per routes (not per connection). */
+export interface ListenerRules {
+  allow: CidrList | null;
+  deny: CidrList | null;
+  maxPerIp: number;
+  expectProxy: boolean;
+  headerTimeoutMs: number;
+  /** Server names to clusters; null: the listener does not route by name. */
+  names: ServerNameRoutes<ClusterRoute> | null;
+  /** Where a name no frontend claims goes (the frontend without a hostname); null: closed. */
+  fallback: ClusterRoute | null;
+  sniTimeoutMs: number;
 }
 
 /** Everything an engine needs to serve new connections; replaced whole on each reload. */
@@ -208,6 +260,8 @@ export interface Routes {
   /** Connect failures in a row that eject a backend, and for how long. */
   failuresToEject: number;
   ejectMs: number;
+  /** The shared per-address counts (engine/ip_table.ts), once any listener has a limit. */
+  ipTable: SharedArrayBuffer | null;
   /** Which ended connections get a record: the newest routes' setting applies to every end. */
   accessLog: AccessLog;
 }
@@ -236,7 +290,10 @@ export interface PlaneRecord {
     | "error"
     | "no-backend"
     | "local-error"
-    | "over-limit";
+    | "over-limit"
+    | "bad-header"
+    | "header-timeout"
+    | "no-route";
   /** The backend last tried, for a connection that never relayed (its error names it). */
   attempted?: string;
   /** Why the last connect could not be made, when no errno says it. */
@@ -247,9 +304,23 @@ export interface PlaneRecord {
   side?: "a" | "b";
 }
 
+/**
+ * How a proxied connection ends: as recorded, or `"refused"` by its listener's rules, which is
+ * reported as a throttled event instead of a record.
+ */
+export type PlaneEnd = PlaneRecord["end"] | "refused";
+
 /** Something an engine reports besides records. */
 export type PlaneEvent =
   | { type: "backend-ejected"; cluster: string; backend: string }
+  | {
+    type: "refused";
+    listener: string;
+    client: string;
+    reason: "denied" | "per_ip_limit";
+    /** Refusals of this client and reason this engine left unreported since the last. */
+    suppressed: number;
+  }
   | { type: "accept-error"; address: string; code: string; errno: number; pauseMs: number }
   | {
     type: "local-error";

@@ -22,6 +22,7 @@ import type { ReadState } from "./decision.ts";
 import type { Pipe, PipePool } from "./pipe_pool.ts";
 import { MODE_AUTO, MODE_SPLICE, syscallNumber } from "./wire.ts";
 import type { ClusterRoute } from "./plane_layout.ts";
+import type { Stages } from "./plane_stages.ts";
 
 /** A read at least this large switches an `auto` direction to splice: bulk traffic. */
 const SPLICE_PROMOTE_BYTES = 16 * 1024;
@@ -151,6 +152,8 @@ export interface Proxied {
   local: boolean;
   /** Why the last connect could not be made, when no errno says it. */
   reason: string;
+  /** Its listener's stages (engine/plane_stages.ts); null on a listener without any. */
+  stages: Stages | null;
 }
 
 /** A relay: two sides, both ways, and how it failed first. */

@@ -43,7 +43,7 @@ import { ACK_POLL_MS, resetConnection, socketError, unackedBytes } from "../ffi/
 import { decideRelay } from "./decision.ts";
 import { LISTENER_TOKEN, Plane } from "./plane.ts";
 import type { Failure } from "./plane_report.ts";
-import type { PlaneMail, PlaneRecord } from "./plane_layout.ts";
+import type { PlaneEnd, PlaneMail, PlaneRecord } from "./plane_layout.ts";
 import { PipePool } from "./pipe_pool.ts";
 import { failRead, pump, Relay, type Side } from "./pump.ts";
 import {
@@ -312,6 +312,14 @@ function handleEvent(epfd: number, eventFd: number, flags: number, token: number
   if (flags & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) side.hangUp = true;
   if (flags & (EPOLLOUT | EPOLLHUP | EPOLLERR)) side.writable = true;
   if (relay.connecting) {
+    // A client whose first bytes its listener's stages read (the PROXY header, the
+    // ClientHello) before any backend is chosen.
+    if (side === relay.a && (flags & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) !== 0) {
+      if (relay.proxied !== null && (relay.proxied.stages?.pending ?? 0) !== 0) {
+        plane!.prefaceReady(relay);
+      }
+      return;
+    }
     // Until side b connects nothing moves; side a's readiness waits with it.
     if (side === relay.b && (flags & (EPOLLOUT | EPOLLHUP | EPOLLERR)) !== 0) {
       // Writable with no error or hang-up: the handshake completed, and SO_ERROR would say 0
@@ -430,7 +438,7 @@ function pendingError(relay: Relay, side: Side): void {
   if (ok && errorValue[0] !== 0) failRead(relay, side, errorValue[0], GETSOCKOPT);
 }
 
-function finish(epfd: number, relay: Relay, end: number | PlaneRecord["end"]): void {
+function finish(epfd: number, relay: Relay, end: number | PlaneEnd): void {
   relays.delete(relay.id);
   withTimeout.delete(relay);
   again.delete(relay);

@@ -112,3 +112,6 @@ export const SIOCOUTQ = 0x5411n;
 
 /** `getrlimit` resource: the number of fds (the highest fd number plus one). */
 export const RLIMIT_NOFILE = 7;
+
+/** recv(2): return queued bytes without taking them from the socket. */
+export const MSG_PEEK = 0x2;

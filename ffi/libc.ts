@@ -54,6 +54,15 @@ const SYMBOLS = {
     ],
     result: "isize", // ssize_t
   },
+  recv: {
+    parameters: [
+      "i32", // int sockfd
+      "buffer", // void *buf
+      "usize", // size_t len
+      "i32", // int flags
+    ],
+    result: "isize", // ssize_t
+  },
   write: {
     parameters: [
       "i32", // int fd

@@ -160,6 +160,17 @@ function maxFd(fresh: boolean): number {
   return (cachedMaxFd = Number(RLIMIT[0] > 1_048_576n ? 1_048_576n : RLIMIT[0]) - 1);
 }
 
+/**
+ * The most fds this process could ever hold: the hard `RLIMIT_NOFILE`, capped as the kernel
+ * caps it (fs.nr_open, 1,048,576 by default); the fallback when it cannot be read.
+ */
+export function fdHardLimit(): number {
+  if (libc().getrlimit(RLIMIT_NOFILE, new Uint8Array(RLIMIT.buffer)) !== 0) {
+    return FALLBACK_MAX_FD + 1;
+  }
+  return Number(RLIMIT[1] > 1_048_576n ? 1_048_576n : RLIMIT[1]);
+}
+
 /** The limit as last read: one `prlimit64` per process, not one per search. */
 let cachedMaxFd = -1;
 /** Whether an internal fd has been seen to be its conn's own (see {@linkcode findFd}). */

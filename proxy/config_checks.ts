@@ -1,6 +1,7 @@
 /**
  * What the proxy's schema cannot say about one value alone: how the addresses of a file fit
- * together (a frontend names a listener, one cluster per frontend, no address twice), and what
+ * together (a frontend names a listener, one cluster per frontend address and hostname, no
+ * address twice), and what
  * is valid yet almost certainly a mistake (the warnings behind `configWarnings`).
  *
  * The address checks run on the parsed document, after the schema: every address that parses
@@ -19,6 +20,7 @@ import {
 } from "../config/messages.ts";
 import { isTable } from "../config/schema.ts";
 import { formatAddress, parseAddress } from "./config_address.ts";
+import { normaliseHostname } from "./config_rules.ts";
 import type { ClusterConfig } from "./config_schema.ts";
 
 /**
@@ -59,28 +61,31 @@ export function checkAddresses(document: Record<string, unknown>, issues: Config
     const frontendPath = `${clusterPath}.frontends`;
     for (const entry of addressEntries(ownValue(cluster, "frontends"), frontendPath, true)) {
       if (entry.address === undefined) continue;
-      const first = frontends.get(entry.address);
+      // A listener is shared by server name: the pair is what must be unique.
+      const key = `${entry.address} ${entry.hostname}`;
+      const named = entry.hostname === "" ? "" : ` and hostname "${entry.hostname}"`;
+      const first = frontends.get(key);
       if (first !== undefined) {
         issues.push(
-          valueIssue(entry.keyPath, entry.raw, `same address as ${formatKeyPath(first)}`),
+          valueIssue(entry.keyPath, entry.raw, `same address${named} as ${formatKeyPath(first)}`),
         );
         continue;
       }
-      frontends.set(entry.address, entry.keyPath);
+      frontends.set(key, entry.keyPath);
       if (listenersComplete && !listeners.has(entry.address)) {
         issues.push(
           valueIssue(entry.keyPath, entry.raw, `no listener has this address (${listed})`),
         );
       }
-      const owner = claimed.get(entry.address);
+      const owner = claimed.get(key);
       if (owner === undefined) {
-        claimed.set(entry.address, { cluster: name, keyPath: entry.keyPath });
+        claimed.set(key, { cluster: name, keyPath: entry.keyPath });
       } else {
         issues.push(
           valueIssue(
             entry.keyPath,
             entry.raw,
-            `already the frontend of ${formatKeyPath(owner.keyPath)}`,
+            `already the frontend${named} of ${formatKeyPath(owner.keyPath)}`,
           ),
         );
       }
@@ -108,7 +113,7 @@ function* addressEntries(
   array: unknown,
   arrayPath: string,
   anyPort: boolean,
-): Generator<{ keyPath: string; raw: unknown; address: string | undefined }> {
+): Generator<{ keyPath: string; raw: unknown; address: string | undefined; hostname: string }> {
   if (!Array.isArray(array)) return;
   for (const [index, item] of array.entries()) {
     const keyPath = `${arrayPath}[${index}].address`;
@@ -117,7 +122,10 @@ function* addressEntries(
     const address = parsed === undefined || typeof parsed === "string"
       ? undefined
       : formatAddress(parsed);
-    yield { keyPath, raw, address };
+    // Frontends only; a hostname that does not parse is the schema's to report.
+    const rawHostname = isTable(item) ? ownValue(item, "hostname") : undefined;
+    const hostname = typeof rawHostname === "string" ? normaliseHostname(rawHostname) : "";
+    yield { keyPath, raw, address, hostname };
   }
 }
 

@@ -9,6 +9,7 @@
 
 import type { FieldMap } from "../config/schema.ts";
 import { addressField, type SocketAddress } from "./config_address.ts";
+import { cidrField, hostnameField } from "./config_rules.ts";
 
 /**
  * The `[metrics]` table.
@@ -63,6 +64,34 @@ export interface ListenerConfig {
   readonly address: SocketAddress;
   /** `max_connections`: open connections beyond this are refused, 1 to 1000000; 10000. */
   readonly maxConnections: number;
+  /**
+   * `max_connections_per_ip`: open connections from one client address beyond this are
+   * refused, 1 to 1000000; `undefined` (absent): no such limit. The address is the one the
+   * PROXY header gives when `expect_proxy` is on.
+   */
+  readonly maxConnectionsPerIp?: number;
+  /**
+   * `allow`: CIDRs (`"192.0.2.0/24"`, `"2001:db8::/32"`, a bare address) whose clients are
+   * served; empty (absent): every client not denied.
+   */
+  readonly allow: readonly string[];
+  /** `deny`: CIDRs whose clients are refused; `deny` wins over `allow`. Empty when absent. */
+  readonly deny: readonly string[];
+  /**
+   * `expect_proxy`: each connection must start with a PROXY protocol header (v1 or v2), whose
+   * client address is then the one logs, metrics, rules and limits see; `false` by default.
+   */
+  readonly expectProxy: boolean;
+  /**
+   * `proxy_header_timeout_ms`: how long a connection may take to send its whole PROXY header,
+   * 1 to 600000; 3000.
+   */
+  readonly proxyHeaderTimeoutMs: number;
+  /**
+   * `sni_timeout_ms`: on a listener whose frontends route by `hostname`, how long a connection
+   * may take to send its TLS ClientHello, 1 to 600000; 3000.
+   */
+  readonly sniTimeoutMs: number;
 }
 
 /**
@@ -92,8 +121,15 @@ export interface ClusterConfig {
   /** `load_balancing`: how connections spread over backends; `"round_robin"` by default. */
   readonly loadBalancing: "round_robin" | "least_connections" | "random";
   /**
+   * `send_proxy`: a PROXY protocol header, `"v1"` (text) or `"v2"` (binary), sent to the
+   * backend before the client's bytes, carrying the client's address; `undefined` (absent):
+   * none.
+   */
+  readonly sendProxy?: "v1" | "v2";
+  /**
    * `frontends` (required, at least one): the listeners this cluster serves. Each must be the
-   * address of a listener, and no two clusters may share one.
+   * address of a listener; clusters share a listener only by `hostname` (TLS server names),
+   * and no two frontends may have the same address and hostname.
    */
   readonly frontends: readonly FrontendConfig[];
   /** `backends` (required, at least one, addresses unique in the cluster): the servers. */
@@ -122,6 +158,14 @@ export interface ClusterConfig {
 export interface FrontendConfig {
   /** `address` (required): the address of one of the `[[listeners]]`, as written there. */
   readonly address: SocketAddress;
+  /**
+   * `hostname`: the TLS server name (SNI) this frontend takes on its listener, exact
+   * (`"a.example.com"`) or a wildcard (`"*.example.com"`: any name under the domain, not the
+   * domain itself), lowercased. The ClientHello is read, not decrypted, and relayed untouched.
+   * An exact name wins over a wildcard, a longer wildcard over a shorter, and the listener's
+   * frontend without a hostname takes the rest; `undefined` (absent): that default.
+   */
+  readonly hostname?: string;
 }
 
 /**
@@ -184,6 +228,13 @@ export const PROXY_FIELDS = {
         protocol: TCP_ONLY,
         address: addressField(true),
         max_connections: { kind: "integer", min: 1, max: 1_000_000, default: 10_000 },
+        // Absent: no per-address limit.
+        max_connections_per_ip: { kind: "integer", min: 1, max: 1_000_000 },
+        allow: { kind: "array", items: cidrField() },
+        deny: { kind: "array", items: cidrField() },
+        expect_proxy: { kind: "boolean", default: false },
+        proxy_header_timeout_ms: { kind: "integer", min: 1, max: 600_000, default: 3_000 },
+        sni_timeout_ms: { kind: "integer", min: 1, max: 600_000, default: 3_000 },
       },
     },
   },
@@ -199,6 +250,8 @@ export const PROXY_FIELDS = {
           values: ["round_robin", "least_connections", "random"],
           default: "round_robin",
         },
+        // Absent: nothing is sent before the client's bytes.
+        send_proxy: { kind: "enum", values: ["v1", "v2"] },
         frontends: {
           kind: "array",
           required: true,
@@ -206,7 +259,7 @@ export const PROXY_FIELDS = {
           items: {
             kind: "table",
             // Port 0 too: a frontend names a listener, which may ask for any free port.
-            fields: { address: addressField(true) },
+            fields: { address: addressField(true), hostname: hostnameField() },
           },
         },
         backends: {

@@ -25,7 +25,8 @@ import type { ProxyStats } from "./types.ts";
  * import { prometheusText } from "./metrics.ts";
  *
  * const text = prometheusText({
- *   connectionsOpen: 0, connectionsTotal: 5, connectionsRejected: 0, bytesIn: 0, bytesOut: 0,
+ *   connectionsOpen: 0, connectionsTotal: 5, connectionsRejected: 0, connectionsRefused: {}, bytesIn: 0,
+ *   bytesOut: 0,
  *   splicedConnections: 0, copiedConnections: 0, connectFailures: 0, acceptErrors: {},
  *   localErrors: { EMFILE: 2 }, internalErrors: 0, reloads: 0, engines: [3, 2], backends: {},
  * });
@@ -47,6 +48,12 @@ export function prometheusText(stats: ProxyStats): string {
     "counter",
     "Connections closed at once: listener at max_connections.",
     stats.connectionsRejected,
+  );
+  labelled(
+    lines,
+    "splice_connections_refused_total",
+    "Connections closed by their listener's rules or stages before any backend, by reason.",
+    stats.connectionsRefused,
   );
   if (stats.engines.length > 0) {
     const name = "splice_engine_connections_total";
@@ -203,7 +210,8 @@ interface Route {
  * const stop = new AbortController();
  * const admin = serveAdmin({ hostname: "127.0.0.1", port: 0 }, {
  *   stats: () => ({
- *     connectionsOpen: 0, connectionsTotal: 0, connectionsRejected: 0, bytesIn: 0, bytesOut: 0,
+ *     connectionsOpen: 0, connectionsTotal: 0, connectionsRejected: 0, connectionsRefused: {}, bytesIn: 0,
+ *   bytesOut: 0,
  *     splicedConnections: 0, copiedConnections: 0, connectFailures: 0, acceptErrors: {},
  *     localErrors: {}, internalErrors: 0, reloads: 0, engines: [], backends: {},
  *   }),

@@ -34,6 +34,7 @@ export type {
   BackendSpec,
   ClusterSpec,
   ConnectionRecord,
+  FrontendSpec,
   ListenerSpec,
   ProxyEvent,
   ProxySpec,

@@ -44,6 +44,7 @@ import {
   ENGINE_LOCAL_ERRORS,
   ENGINE_OPEN,
   ENGINE_OPENED,
+  ENGINE_REFUSED,
   ENGINE_REJECTED,
   ENGINE_SPLICED,
   ENGINE_STRIDE,
@@ -61,14 +62,20 @@ import {
   POLICY_RANDOM,
   POLICY_ROUND_ROBIN,
   PUBLISHED,
+  REFUSAL_CODES,
   RELOADING,
   type Routes,
   ticketIndex,
 } from "../engine/plane_layout.ts";
 import { MODE_AUTO, MODE_COPY, MODE_SPLICE } from "../engine/wire.ts";
+import { ipTableBytes } from "../engine/ip_table.ts";
+import { fdHardLimit } from "../ffi/socket_fd.ts";
 import { Balancer, DEFAULT_EJECT_MS, DEFAULT_FAILURES_TO_EJECT } from "./balancer.ts";
 import { Throttle } from "./faults.ts";
 import { reportable, toConnectionRecord } from "./plane_reports.ts";
+
+/** A stage's deadline (PROXY header, ClientHello) when the spec leaves it out, in ms. */
+const DEFAULT_STAGE_TIMEOUT_MS = 3000;
 import type { ConnectionRecord, ListenerSpec, ProxyEvent, ProxySpec, ProxyStats } from "./types.ts";
 
 /** Pending connections a listener queues (as Deno.listen and HAProxy use by default). */
@@ -105,6 +112,8 @@ export class NativePlane {
   #views: PlaneViews;
   #hooks: PlaneHooks;
   #exclusive: boolean;
+  /** The per-address counts of `max_connections_per_ip`, shared by the engines; made on need. */
+  #ipTable: SharedArrayBuffer | null = null;
   #listeners = new Map<string, Listener>();
   #backendSlots = new Map<string, number>();
   #clusterSlots = new Map<string, number>();
@@ -305,6 +314,7 @@ export class NativePlane {
       connectionsOpen: sum(ENGINE_OPEN),
       connectionsTotal: sum(ENGINE_OPENED),
       connectionsRejected: sum(ENGINE_REJECTED),
+      connectionsRefused: named(REFUSAL_CODES, ENGINE_REFUSED),
       bytesIn: sum(ENGINE_BYTES_IN),
       bytesOut: sum(ENGINE_BYTES_OUT),
       splicedConnections: sum(ENGINE_SPLICED),
@@ -411,6 +421,7 @@ export class NativePlane {
       name: cluster.name,
       slot: this.#clusterSlot(cluster.name),
       sequence: [],
+      sendProxy: cluster.sendProxy === "v1" ? 1 : cluster.sendProxy === "v2" ? 2 : 0,
       policy: cluster.loadBalancing === "least_connections"
         ? POLICY_LEAST_CONNECTIONS
         : cluster.loadBalancing === "random"
@@ -441,9 +452,22 @@ export class NativePlane {
     }));
     for (const cluster of clusters) cluster.sequence = roundRobinOrder(cluster);
     const clusterOf = new Map<string, number>();
+    const namesOf = new Map<string, [string, number][]>();
     spec.clusters.forEach((cluster, i) => {
-      for (const frontend of cluster.frontends) clusterOf.set(frontend, i);
+      for (const frontend of cluster.frontends) {
+        if (typeof frontend === "string" || frontend.hostname === undefined) {
+          clusterOf.set(typeof frontend === "string" ? frontend : frontend.address, i);
+          continue;
+        }
+        const names = namesOf.get(frontend.address) ?? [];
+        names.push([frontend.hostname, i]);
+        namesOf.set(frontend.address, names);
+      }
     });
+    if (spec.listeners.some((l) => (l.maxConnectionsPerIp ?? 0) > 0)) {
+      // Made once, the first time a limit is configured, and kept: engines hold on to it.
+      this.#ipTable ??= new SharedArrayBuffer(ipTableBytes(fdHardLimit()));
+    }
     const mode = spec.spliceMode === "splice"
       ? MODE_SPLICE
       : spec.spliceMode === "copy"
@@ -478,6 +502,13 @@ export class NativePlane {
           fd: this.#exclusive ? l.fds[0] : l.fds[e],
           cluster: clusterOf.get(l.spec.address) ?? -1,
           maxConnections: l.spec.maxConnections,
+          maxPerIp: l.spec.maxConnectionsPerIp ?? 0,
+          allow: l.spec.allow ?? [],
+          deny: l.spec.deny ?? [],
+          expectProxy: l.spec.expectProxy ?? false,
+          headerTimeoutMs: l.spec.proxyHeaderTimeoutMs ?? DEFAULT_STAGE_TIMEOUT_MS,
+          names: namesOf.get(l.spec.address) ?? [],
+          sniTimeoutMs: l.spec.sniTimeoutMs ?? DEFAULT_STAGE_TIMEOUT_MS,
         })),
         clusters,
         connectTimeoutMs: spec.connectTimeoutMs,
@@ -488,6 +519,7 @@ export class NativePlane {
         failuresToEject: DEFAULT_FAILURES_TO_EJECT,
         ejectMs: DEFAULT_EJECT_MS,
         accessLog: spec.accessLog ?? "all",
+        ipTable: this.#ipTable,
       };
       engine.mail({ type: "routes", routes });
     });

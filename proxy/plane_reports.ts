@@ -27,6 +27,9 @@ export function toConnectionRecord(record: PlaneRecord, spec: ProxySpec): Connec
   };
   if (record.reason !== undefined && record.attempted !== undefined) {
     out.error = `Cannot connect to ${record.attempted}: ${record.reason}`;
+  } else if (record.reason !== undefined) {
+    // A listener's stage closed it: the reason is the whole message.
+    out.error = record.reason;
   } else if (record.errno !== undefined && record.errno !== 0) {
     if (record.backend === null && record.attempted !== undefined) {
       const reason = record.errno === 110 && record.syscall === "connect"
@@ -45,6 +48,22 @@ export function toConnectionRecord(record: PlaneRecord, spec: ProxySpec): Connec
 /** An engine's event as the proxy reports it; null while its kind is throttled. */
 export function reportable(event: PlaneEvent, throttle: Throttle): ProxyEvent | null {
   if (event.type === "backend-ejected") return event;
+  if (event.type === "refused") {
+    // Each engine reports a key at most once a second; the proxy, once for all of them.
+    const { report, suppressed } = throttle.pass(
+      `refused ${event.reason} ${event.listener} ${event.client.replace(/:\d+$/, "")}`,
+      performance.now(),
+    );
+    if (!report) return null;
+    const { listener, client, reason } = event;
+    return {
+      type: "connection-refused",
+      listener,
+      client,
+      reason,
+      suppressed: suppressed + event.suppressed,
+    };
+  }
   const key = event.type === "accept-error"
     ? `accept ${event.address} ${event.code}`
     : `local ${event.cluster}/${event.backend} ${event.code}`;

@@ -123,6 +123,8 @@ export class TcpProxy {
         return proxy;
       }
     }
+    const problem = enginesOnly(spec);
+    if (problem !== null) throw new TypeError(`Cannot start the proxy: ${problem}`);
     try {
       for (const listener of spec.listeners) proxy.#listen(listener);
     } catch (error) {
@@ -205,6 +207,8 @@ export class TcpProxy {
    */
   reload(spec: ProxySpec): { added: string[]; removed: string[]; clusters: string[] } {
     if (this.#native !== null) return this.#reloadNative(this.#native, spec);
+    const problem = enginesOnly(spec);
+    if (problem !== null) throw new TypeError(`Cannot reload the proxy: ${problem}`);
     const added: string[] = [];
     const removed: string[] = [];
     const wanted = new Set(spec.listeners.map((l) => l.address));
@@ -318,7 +322,10 @@ export class TcpProxy {
     this.#clusters = next;
     this.#byFrontend = new Map();
     for (const runtime of next.values()) {
-      for (const frontend of runtime.spec.frontends) this.#byFrontend.set(frontend, runtime);
+      for (const frontend of runtime.spec.frontends) {
+        // Hostnames route in the engines only (see enginesOnly).
+        if (typeof frontend === "string") this.#byFrontend.set(frontend, runtime);
+      }
     }
     return changed;
   }
@@ -584,4 +591,33 @@ export function startProxy(
 ): TcpProxy {
   applyConfig(config);
   return TcpProxy.start(specFromConfig(config), options);
+}
+
+/**
+ * What in `spec` only the engines do (the stages a connection passes before its relay), for
+ * the Deno-conn path to refuse by name rather than ignore; null when there is nothing.
+ */
+function enginesOnly(spec: ProxySpec): string | null {
+  const needs = "needs the engines (run with --allow-ffi)";
+  for (const listener of spec.listeners) {
+    const keys = [
+      listener.expectProxy ? "expect_proxy" : "",
+      (listener.allow?.length ?? 0) > 0 ? "allow" : "",
+      (listener.deny?.length ?? 0) > 0 ? "deny" : "",
+      (listener.maxConnectionsPerIp ?? 0) > 0 ? "max_connections_per_ip" : "",
+    ].filter((key) => key !== "");
+    if (keys.length > 0) {
+      return `listener "${listener.address}" sets ${keys.join(", ")}, which ${needs}`;
+    }
+  }
+  for (const cluster of spec.clusters) {
+    if (cluster.sendProxy !== undefined) {
+      return `cluster "${cluster.name}" sets send_proxy, which ${needs}`;
+    }
+    const named = cluster.frontends.find((f) => typeof f !== "string" && f.hostname !== undefined);
+    if (named !== undefined && typeof named !== "string") {
+      return `cluster "${cluster.name}" routes by hostname "${named.hostname}", which ${needs}`;
+    }
+  }
+  return null;
 }

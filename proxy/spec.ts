@@ -40,11 +40,22 @@ export function specFromConfig(config: Config): ProxySpec {
       hostname: listener.address.hostname,
       port: listener.address.port,
       maxConnections: listener.maxConnections,
+      maxConnectionsPerIp: listener.maxConnectionsPerIp ?? 0,
+      allow: [...listener.allow],
+      deny: [...listener.deny],
+      expectProxy: listener.expectProxy,
+      proxyHeaderTimeoutMs: listener.proxyHeaderTimeoutMs,
+      sniTimeoutMs: listener.sniTimeoutMs,
     })),
     clusters: Object.entries(config.clusters).map(([name, cluster]) => ({
       name,
       loadBalancing: cluster.loadBalancing,
-      frontends: cluster.frontends.map((frontend) => formatAddress(frontend.address)),
+      frontends: cluster.frontends.map((frontend) =>
+        frontend.hostname === undefined
+          ? formatAddress(frontend.address)
+          : { address: formatAddress(frontend.address), hostname: frontend.hostname }
+      ),
+      ...(cluster.sendProxy === undefined ? {} : { sendProxy: cluster.sendProxy }),
       backends: cluster.backends.map((backend) => ({
         address: formatAddress(backend.address),
         hostname: backend.address.hostname,

@@ -23,6 +23,7 @@ export class ProxyCounters {
     connectionsOpen: 0,
     connectionsTotal: 0,
     connectionsRejected: 0,
+    connectionsRefused: {},
     bytesIn: 0,
     bytesOut: 0,
     splicedConnections: 0,

@@ -34,6 +34,41 @@ export interface ListenerSpec {
   port: number;
   /** Connections beyond this are closed at once. */
   maxConnections: number;
+  /** Connections from one client address beyond this are closed at once; absent or 0: none. */
+  maxConnectionsPerIp?: number;
+  /** CIDRs whose clients are served; absent or empty: all not denied. */
+  allow?: string[];
+  /** CIDRs whose clients are refused at once; wins over `allow`. */
+  deny?: string[];
+  /**
+   * Each connection starts with a PROXY protocol header (v1 or v2), whose client address the
+   * rules, limits, logs and `send_proxy` then use; a missing or bad one closes it.
+   */
+  expectProxy?: boolean;
+  /** How long the PROXY header may take, in ms; 3000 when absent. */
+  proxyHeaderTimeoutMs?: number;
+  /** How long the TLS ClientHello may take where frontends route by hostname, in ms; 3000. */
+  sniTimeoutMs?: number;
+}
+
+/**
+ * A cluster's frontend that takes a listener's TLS connections for some server names (SNI):
+ * `hostname` exact (`"a.example.com"`) or a wildcard (`"*.example.com"`), lowercase. A frontend
+ * given as the listener's address alone takes the names no hostname claims.
+ *
+ * @example
+ * ```ts
+ * import type { FrontendSpec } from "@zerocopy/splice/proxy";
+ *
+ * const frontend: FrontendSpec = { address: "127.0.0.1:8443", hostname: "*.example.com" };
+ * console.log(frontend.hostname); // "*.example.com"
+ * ```
+ */
+export interface FrontendSpec {
+  /** The listener's address, as in {@linkcode ListenerSpec.address}. */
+  address: string;
+  /** The server name or wildcard; absent: the listener's default. */
+  hostname?: string;
 }
 
 /**
@@ -85,8 +120,13 @@ export interface ClusterSpec {
   name: string;
   /** How new connections are spread over {@linkcode ClusterSpec.backends}. */
   loadBalancing: LoadBalancing;
-  /** Listener addresses whose connections go to this cluster. */
-  frontends: string[];
+  /**
+   * The listeners whose connections go to this cluster: a listener's address (all its
+   * connections, or those no hostname claims), or a {@linkcode FrontendSpec} with a hostname.
+   */
+  frontends: (string | FrontendSpec)[];
+  /** A PROXY protocol header, `"v1"` or `"v2"`, sent to each backend first; absent: none. */
+  sendProxy?: "v1" | "v2";
   /** The servers connections are relayed to, tried in policy order until one accepts. */
   backends: BackendSpec[];
 }
@@ -224,10 +264,21 @@ export interface ConnectionRecord {
   /**
    * Why it ended: the relay's end; `"no-backend"` (every backend refused, timed out or was not
    * permitted); `"local-error"` (the proxy itself could not connect: out of fds, memory or
-   * local ports); `"over-limit"` (the listener was at `max_connections`; closed at once); or
+   * local ports); `"over-limit"` (the listener was at `max_connections`; closed at once);
+   * `"bad-header"` (a missing or malformed PROXY header, or a TLS ClientHello that could not be
+   * read, on a listener that needs one); `"header-timeout"` (that header or ClientHello did not
+   * come whole in time); `"no-route"` (no frontend takes the ClientHello's server name); or
    * `"internal-error"` (a bug in the proxy or its `onEvent`; counted, the proxy runs on).
    */
-  end: RelayResult["end"] | "no-backend" | "local-error" | "over-limit" | "internal-error";
+  end:
+    | RelayResult["end"]
+    | "no-backend"
+    | "local-error"
+    | "over-limit"
+    | "bad-header"
+    | "header-timeout"
+    | "no-route"
+    | "internal-error";
   /** The error message, when it ended on one: the relay's, or the last connect failure's. */
   error?: string;
 }
@@ -245,6 +296,9 @@ export interface ConnectionRecord {
  *   number of such errors `suppressed` since the last one; each is counted in
  *   {@linkcode ProxyStats.acceptErrors}. Transient errors (a client that reset before it was
  *   accepted) are counted there too, but not reported;
+ * - `"connection-refused"`: a listener's `allow` / `deny` rules or `max_connections_per_ip`
+ *   closed a connection at once; at most one a second per listener, client address and reason,
+ *   each counted in {@linkcode ProxyStats.connectionsRefused};
  * - `"local-error"`: a connect to a backend failed for the proxy's own reasons (out of fds or
  *   local ports, or not permitted by `--allow-net`); the backend is not blamed. At most one a
  *   second per backend and reason;
@@ -276,6 +330,9 @@ export interface ConnectionRecord {
  *     case "listen-failed":
  *       console.error(`cannot listen on ${event.address}: ${event.error}`);
  *       break;
+ *     case "connection-refused":
+ *       console.warn(`${event.listener}: refused ${event.client} (${event.reason})`);
+ *       break;
  *     case "accept-error":
  *     case "local-error":
  *     case "internal-error":
@@ -293,6 +350,13 @@ export type ProxyEvent =
   | { type: "listening"; address: string; port: number }
   | { type: "listener-closed"; address: string }
   | { type: "listen-failed"; address: string; error: string }
+  | {
+    type: "connection-refused";
+    listener: string;
+    client: string;
+    reason: "denied" | "per_ip_limit";
+    suppressed: number;
+  }
   | {
     type: "accept-error";
     address: string;
@@ -336,6 +400,13 @@ export interface ProxyStats {
   connectionsTotal: number;
   /** Connections closed at once because their listener was at `maxConnections`. */
   connectionsRejected: number;
+  /**
+   * Connections closed by their listener's stages before any backend, by reason: `denied`
+   * (allow/deny), `per_ip_limit`, `proxy_header_invalid`, `proxy_header_timeout`,
+   * `client_hello_invalid`, `client_hello_timeout`, `no_route` (no frontend for the server
+   * name). Reasons never seen are absent.
+   */
+  connectionsRefused: Record<string, number>;
   /** Bytes relayed from clients to backends, counted when a connection ends. */
   bytesIn: number;
   /** Bytes relayed from backends to clients, counted when a connection ends. */

@@ -80,6 +80,12 @@ address = "LocalHost:9901"
 protocol = "tcp"
 address = "127.0.0.1:8080"
 max_connections = 1000000
+max_connections_per_ip = 50
+allow = ["127.0.0.0/8", "::1"]
+deny = ["127.0.0.2"]
+expect_proxy = true
+proxy_header_timeout_ms = 1500
+sni_timeout_ms = 2500
 
 [[listeners]]
 address = "[0:0::1]:0"
@@ -87,7 +93,11 @@ address = "[0:0::1]:0"
 [clusters.app]
 protocol = "tcp"
 load_balancing = "least_connections"
-frontends = [{ address = "127.0.0.1:8080" }]
+send_proxy = "v2"
+frontends = [
+  { address = "127.0.0.1:8080" },
+  { address = "127.0.0.1:8080", hostname = "*.Example.COM." },
+]
 backends = [
   { address = "127.0.0.1:9000", weight = 1000000 },
   { address = "[::1]:9001", weight = 0 },
@@ -116,14 +126,33 @@ export const FULL_CONFIG: Config = {
       protocol: "tcp",
       address: { hostname: "127.0.0.1", port: 8080 },
       maxConnections: 1_000_000,
+      maxConnectionsPerIp: 50,
+      allow: ["127.0.0.0/8", "::1"],
+      deny: ["127.0.0.2"],
+      expectProxy: true,
+      proxyHeaderTimeoutMs: 1500,
+      sniTimeoutMs: 2500,
     },
-    { protocol: "tcp", address: { hostname: "::1", port: 0 }, maxConnections: 10_000 },
+    {
+      protocol: "tcp",
+      address: { hostname: "::1", port: 0 },
+      maxConnections: 10_000,
+      allow: [],
+      deny: [],
+      expectProxy: false,
+      proxyHeaderTimeoutMs: 3000,
+      sniTimeoutMs: 3000,
+    },
   ],
   clusters: {
     app: {
       protocol: "tcp",
       loadBalancing: "least_connections",
-      frontends: [{ address: { hostname: "127.0.0.1", port: 8080 } }],
+      sendProxy: "v2",
+      frontends: [
+        { address: { hostname: "127.0.0.1", port: 8080 } },
+        { address: { hostname: "127.0.0.1", port: 8080 }, hostname: "*.example.com" },
+      ],
       backends: [
         { address: { hostname: "127.0.0.1", port: 9000 }, weight: 1_000_000 },
         { address: { hostname: "::1", port: 9001 }, weight: 0 },

@@ -14,6 +14,7 @@ const STATS: ProxyStats = {
   connectionsOpen: 1,
   connectionsTotal: 2,
   connectionsRejected: 0,
+  connectionsRefused: {},
   bytesIn: 3,
   bytesOut: 4,
   splicedConnections: 1,

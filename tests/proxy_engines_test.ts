@@ -124,6 +124,7 @@ Deno.test("prometheusText: splice_engine_connections_total has a line per engine
     connectionsOpen: 0,
     connectionsTotal: 12,
     connectionsRejected: 0,
+    connectionsRefused: {},
     bytesIn: 0,
     bytesOut: 0,
     splicedConnections: 0,
