@@ -65,7 +65,6 @@ import {
   ENGINE_LOCAL_ERRORS,
   ENGINE_OPEN,
   ENGINE_OPENED,
-  ENGINE_REFUSED,
   ENGINE_REJECTED,
   ENGINE_SPLICED,
   ENGINE_STRIDE,
@@ -77,39 +76,17 @@ import {
   type PlaneViews,
   planeViews,
   PUBLISHED,
-  REFUSAL_CODES,
   RELOADING,
   type Routes,
   ticketIndex,
 } from "./plane_layout.ts";
 import { syscallNumber } from "./wire.ts";
-import { ACQUIRED, IpTable } from "./ip_table.ts";
-import {
-  admitted,
-  firstStages,
-  formatEndpoint,
-  ipOf,
-  listenerRules,
-  parseEndpoint,
-  proxyHeaderFor,
-  readPreface,
-  type Refusal,
-  sockaddrIp,
-  STAGE_PROXY,
-  type Stages,
-} from "./plane_stages.ts";
-import { CLIENT_HELLO_MAX_BYTES } from "../protocol/client_hello.ts";
+import { Gate } from "./plane_gate.ts";
+import { admitted, firstStages, listenerRules, sockaddrIp, type Stages } from "./plane_stages.ts";
 
 const GETSOCKOPT = syscallNumber("getsockopt");
 /** The `tried` list of a connection before its first attempt; never written to. */
 const NONE_TRIED: number[] = [];
-/** A refusal by the rules is reported at most this often per listener, address and reason. */
-const REFUSAL_REPORT_MS = 1000;
-/** Refusal keys remembered before the stale ones are dropped. */
-const MAX_REFUSAL_KEYS = 4096;
-const WRITE = syscallNumber("write");
-/** I/O error: a PROXY header that could not be made or written whole. */
-const EIO = 5;
 /** Connections one listener may accept per wake-up before other work gets a turn. */
 const ACCEPTS_PER_TURN = 64;
 /** First epoll token of listeners (`+ slot`); relay tokens stay below 2^31. */
@@ -166,11 +143,7 @@ export class Plane {
   #addrLength = new Uint32Array(1);
   #one = new Int32Array([1]);
   #control = new Uint8Array(16);
-  /** Where a connection's first bytes are looked at (the PROXY header, the ClientHello). */
-  #peekBuffer: Uint8Array | null = null;
-  #ipTable: IpTable | null = null;
-  /** Per refusal key, when it was last reported and how many were not since. */
-  #refusals = new Map<string, { at: number; suppressed: number }>();
+  #gate: Gate;
   #controlView = new DataView(this.#control.buffer);
 
   constructor(host: PlaneHost, buffer: SharedArrayBuffer, engine: number) {
@@ -182,11 +155,7 @@ export class Plane {
       engine * ENGINE_STRIDE,
       (engine + 1) * ENGINE_STRIDE,
     );
-  }
-
-  /** Allocated on first use: a proxy with no stages never pays for it. */
-  get #peek(): Uint8Array {
-    return this.#peekBuffer ??= new Uint8Array(CLIENT_HELLO_MAX_BYTES);
+    this.#gate = new Gate(host, this.#counters, this.#report);
   }
 
   /** The queue of what is to be posted (see plane_report.ts). */
@@ -201,9 +170,7 @@ export class Plane {
    */
   apply(routes: Routes): void {
     for (const route of routes.listeners) route.rules = listenerRules(route, routes.clusters);
-    if (routes.ipTable !== null && this.#ipTable === null) {
-      this.#ipTable = new IpTable(routes.ipTable);
-    }
+    if (routes.ipTable !== null) this.#gate.useTable(routes.ipTable);
     this.#previous = this.#routes;
     this.#barrier = new Map(Object.entries(routes.barrier).map(([slot, t]) => [Number(slot), t]));
     const wanted = new Map(routes.listeners.map((l) => [l.slot, l]));
@@ -348,7 +315,7 @@ export class Plane {
       // With expect_proxy the rules wait for the address the header gives.
       if (!rules.expectProxy && !admitted(rules, stages.ip)) {
         libc().close(fd);
-        this.#refused(route.address, client, stages.ip, "denied");
+        this.#gate.refused(route.address, client, stages.ip, "denied");
         return;
       }
     }
@@ -373,10 +340,12 @@ export class Plane {
       }, this.#host.now());
       return;
     }
-    if (stages !== null && !stages.rules.expectProxy && !this.#countAddress(route, stages)) {
+    if (
+      stages !== null && !stages.rules.expectProxy && !this.#gate.countAddress(route.slot, stages)
+    ) {
       Atomics.sub(this.#ints, LISTENER_OPEN + route.slot, 1);
       libc().close(fd);
-      this.#refused(route.address, client, stages.ip, "per_ip_limit");
+      this.#gate.refused(route.address, client, stages.ip, "per_ip_limit");
       return;
     }
     this.#counters[ENGINE_OPENED]++;
@@ -425,7 +394,7 @@ export class Plane {
     if (stages !== null && stages.pending !== 0) {
       // Its first bytes decide: registering reported any already queued, and each later
       // segment is reported again (edge-triggered), until the stage's deadline.
-      this.#stageDeadline(relay, stages);
+      this.#gate.stageDeadline(relay, stages);
       return;
     }
     if (cluster === null) {
@@ -437,106 +406,13 @@ export class Plane {
 
   /** The client of a relay still in its stages sent bytes (or hung up): reads them. */
   prefaceReady(relay: Relay): void {
-    const proxied = relay.proxied!;
-    const stages = proxied.stages!;
-    while (stages.pending !== 0) {
-      const step = readPreface(relay.a.fd, stages, this.#peek, relay.a.hangUp);
-      if (step.kind === "wait") return;
-      if (step.kind === "refuse") {
-        this.#refuse(relay, step);
-        return;
-      }
-      if (step.kind === "route") {
-        proxied.cluster = step.cluster;
-        continue;
-      }
-      const { source, destination } = step.header;
-      // LOCAL (a balancer's health check) and unknown families keep the socket's address.
-      if (source !== null) {
-        proxied.client = formatEndpoint(source);
-        stages.ip = ipOf(source) ?? stages.ip;
-        stages.destination = destination;
-      }
-      if (!admitted(stages.rules, stages.ip)) {
-        this.#refused(proxied.listener, proxied.client, stages.ip, "denied");
-        this.#host.finishNow(relay, "refused");
-        return;
-      }
-      const route = this.#listening.get(proxied.listenerSlot)?.route;
-      if (route !== undefined && !this.#countAddress(route, stages)) {
-        this.#refused(proxied.listener, proxied.client, stages.ip, "per_ip_limit");
-        this.#host.finishNow(relay, "refused");
-        return;
-      }
-      if (stages.pending !== 0) this.#stageDeadline(relay, stages);
-    }
-    relay.connectDeadline = 0;
-    this.#host.timed.delete(relay);
-    if (proxied.cluster === null) {
+    if (!this.#gate.read(relay)) return;
+    const cluster = relay.proxied!.cluster;
+    if (cluster === null) {
       this.#host.finishNow(relay, "no-backend");
       return;
     }
-    this.#connectNext(relay, proxied.cluster);
-  }
-
-  /** Sets the deadline of the stage a relay waits in. */
-  #stageDeadline(relay: Relay, stages: Stages): void {
-    const rules = stages.rules;
-    const ms = (stages.pending & STAGE_PROXY) !== 0 ? rules.headerTimeoutMs : rules.sniTimeoutMs;
-    relay.connectDeadline = this.#host.now() + ms;
-    this.#host.timed.add(relay);
-    this.#host.wakeAt(relay.connectDeadline);
-  }
-
-  /** Counts the stage's client address in the shared table; false: it is at its limit. */
-  #countAddress(route: ListenerRoute, stages: Stages): boolean {
-    const limit = stages.rules.maxPerIp;
-    if (limit === 0 || this.#ipTable === null) return true;
-    if (this.#ipTable.acquire(route.slot, stages.ip, limit) !== ACQUIRED) return false;
-    stages.counted = stages.ip;
-    return true;
-  }
-
-  /** Ends a relay its stages refused; counted by reason. */
-  #refuse(relay: Relay, refusal: Refusal): void {
-    if (refusal.code !== null) {
-      this.#counters[ENGINE_REFUSED + REFUSAL_CODES.indexOf(refusal.code)]++;
-    }
-    relay.proxied!.reason = refusal.error;
-    this.#host.finishNow(relay, refusal.end);
-  }
-
-  /**
-   * Counts a connection refused by the source rules or the per-address limit, and reports it
-   * at most once a second per listener, address and reason (with how many were not).
-   */
-  #refused(
-    listener: string,
-    client: string,
-    ip: Uint8Array,
-    reason: "denied" | "per_ip_limit",
-  ): void {
-    this.#counters[ENGINE_REFUSED + REFUSAL_CODES.indexOf(reason)]++;
-    const key = `${reason} ${listener} ${ip.join(".")}`;
-    const now = this.#host.now();
-    const seen = this.#refusals.get(key);
-    if (seen !== undefined && now - seen.at < REFUSAL_REPORT_MS) {
-      seen.suppressed++;
-      return;
-    }
-    if (this.#refusals.size >= MAX_REFUSAL_KEYS) {
-      for (const [k, v] of this.#refusals) {
-        if (now - v.at >= REFUSAL_REPORT_MS) this.#refusals.delete(k);
-      }
-    }
-    this.#refusals.set(key, { at: now, suppressed: 0 });
-    this.#report.event({
-      type: "refused",
-      listener,
-      client,
-      reason,
-      suppressed: seen?.suppressed ?? 0,
-    });
+    this.#connectNext(relay, cluster);
   }
 
   /** Starts a connect to the next backend, or ends the connection when none is left. */
@@ -632,16 +508,8 @@ export class Plane {
   /** A connect ran past its deadline: its socket is closed at once, the next backend tried. */
   connectTimedOut(relay: Relay): void {
     const proxied = relay.proxied!;
-    const stages = proxied.stages;
-    if (stages !== null && stages.pending !== 0) {
-      const header = (stages.pending & STAGE_PROXY) !== 0;
-      const ms = header ? stages.rules.headerTimeoutMs : stages.rules.sniTimeoutMs;
-      this.#refuse(relay, {
-        kind: "refuse",
-        end: "header-timeout",
-        code: header ? "proxy_header_timeout" : "client_hello_timeout",
-        error: `No whole ${header ? "PROXY header" : "TLS ClientHello"} within ${ms} ms`,
-      });
+    if ((proxied.stages?.pending ?? 0) !== 0) {
+      this.#gate.timedOut(relay);
       return;
     }
     const cluster = proxied.cluster;
@@ -678,30 +546,8 @@ export class Plane {
       this.#host.wakeAt(relay.lastActive + relay.idleMs);
     }
     const version = relay.proxied!.cluster?.sendProxy ?? 0;
-    if (version !== 0) this.#sendProxyHeader(relay, version);
+    if (version !== 0) this.#gate.sendProxyHeader(relay, version);
     this.#host.service(relay);
-  }
-
-  /**
-   * Writes the PROXY header to a backend that just connected, before any client byte: its
-   * send buffer is empty, so the whole header (at most 232 bytes) goes in one write or the
-   * socket failed. A failure ends the relay as the write's error.
-   */
-  #sendProxyHeader(relay: Relay, version: number): void {
-    const proxied = relay.proxied!;
-    let destination = proxied.stages?.destination ?? null;
-    if (destination === null) {
-      this.#addrLength[0] = SOCKADDR_MAX;
-      if (libc().getsockname(relay.a.fd, this.#addr, this.#addrLength) === 0) {
-        destination = parseEndpoint(formatSockaddr(this.#addr));
-      }
-    }
-    const header = proxyHeaderFor(version, proxied.client, destination);
-    const written = header === null
-      ? -1
-      : Number(libc().write(relay.b.fd, header, BigInt(header.byteLength)));
-    if (header !== null && written === header.byteLength) return;
-    failRead(relay, relay.b, written < 0 ? errno() : EIO, WRITE);
   }
 
   /** Counts a failure the backend caused; ejects it at the threshold (once, across engines). */
@@ -772,8 +618,7 @@ export class Plane {
     }
     // Counted before the sockets close: whoever sees a close may read the counters next.
     Atomics.sub(this.#ints, LISTENER_OPEN + proxied.listenerSlot, 1);
-    const counted = proxied.stages?.counted ?? null;
-    if (counted !== null) this.#ipTable?.release(proxied.listenerSlot, counted);
+    if (proxied.stages !== null) this.#gate.release(proxied.listenerSlot, proxied.stages);
     this.#counters[ENGINE_OPEN]--;
     const relayed = !relay.connecting && proxied.backendSlot >= 0;
     const bytesIn = relay.aToB.bytes;
