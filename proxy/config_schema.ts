@@ -50,8 +50,8 @@ export interface MetricsConfig {
  * address = "0.0.0.0:0"
  * max_connections = 500
  * `).listeners;
- * console.log(listener);
- * // { address: { hostname: "0.0.0.0", port: 0 }, maxConnections: 500, protocol: "tcp" }
+ * console.log(listener.address, listener.maxConnections, listener.expectProxy);
+ * // { hostname: "0.0.0.0", port: 0 } 500 false
  * ```
  */
 export interface ListenerConfig {

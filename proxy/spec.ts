@@ -27,8 +27,8 @@ import type { ProxySpec } from "./types.ts";
  * frontends = [{ address = "[::1]:8080" }]
  * backends = [{ address = "127.0.0.1:9000", weight = 3 }]
  * `));
- * console.log(spec.listeners[0]);
- * // { address: "[::1]:8080", hostname: "::1", port: 8080, maxConnections: 10000 }
+ * const { address, hostname, port, maxConnections } = spec.listeners[0];
+ * console.log(address, hostname, port, maxConnections); // "[::1]:8080" "::1" 8080 10000
  * console.log(spec.clusters[0].backends[0].weight); // 3
  * console.log(spec.engines); // 0: one engine per CPU the process may run on
  * ```
