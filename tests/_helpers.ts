@@ -56,13 +56,16 @@ export async function waitFor(
 }
 
 /**
- * An echo backend on 127.0.0.1: each connection gets back what it sent, then end of input.
+ * An echo backend on 127.0.0.1: each connection gets back what it sent, then end of input;
+ * `accepted()` counts the connections it took.
  * `close()` stops it and waits for the connections it serves to end.
  */
-export function echoBackend(): { port: number; close(): Promise<void> } {
+export function echoBackend(): { port: number; accepted(): number; close(): Promise<void> } {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const served = new Set<Promise<void>>();
+  let accepted = 0;
   const loop = acceptEach(listener, (conn) => {
+    accepted++;
     {
       const one = (async () => {
         try {
@@ -83,6 +86,7 @@ export function echoBackend(): { port: number; close(): Promise<void> } {
   });
   return {
     port: listener.addr.port,
+    accepted: () => accepted,
     async close(): Promise<void> {
       listener.close();
       await loop.catch(() => {});

@@ -13,42 +13,8 @@ import { encodeProxyHeader, shutdownRelayEngine } from "../mod.ts";
 import { parseConfig } from "../config.ts";
 import { startProxy, type TcpProxy } from "../proxy/mod.ts";
 import type { ConnectionRecord, ProxyEvent } from "../proxy/types.ts";
-import { acceptEach, closeQuietly, receiveAll, waitFor } from "./_helpers.ts";
+import { closeQuietly, echoBackend, receiveAll, waitFor } from "./_helpers.ts";
 import { within } from "./_relay_helpers.ts";
-
-/** An echo server that counts the connections it accepted. */
-function countingEcho(): { port: number; accepted(): number; close(): Promise<void> } {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  let accepted = 0;
-  const served = new Set<Promise<void>>();
-  const loop = acceptEach(listener, (conn) => {
-    accepted++;
-    const one = (async () => {
-      try {
-        const buffer = new Uint8Array(64 * 1024);
-        for (let n; (n = await conn.read(buffer)) !== null;) {
-          for (let off = 0; off < n;) off += await conn.write(buffer.subarray(off, n));
-        }
-        await conn.closeWrite();
-      } catch {
-        // the client went away
-      } finally {
-        closeQuietly(conn);
-      }
-    })();
-    served.add(one);
-    one.finally(() => served.delete(one));
-  });
-  return {
-    port: listener.addr.port,
-    accepted: () => accepted,
-    async close(): Promise<void> {
-      listener.close();
-      await loop.catch(() => {});
-      await Promise.all([...served]);
-    },
-  };
-}
 
 /** A proxy on 127.0.0.1:0 with `listenerKeys` in its listener, to `echoPort`. */
 function proxyWith(
@@ -142,7 +108,7 @@ function records(events: ProxyEvent[]): ConnectionRecord[] {
 }
 
 Deno.test("proxy stages: deny wins over allow; a denied client never reaches a backend, is counted, and reported at most once a second", async () => {
-  const echo = countingEcho();
+  const echo = echoBackend();
   const events: ProxyEvent[] = [];
   const { proxy, port } = proxyWith(
     'allow = ["127.0.0.0/8"]\ndeny = ["127.0.0.2/32"]',
@@ -180,7 +146,7 @@ Deno.test("proxy stages: deny wins over allow; a denied client never reaches a b
 });
 
 Deno.test("proxy stages: max_connections_per_ip = 2 holds across two engines, per address, and frees with each close", async () => {
-  const echo = countingEcho();
+  const echo = echoBackend();
   const events: ProxyEvent[] = [];
   const { proxy, port } = proxyWith("max_connections_per_ip = 2", echo.port, events, 2);
   const held: net.Socket[] = [];
@@ -226,7 +192,7 @@ async function sentThenClosed(port: number, bytes: Uint8Array): Promise<number> 
 }
 
 Deno.test("proxy stages: expect_proxy takes v1 and v2 headers (LOCAL keeps the socket's address); malformed, oversized, truncated and slow ones are closed, counted and never reach a backend", async () => {
-  const echo = countingEcho();
+  const echo = echoBackend();
   const events: ProxyEvent[] = [];
   const { proxy, port } = proxyWith(
     "expect_proxy = true\nproxy_header_timeout_ms = 300",
@@ -335,7 +301,7 @@ Deno.test("proxy stages: expect_proxy takes v1 and v2 headers (LOCAL keeps the s
 });
 
 Deno.test("proxy stages: with expect_proxy the rules see the header's address, not the socket's", async () => {
-  const echo = countingEcho();
+  const echo = echoBackend();
   const events: ProxyEvent[] = [];
   const { proxy, port } = proxyWith(
     'expect_proxy = true\ndeny = ["192.0.2.0/24"]\nmax_connections_per_ip = 1',
