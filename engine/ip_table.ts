@@ -162,7 +162,8 @@ export class IpTable {
     const mask = this.#mask;
     let hole = i;
     let j = i;
-    for (;;) {
+    // Bounded by one lap: a full table (TABLE_FULL) has no empty entry to stop at.
+    for (let step = 0; step < mask; step++) {
       j = (j + 1) & mask;
       const at = HEADER + j * FIELDS;
       if (ints[at] === 0) break;

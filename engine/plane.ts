@@ -44,7 +44,7 @@ const EINVAL = 22;
 
 /** Permission denied: how a backend outside --allow-net is counted. */
 const EACCES = 13;
-import { formatSockaddr, SOCKADDR_MAX, sockaddrFamily } from "../ffi/net.ts";
+import { formatSockaddr, SOCKADDR_MAX, sockaddrFamily, sockaddrIp } from "../ffi/net.ts";
 import { socketError } from "../ffi/tcp.ts";
 import { failRead, Relay } from "./pump.ts";
 import { type Failure, recordOf, ReportQueue } from "./plane_report.ts";
@@ -82,7 +82,7 @@ import {
 } from "./plane_layout.ts";
 import { syscallNumber } from "./wire.ts";
 import { Gate } from "./plane_gate.ts";
-import { admitted, firstStages, listenerRules, sockaddrIp, type Stages } from "./plane_stages.ts";
+import { admitted, firstStages, listenerRules, type Stages } from "./plane_stages.ts";
 
 const GETSOCKOPT = syscallNumber("getsockopt");
 /** The `tried` list of a connection before its first attempt; never written to. */

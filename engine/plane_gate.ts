@@ -10,13 +10,13 @@
 import { errno, libc } from "../ffi/libc.ts";
 import { formatSockaddr, SOCKADDR_MAX } from "../ffi/net.ts";
 import { CLIENT_HELLO_MAX_BYTES } from "../protocol/client_hello.ts";
+import { parseIp } from "../protocol/ip.ts";
+import { formatAddress } from "../proxy/config_address.ts";
 import { ACQUIRED, IpTable } from "./ip_table.ts";
 import { ENGINE_REFUSED, type PlaneEnd, REFUSAL_CODES } from "./plane_layout.ts";
 import type { ReportQueue } from "./plane_report.ts";
 import {
   admitted,
-  formatEndpoint,
-  ipOf,
   parseEndpoint,
   proxyHeaderFor,
   readPreface,
@@ -90,8 +90,8 @@ export class Gate {
       const { source, destination } = step.header;
       // LOCAL (a balancer's health check) and unknown families keep the socket's address.
       if (source !== null) {
-        proxied.client = formatEndpoint(source);
-        stages.ip = ipOf(source) ?? stages.ip;
+        proxied.client = formatAddress(source);
+        stages.ip = parseIp(source.hostname) ?? stages.ip;
         stages.destination = destination;
       }
       if (!admitted(stages.rules, stages.ip)) {

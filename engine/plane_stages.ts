@@ -86,28 +86,10 @@ export function firstStages(rules: ListenerRules, ip: Uint8Array): Stages {
   };
 }
 
-/** The IP of an encoded `struct sockaddr` (4 or 16 bytes), copied: the buffer is reused. */
-export function sockaddrIp(addr: Uint8Array): Uint8Array {
-  const family = addr[0] | (addr[1] << 8);
-  return family === 2 ? addr.slice(4, 8) : addr.slice(8, 24);
-}
-
 /** Whether `ip` may connect under `rules`: deny wins; an absent allow list allows all. */
 export function admitted(rules: ListenerRules, ip: Uint8Array): boolean {
   if (rules.deny !== null && rules.deny.includesBytes(ip)) return false;
   return rules.allow === null || rules.allow.includesBytes(ip);
-}
-
-/** `host:port` as the proxy writes client addresses (IPv6 in brackets). */
-export function formatEndpoint(address: ProxyAddress): string {
-  return address.hostname.includes(":")
-    ? `[${address.hostname}]:${address.port}`
-    : `${address.hostname}:${address.port}`;
-}
-
-/** The IP bytes of a PROXY header's address; null for text that is no IP (never sent). */
-export function ipOf(address: ProxyAddress): Uint8Array | null {
-  return parseIp(address.hostname);
 }
 
 /** `"host:port"` (IPv6 in brackets) as an address; null when it is not one. */

@@ -65,6 +65,11 @@ export function formatSockaddr(bytes: Uint8Array): string {
   return `[${new URL(`http://[${groups.join(":")}]/`).hostname.slice(1, -1)}]:${port}`;
 }
 
+/** The IP of an encoded `struct sockaddr` (4 or 16 bytes), copied: the buffer is reused. */
+export function sockaddrIp(bytes: Uint8Array): Uint8Array {
+  return sockaddrFamily(bytes) === AF_INET ? bytes.slice(4, 8) : bytes.slice(8, 24);
+}
+
 /** The address family of an encoded `struct sockaddr`. */
 export function sockaddrFamily(bytes: Uint8Array): number {
   return bytes[0] | (bytes[1] << 8);

@@ -62,30 +62,40 @@ export async function waitFor(
  */
 export function echoBackend(): { port: number; accepted(): number; close(): Promise<void> } {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const served = serveEach(listener, async (conn) => {
+    try {
+      const buffer = new Uint8Array(64 * 1024);
+      for (let n; (n = await conn.read(buffer)) !== null;) {
+        for (let off = 0; off < n;) off += await conn.write(buffer.subarray(off, n));
+      }
+      await conn.closeWrite();
+    } catch {
+      // the client went away
+    } finally {
+      closeQuietly(conn);
+    }
+  });
+  return { port: listener.addr.port, ...served };
+}
+
+/**
+ * Serves each conn `listener` accepts with `serve` (which must not reject: it catches what its
+ * client does). `accepted()` counts the conns taken; `close()` stops the listener and waits for
+ * every conn being served to end.
+ */
+export function serveEach<C extends Deno.Conn>(
+  listener: Deno.Listener<C>,
+  serve: (conn: C) => Promise<void>,
+): { accepted(): number; close(): Promise<void> } {
   const served = new Set<Promise<void>>();
   let accepted = 0;
   const loop = acceptEach(listener, (conn) => {
     accepted++;
-    {
-      const one = (async () => {
-        try {
-          const buffer = new Uint8Array(64 * 1024);
-          for (let n; (n = await conn.read(buffer)) !== null;) {
-            for (let off = 0; off < n;) off += await conn.write(buffer.subarray(off, n));
-          }
-          await conn.closeWrite();
-        } catch {
-          // the client went away
-        } finally {
-          closeQuietly(conn);
-        }
-      })();
-      served.add(one);
-      one.finally(() => served.delete(one));
-    }
+    const one = serve(conn);
+    served.add(one);
+    one.finally(() => served.delete(one));
   });
   return {
-    port: listener.addr.port,
     accepted: () => accepted,
     async close(): Promise<void> {
       listener.close();
@@ -168,6 +178,32 @@ export function outputLines(child: Deno.ChildProcess): OutputLines {
       return found!;
     },
   };
+}
+
+/**
+ * proxy.ts on `configPath` as a subprocess without --allow-ffi (so on its Deno-conn path), with
+ * --allow-net and --allow-read only; its output collected as lines.
+ */
+export function spawnProxyWithoutFfi(
+  configPath: string,
+): { child: Deno.ChildProcess; output: OutputLines } {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--config",
+      new URL("../deno.json", import.meta.url).pathname,
+      "--allow-net",
+      "--allow-read",
+      new URL("../proxy.ts", import.meta.url).pathname,
+      "--config",
+      configPath,
+    ],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+  return { child, output: outputLines(child) };
 }
 
 export { fillPattern, receiveAll, sendPattern } from "../demo/payload.ts";

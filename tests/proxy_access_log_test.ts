@@ -13,15 +13,12 @@ import {
   closeQuietly,
   echoBackend,
   freePort,
-  outputLines,
   receiveAll,
   sendPattern,
+  spawnProxyWithoutFfi,
   waitFor,
 } from "./_helpers.ts";
 import { within } from "./_relay_helpers.ts";
-
-const PROXY = new URL("../proxy.ts", import.meta.url).pathname;
-const DENO_CONFIG = new URL("../deno.json", import.meta.url).pathname;
 
 /**
  * Two listeners: `good` relays to the echo at `echoPort`; `bad` to `deadPort`, where nothing
@@ -122,14 +119,7 @@ Deno.test('proxy.ts without --allow-ffi: access_log = "errors" logs the failed c
   const dir = await Deno.makeTempDir();
   const path = `${dir}/proxy.toml`;
   await Deno.writeTextFile(path, twoListeners("errors", good, bad, echo.port, dead));
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--config", DENO_CONFIG, "--allow-net", "--allow-read", PROXY, "--config", path],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).spawn();
-  const output = outputLines(child);
+  const { child, output } = spawnProxyWithoutFfi(path);
   try {
     // Until it listens, connects are refused: retried, bounded.
     await waitFor(

@@ -21,15 +21,12 @@ import {
   fillPattern,
   freePort,
   openFdCount,
-  outputLines,
   receiveAll,
   sendPattern,
+  spawnProxyWithoutFfi,
   waitFor,
 } from "./_helpers.ts";
 import { engineStoppedAndFdsBack, fdBaseline, within, workerThreads } from "./_relay_helpers.ts";
-
-const PROXY = new URL("../proxy.ts", import.meta.url).pathname;
-const DENO_CONFIG = new URL("../deno.json", import.meta.url).pathname;
 
 /** A config file: `engines`, listeners all claimed by cluster `app`, round robin on `backends`. */
 function proxyToml(options: {
@@ -513,14 +510,7 @@ Deno.test("proxy.ts without --allow-ffi: relays through Deno conns byte-exact an
       backends: [`127.0.0.1:${backend.port}`],
     }),
   );
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--config", DENO_CONFIG, "--allow-net", "--allow-read", PROXY, "--config", path],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).spawn();
-  const output = outputLines(child);
+  const { child, output } = spawnProxyWithoutFfi(path);
   try {
     // Until it listens, connects are refused: retried, bounded.
     await waitFor(

@@ -19,11 +19,11 @@ import { parseConfig } from "../config.ts";
 import { startProxy } from "../proxy/mod.ts";
 import type { ConnectionRecord, ProxyEvent } from "../proxy/types.ts";
 import {
-  acceptEach,
   closeQuietly,
   echoBackend,
   receiveAll,
   sendPattern,
+  serveEach,
   waitFor,
 } from "./_helpers.ts";
 import { within } from "./_relay_helpers.ts";
@@ -123,50 +123,41 @@ interface Received {
 function headerEcho(): { port: number; received: Received[]; close(): Promise<void> } {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const received: Received[] = [];
-  const served = new Set<Promise<void>>();
-  const loop = acceptEach(listener, (conn) => {
-    const one = (async () => {
-      try {
-        const head = new Uint8Array(PROXY_V2_MAX_BYTES);
-        let filled = 0;
-        let header: ProxyHeader | undefined;
-        while (header === undefined) {
-          const n = await conn.read(head.subarray(filled));
-          if (n === null) return;
-          filled += n;
-          const parse = parseProxyHeader(head.subarray(0, filled));
-          if (parse.status === "invalid") throw new Error(`bad PROXY header: ${parse.reason}`);
-          if (parse.status === "complete") header = parse.header;
-        }
-        const hash = createHash("sha256");
-        let bytes = 0;
-        const echo = async (chunk: Uint8Array): Promise<void> => {
-          hash.update(chunk);
-          bytes += chunk.length;
-          for (let off = 0; off < chunk.length;) off += await conn.write(chunk.subarray(off));
-        };
-        await echo(head.subarray(header.length, filled));
-        const buffer = new Uint8Array(64 * 1024);
-        for (let n; (n = await conn.read(buffer)) !== null;) await echo(buffer.subarray(0, n));
-        received.push({ header, payloadBytes: bytes, payloadSha256: hash.digest("hex") });
-        await conn.closeWrite();
-      } catch {
-        // the client went away, or sent no header: no record
-      } finally {
-        closeQuietly(conn);
+  const served = serveEach(listener, async (conn) => {
+    try {
+      const head = new Uint8Array(PROXY_V2_MAX_BYTES);
+      let filled = 0;
+      let header: ProxyHeader | undefined;
+      while (header === undefined) {
+        const n = await conn.read(head.subarray(filled));
+        if (n === null) return;
+        filled += n;
+        const parse = parseProxyHeader(head.subarray(0, filled));
+        if (parse.status === "invalid") throw new Error(`bad PROXY header: ${parse.reason}`);
+        if (parse.status === "complete") header = parse.header;
       }
-    })();
-    served.add(one);
-    one.finally(() => served.delete(one));
+      const hash = createHash("sha256");
+      let bytes = 0;
+      const echo = async (chunk: Uint8Array): Promise<void> => {
+        hash.update(chunk);
+        bytes += chunk.length;
+        for (let off = 0; off < chunk.length;) off += await conn.write(chunk.subarray(off));
+      };
+      await echo(head.subarray(header.length, filled));
+      const buffer = new Uint8Array(64 * 1024);
+      for (let n; (n = await conn.read(buffer)) !== null;) await echo(buffer.subarray(0, n));
+      received.push({ header, payloadBytes: bytes, payloadSha256: hash.digest("hex") });
+      await conn.closeWrite();
+    } catch {
+      // the client went away, or sent no header: no record
+    } finally {
+      closeQuietly(conn);
+    }
   });
   return {
     port: listener.addr.port,
     received,
-    async close(): Promise<void> {
-      listener.close();
-      await loop.catch(() => {});
-      await Promise.all([...served]);
-    },
+    close: served.close,
   };
 }
 
@@ -177,31 +168,22 @@ function headerEcho(): { port: number; received: Received[]; close(): Promise<vo
 function recorder(): { port: number; received: Uint8Array[]; close(): Promise<void> } {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const received: Uint8Array[] = [];
-  const served = new Set<Promise<void>>();
-  const loop = acceptEach(listener, (conn) => {
-    const one = (async () => {
-      const parts: Uint8Array[] = [];
-      try {
-        const buffer = new Uint8Array(64 * 1024);
-        for (let n; (n = await conn.read(buffer)) !== null;) parts.push(buffer.slice(0, n));
-      } catch {
-        // reset: what came is kept
-      } finally {
-        received.push(concat(parts));
-        closeQuietly(conn);
-      }
-    })();
-    served.add(one);
-    one.finally(() => served.delete(one));
+  const served = serveEach(listener, async (conn) => {
+    const parts: Uint8Array[] = [];
+    try {
+      const buffer = new Uint8Array(64 * 1024);
+      for (let n; (n = await conn.read(buffer)) !== null;) parts.push(buffer.slice(0, n));
+    } catch {
+      // reset: what came is kept
+    } finally {
+      received.push(concat(parts));
+      closeQuietly(conn);
+    }
   });
   return {
     port: listener.addr.port,
     received,
-    async close(): Promise<void> {
-      listener.close();
-      await loop.catch(() => {});
-      await Promise.all([...served]);
-    },
+    close: served.close,
   };
 }
 
@@ -220,42 +202,31 @@ function tlsBackend(
     cert: certificate.cert,
     key: certificate.key,
   });
-  let accepted = 0;
-  const served = new Set<Promise<void>>();
-  const loop = acceptEach(listener, (conn) => {
-    accepted++;
-    const one = (async () => {
-      try {
-        let line = "";
-        const buffer = new Uint8Array(1024);
-        while (!line.includes("\n") && line.length < 1024) {
-          const n = await conn.read(buffer);
-          if (n === null) break;
-          line += new TextDecoder().decode(buffer.subarray(0, n));
-        }
-        const answer = new TextEncoder().encode(`${name} ${line.split("\n")[0]}\n`);
-        for (let off = 0; off < answer.length;) off += await conn.write(answer.subarray(off));
-        await conn.closeWrite();
-        // Until the client's own close: closing first would make its close_notify meet a
-        // closed socket, and the proxy would rightly report a reset.
-        while (await conn.read(buffer) !== null);
-      } catch {
-        // the handshake failed, or the client went away
-      } finally {
-        closeQuietly(conn);
+  const served = serveEach(listener, async (conn) => {
+    try {
+      let line = "";
+      const buffer = new Uint8Array(1024);
+      while (!line.includes("\n") && line.length < 1024) {
+        const n = await conn.read(buffer);
+        if (n === null) break;
+        line += new TextDecoder().decode(buffer.subarray(0, n));
       }
-    })();
-    served.add(one);
-    one.finally(() => served.delete(one));
+      const answer = new TextEncoder().encode(`${name} ${line.split("\n")[0]}\n`);
+      for (let off = 0; off < answer.length;) off += await conn.write(answer.subarray(off));
+      await conn.closeWrite();
+      // Until the client's own close: closing first would make its close_notify meet a
+      // closed socket, and the proxy would rightly report a reset.
+      while (await conn.read(buffer) !== null);
+    } catch {
+      // the handshake failed, or the client went away
+    } finally {
+      closeQuietly(conn);
+    }
   });
   return {
     port: listener.addr.port,
-    accepted: () => accepted,
-    async close(): Promise<void> {
-      listener.close();
-      await loop.catch(() => {});
-      await Promise.all([...served]);
-    },
+    accepted: served.accepted,
+    close: served.close,
   };
 }
 

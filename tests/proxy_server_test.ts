@@ -3,7 +3,7 @@ import { createHash } from "node:crypto";
 import { shutdownRelayEngine } from "../mod.ts";
 import { TcpProxy } from "../proxy/server.ts";
 import type { ProxyEvent, ProxySpec } from "../proxy/types.ts";
-import { acceptEach, receiveAll, sendPattern, waitFor } from "./_helpers.ts";
+import { receiveAll, sendPattern, serveEach, waitFor } from "./_helpers.ts";
 
 /**
  * A backend that reads the request to its end, then answers with its name and the request's
@@ -17,33 +17,24 @@ function backend(name: string, replyBytes = 0): {
 } {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const seen: string[] = [];
-  const served = new Set<Promise<void>>();
-  const loop = acceptEach(listener, (conn) => {
-    const one = (async () => {
-      try {
-        const request = await receiveAll(conn);
-        seen.push(request.sha256);
-        await conn.write(new TextEncoder().encode(`${name} ${request.sha256}\n`));
-        if (replyBytes > 0) await sendPattern(conn, replyBytes, 11);
-      } catch {
-        // the client went away
-      } finally {
-        conn.close();
-      }
-    })();
-    served.add(one);
-    one.finally(() => served.delete(one));
+  const served = serveEach(listener, async (conn) => {
+    try {
+      const request = await receiveAll(conn);
+      seen.push(request.sha256);
+      await conn.write(new TextEncoder().encode(`${name} ${request.sha256}\n`));
+      if (replyBytes > 0) await sendPattern(conn, replyBytes, 11);
+    } catch {
+      // the client went away
+    } finally {
+      conn.close();
+    }
   });
   const port = listener.addr.port;
   return {
     port,
     address: `127.0.0.1:${port}`,
     seen,
-    async close(): Promise<void> {
-      listener.close();
-      await loop.catch(() => {});
-      await Promise.all([...served]);
-    },
+    close: served.close,
   };
 }
 
