@@ -13,6 +13,11 @@
 //   benchtool churnn PORT THREADS COUNT SIZE  the same for COUNT connections in all (each thread
 //                                             its share), however long they take; prints
 //                                             connections per second and failures
+//   ... SIZE PREFIX [echoed]                  either churn, each connection's first write
+//                                             carrying the bytes of file PREFIX before its SIZE
+//                                             (a PROXY header, a TLS ClientHello), in the same
+//                                             segment; `echoed`: the prefix comes back too (the
+//                                             proxy relays it to the echo server)
 //   benchtool spliceproxy PORT BACKEND        reference floor: a C proxy, two threads per
 //                                             connection, each a blocking splice loop through a
 //                                             1 MiB pipe (Go's io.Copy splices the same way, but
@@ -221,6 +226,11 @@ static int floor_pingpong(int cpu_a, int cpu_b, int count, int size) {
   return status;
 }
 
+/** The first bytes of each churn connection, and whether they come back (see the usage). */
+static char *prefix;
+static size_t prefix_len;
+static int prefix_echoed;
+
 struct churn_arg {
   int port, size;
   double until;  // churn: stop at this time
@@ -230,19 +240,38 @@ struct churn_arg {
 
 static void *churn_thread(void *p) {
   struct churn_arg *a = p;
-  char *buf = calloc(1, a->size);
+  size_t out = prefix_len + a->size;
+  size_t back = (prefix_echoed ? prefix_len : 0) + a->size;
+  char *buf = calloc(1, out > back ? out : back);
+  char *request = calloc(1, out);
+  if (prefix_len > 0) memcpy(request, prefix, prefix_len);
   while (a->count ? a->done + a->failed < a->count : now_s() < a->until) {
     int fd = dial(a->port);
     if (fd < 0) {
       a->failed++;
       continue;
     }
-    if (write_full(fd, buf, a->size) == 0 && read_full(fd, buf, a->size) == 0) a->done++;
+    if (write_full(fd, request, out) == 0 && read_full(fd, buf, back) == 0) a->done++;
     else a->failed++;
     close(fd);
   }
   free(buf);
+  free(request);
   return NULL;
+}
+
+/** Reads file `path` as the churn prefix; `echoed`: it comes back with the echo. */
+static int load_prefix(const char *path, int echoed) {
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    perror("churn: PREFIX");
+    return -1;
+  }
+  prefix = malloc(65536);
+  prefix_len = fread(prefix, 1, 65536, f);
+  fclose(f);
+  prefix_echoed = echoed;
+  return 0;
 }
 
 /** Runs for `seconds`, or for `count` connections in all when count > 0. */
@@ -376,6 +405,9 @@ int main(int argc, char **argv) {
     return pingpong(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]));
   if (argc >= 6 && strcmp(argv[1], "floor") == 0)
     return floor_pingpong(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
+  if (argc >= 7 && strncmp(argv[1], "churn", 5) == 0 &&
+      load_prefix(argv[6], argc >= 8 && strcmp(argv[7], "echoed") == 0) != 0)
+    return 2;
   if (argc >= 6 && strcmp(argv[1], "churn") == 0)
     return churn(atoi(argv[2]), atoi(argv[3]), atof(argv[4]), 0, atoi(argv[5]));
   if (argc >= 6 && strcmp(argv[1], "churnn") == 0) {

@@ -21,6 +21,21 @@ export const IMPLS = ["direct", "relay", "proxy", "pipeto", "copy"] as const;
  */
 export const ANCHORS = ["haproxy1", "haproxy2", "go", "go2"] as const;
 /**
+ * The stages of issue 10 beside a plain listener, engines=1 against HAProxy nbthread 1: `pp`
+ * expects a PROXY v1 header on each connection (`expect_proxy`, HAProxy's `accept-proxy`), `sni`
+ * routes by the ClientHello's server name (a frontend `hostname`, HAProxy's `req_ssl_sni`).
+ */
+export const STAGE_IMPLS = [
+  "proxy1pp",
+  "proxy1sni",
+  "haproxy1pp",
+  "haproxy1sni",
+] as const;
+/** A listener's stage in the stage rows. */
+export type Stage = "pp" | "sni";
+/** The server name the `sni` rows route by. */
+export const BENCH_SERVER_NAME = "bench.example.com";
+/**
  * `hold` accepts and connects but moves nothing: Deno's own floor for two open conns.
  * `csplice` is a C proxy, a blocking splice loop per direction (bench/benchtool.c): the
  * kernel's floor for a splice relay on this machine, for the bulk rows. `floor` (ping-pong
@@ -31,6 +46,7 @@ export type Impl =
   | typeof IMPLS[number]
   | typeof ANCHORS[number]
   | keyof typeof PROXY_ENGINES
+  | typeof STAGE_IMPLS[number]
   | "hold"
   | "csplice"
   | "floor";
@@ -48,6 +64,8 @@ export const PROXY_ENGINES = {
   proxy1: { engines: 1, accessLog: "off" },
   proxy2: { engines: 2, accessLog: "off" },
   proxy1log: { engines: 1, accessLog: "all" },
+  proxy1pp: { engines: 1, accessLog: "off", stage: "pp" },
+  proxy1sni: { engines: 1, accessLog: "off", stage: "sni" },
 } as const;
 function isProxyTs(impl: Impl): impl is keyof typeof PROXY_ENGINES {
   return Object.hasOwn(PROXY_ENGINES, impl);
@@ -259,9 +277,10 @@ export async function startHaproxy(
   port: number,
   backendPort: number,
   cpus?: string,
+  stage?: Stage,
 ): Promise<Proc> {
   const config = await Deno.makeTempFile({ suffix: ".cfg" });
-  await Deno.writeTextFile(config, haproxyConfig(threads, port, backendPort));
+  await Deno.writeTextFile(config, haproxyConfig(threads, port, backendPort, stage));
   const [command, args] = pinned(cpus, haproxy, ["-db", "-f", config]);
   const child = new Deno.Command(command, {
     args,
@@ -308,7 +327,12 @@ export function ownsSocket(pid: number, inode: string): boolean {
  * like (`splice-auto` would decide per stream; the anchor is the splice path itself). No `log`
  * line: HAProxy then logs nothing, where proxy.ts writes an access log line per connection.
  */
-export function haproxyConfig(threads: number, port: number, backendPort: number): string {
+export function haproxyConfig(
+  threads: number,
+  port: number,
+  backendPort: number,
+  stage?: Stage,
+): string {
   return [
     "global",
     `  nbthread ${threads}`,
@@ -332,8 +356,16 @@ export function haproxyConfig(threads: number, port: number, backendPort: number
     "  option splice-response",
     "  no option splice-auto",
     "frontend bench",
-    `  bind 127.0.0.1:${port}`,
-    "  default_backend bench",
+    `  bind 127.0.0.1:${port}${stage === "pp" ? " accept-proxy" : ""}`,
+    ...(stage === "sni"
+      ? [
+        // HAProxy's SNI routing: wait for the ClientHello (bounded), route by its name, and
+        // close what no rule takes, as proxy.ts does without a default frontend.
+        "  tcp-request inspect-delay 3s",
+        "  tcp-request content accept if { req_ssl_hello_type 1 }",
+        `  use_backend bench if { req_ssl_sni -i ${BENCH_SERVER_NAME} }`,
+      ]
+      : ["  default_backend bench"]),
     "backend bench",
     `  server backend 127.0.0.1:${backendPort}`,
     "",
@@ -441,8 +473,15 @@ export async function launch(
   cpus?: string,
 ): Promise<Proc> {
   if (isProxyTs(impl)) {
-    const { engines, accessLog } = PROXY_ENGINES[impl];
-    const config = await proxyConfig(port, backendPort, engines, accessLog);
+    const variant: { engines: number | null; accessLog: string; stage?: Stage } =
+      PROXY_ENGINES[impl];
+    const config = await proxyConfig(
+      port,
+      backendPort,
+      variant.engines,
+      variant.accessLog,
+      variant.stage,
+    );
     const args = ["run", "-A", `${ROOT}proxy.ts`, "--config", config];
     const proc = await start(Deno.execPath(), args, false, undefined, cpus).catch(
       async (error) => {
@@ -472,6 +511,9 @@ export async function launch(
     case "haproxy1":
     case "haproxy2":
       return await startHaproxy(impl === "haproxy1" ? 1 : 2, port, backendPort, cpus);
+    case "haproxy1pp":
+    case "haproxy1sni":
+      return await startHaproxy(1, port, backendPort, cpus, impl === "haproxy1pp" ? "pp" : "sni");
     case "go":
     case "go2":
       // GOMAXPROCS=1 for one thread running Go code, as relay() has one engine thread (the
@@ -506,16 +548,47 @@ export async function proxyConfig(
   backendPort: number,
   engines: number | null = null,
   accessLog = "all",
+  stage?: Stage,
 ): Promise<string> {
   const path = await Deno.makeTempFile({ suffix: ".toml" });
+  const hostname = stage === "sni" ? `, hostname = "${BENCH_SERVER_NAME}"` : "";
   await Deno.writeTextFile(
     path,
     // Top-level keys come before the first table: TOML puts any later key inside that table.
     `access_log = "${accessLog}"\n` + (engines === null ? "" : `engines = ${engines}\n`) +
       "\n" +
-      `[[listeners]]\naddress = "127.0.0.1:${port}"\n\n[clusters.bench]\n` +
-      `frontends = [{ address = "127.0.0.1:${port}" }]\n` +
+      `[[listeners]]\naddress = "127.0.0.1:${port}"\n` +
+      (stage === "pp" ? "expect_proxy = true\n" : "") +
+      "\n[clusters.bench]\n" +
+      `frontends = [{ address = "127.0.0.1:${port}"${hostname} }]\n` +
       `backends = [{ address = "127.0.0.1:${backendPort}" }]\n`,
   );
   return path;
+}
+
+/**
+ * A minimal TLS 1.2-style ClientHello record naming `serverName` (one cipher suite, the
+ * server_name extension only): enough for proxy.ts's and HAProxy's SNI routing, which read it
+ * and pass it on; the echo server sends it back like any bytes.
+ */
+export function clientHello(serverName: string): Uint8Array {
+  const u16 = (n: number): number[] => [n >> 8, n & 255];
+  const name = [...new TextEncoder().encode(serverName)];
+  const list = [0, ...u16(name.length), ...name]; // host_name entry
+  const extension = [0, 0, ...u16(list.length + 2), ...u16(list.length), ...list];
+  const body = [
+    3,
+    3, // legacy_version TLS 1.2
+    ...new Array(32).fill(7), // random
+    0, // session_id
+    ...u16(2),
+    0x13,
+    0x01, // cipher_suites: TLS_AES_128_GCM_SHA256
+    1,
+    0, // compression_methods: null
+    ...u16(extension.length),
+    ...extension,
+  ];
+  const handshake = [1, body.length >> 16, (body.length >> 8) & 255, body.length & 255, ...body];
+  return Uint8Array.from([22, 3, 1, ...u16(handshake.length), ...handshake]);
 }

@@ -7,7 +7,9 @@
  *
  *     deno task bench [--rounds N] [--only ROW,...] [--default-engines]
  *
- * The rows: bulk1, bulk8, pingpong, pingpong2, churn1 (one client), churn (8 clients), idle,
+ * The rows: bulk1, bulk8, pingpong, pingpong2, churn1 (one client), churn (8 clients), stages1
+ * and stages (churn from 1 and 8 clients through a listener with `expect_proxy`, one that routes
+ * by SNI, and a plain one, proxy.ts and HAProxy at one thread each), idle,
  * memory (the default set), and syscalls, which runs only when --only names it: it needs strace
  * and ptrace, which a container may not allow, takes about 8 s per implementation, and counts
  * what does not change from run to run unless the code does.
@@ -37,8 +39,11 @@
  * @module
  */
 
+import { encodeProxyHeader } from "../mod.ts";
 import {
   ANCHORS,
+  BENCH_SERVER_NAME,
+  clientHello,
   cpuSeconds,
   ENGINE_IMPLS,
   ensureTools,
@@ -51,6 +56,8 @@ import {
   run,
   settledSocketCount,
   socketsBackTo,
+  type Stage,
+  STAGE_IMPLS,
   start,
   stopChild,
   TOOL,
@@ -63,7 +70,10 @@ function arg(name: string, fallback: string): string {
   return i === -1 ? fallback : Deno.args[i + 1];
 }
 const ROUNDS = Number(arg("--rounds", "3"));
-const ONLY = arg("--only", "bulk1,bulk8,pingpong,pingpong2,churn1,churn,idle,memory").split(",");
+const ONLY = arg(
+  "--only",
+  "bulk1,bulk8,pingpong,pingpong2,churn1,churn,stages1,stages,idle,memory",
+).split(",");
 const DEFAULT_ENGINES = Deno.args.includes("--default-engines");
 
 /** A row's list with proxy.ts as its engine variants (and as `proxy` when asked). */
@@ -77,6 +87,8 @@ const BULK_IMPLS = withEngines([...IMPLS, "csplice", ...ANCHORS]);
 const ROW_IMPLS = withEngines([...IMPLS, ...ANCHORS]);
 /** The churn rows add `proxy1log`: what proxy.ts's default access log costs per connection. */
 const CHURN_IMPLS: Impl[] = [...ROW_IMPLS, "proxy1log"];
+/** The stage rows: each stage beside the plain listener, proxy.ts and HAProxy at one thread. */
+const STAGE_ROW_IMPLS: Impl[] = ["proxy1", "haproxy1", ...STAGE_IMPLS];
 const PINGPONG_IMPLS: Impl[] = ["floor", ...ROW_IMPLS];
 /**
  * `go2` is left out here: an idle connection costs a goroutine pair and two sockets whatever
@@ -183,13 +195,44 @@ async function pingpong(
   );
 }
 
-/** Short connections (1 KiB each way) for 3 s from `clients` clients, each one at a time. */
-async function churn(impl: Impl, echoPort: number, clients: number): Promise<Sample> {
+/**
+ * Short connections (1 KiB each way) for 3 s from `clients` clients, each one at a time.
+ * `prefix`: benchtool's arguments for what each connection sends first (see stagePrefix).
+ */
+async function churn(
+  impl: Impl,
+  echoPort: number,
+  clients: number,
+  prefix: string[] = [],
+): Promise<Sample> {
   return await withProxy(impl, echoPort, async (port) => {
-    const [rate, failed] = (await run(TOOL, ["churn", String(port), String(clients), "3", "1024"]))
-      .trim().split(" ").map(Number);
+    const args = ["churn", String(port), String(clients), "3", "1024", ...prefix];
+    const [rate, failed] = (await run(TOOL, args)).trim().split(" ").map(Number);
     return { value: rate, extra: [failed] };
   });
+}
+
+/**
+ * What a connection of the stage rows sends first: a PROXY v1 header (taken off by the proxy)
+ * or a ClientHello naming BENCH_SERVER_NAME (relayed, so the echo sends it back). In files
+ * written once per run, for benchtool.
+ */
+async function stagePrefixes(): Promise<Record<Stage, string[]>> {
+  const header = encodeProxyHeader(
+    1,
+    { hostname: "192.0.2.10", port: 40000 },
+    { hostname: "127.0.0.1", port: 8080 },
+  );
+  const pp = await Deno.makeTempFile({ suffix: ".pp" });
+  await Deno.writeFile(pp, header);
+  const sni = await Deno.makeTempFile({ suffix: ".hello" });
+  await Deno.writeFile(sni, clientHello(BENCH_SERVER_NAME));
+  return { pp: [pp], sni: [sni, "echoed"] };
+}
+
+/** The stage of a stage row's implementation; undefined for the plain ones. */
+function stageOf(impl: Impl): Stage | undefined {
+  return impl.endsWith("pp") ? "pp" : impl.endsWith("sni") ? "sni" : undefined;
 }
 
 /**
@@ -343,6 +386,7 @@ async function main(): Promise<void> {
   const pinnedEchoPort = nextPort();
   const iperfPort = nextPort();
   const echo = await start(TOOL, ["echo", String(echoPort)]);
+  const prefixes: Record<string, string[]> = await stagePrefixes();
   // The ping-pong rows' own echo server: its connection threads inherit its CPU.
   const pinnedEcho = await start(TOOL, ["echo", String(pinnedEchoPort)], false, undefined, PIN_CPU);
   const iperf = new Deno.Command("iperf3", {
@@ -358,6 +402,8 @@ async function main(): Promise<void> {
     ["pingpong2", (impl) => pingpong(impl, pinnedEchoPort, CLIENT2_CPU)],
     ["churn1", (impl) => churn(impl, echoPort, 1)],
     ["churn", (impl) => churn(impl, echoPort, 8)],
+    ["stages1", (impl) => churn(impl, echoPort, 1, prefixes[stageOf(impl) ?? "none"] ?? [])],
+    ["stages", (impl) => churn(impl, echoPort, 8, prefixes[stageOf(impl) ?? "none"] ?? [])],
     ["idle", (impl) => idle(impl, echoPort)],
     ["memory", (impl) => memory(impl, echoPort)],
     ["syscalls", (impl) => syscalls(impl, echoPort)],
@@ -385,6 +431,8 @@ async function main(): Promise<void> {
           ? BULK_IMPLS
           : name.startsWith("churn")
           ? CHURN_IMPLS
+          : name.startsWith("stages")
+          ? STAGE_ROW_IMPLS
           : ROW_IMPLS;
         for (const impl of impls) {
           const sample = await measure(impl);
@@ -396,6 +444,7 @@ async function main(): Promise<void> {
   } finally {
     await echo.stop();
     await pinnedEcho.stop();
+    for (const [path] of Object.values(prefixes)) await Deno.remove(path).catch(() => {});
     await stopChild(iperf);
   }
   report(results);
@@ -445,6 +494,22 @@ function report(results: Record<string, Record<Impl, Sample[]>>): void {
       lines.push(
         `${name} ${impl.padEnd(8)} p50 ${v[0].toFixed(1)} us (${(v[0] / d[0]).toFixed(2)}x)  ` +
           `p99 ${v[1].toFixed(1)} us (${(v[1] / d[1]).toFixed(2)}x)  p99.9 ${v[2].toFixed(1)} us`,
+      );
+    }
+  }
+  for (const name of ["stages1", "stages"]) {
+    if (!results[name]) continue;
+    lines.push(
+      `${name}: ${name === "stages" ? 8 : 1} client(s), 1 KiB each way; pp: a PROXY v1 header ` +
+        "first, sni: a ClientHello routed by its server name",
+    );
+    for (const impl of ran(name, STAGE_ROW_IMPLS)) {
+      const rate = med(name, impl, (s) => s.value);
+      const plain = med(name, impl.startsWith("haproxy") ? "haproxy1" : "proxy1", (s) => s.value);
+      lines.push(
+        `${name} ${impl.padEnd(11)} ${rate.toFixed(0).padStart(6)} conn/s  ${
+          (rate / plain).toFixed(2)
+        }x its plain listener`,
       );
     }
   }
