@@ -392,9 +392,11 @@ export class Plane {
       return;
     }
     if (stages !== null && stages.pending !== 0) {
-      // Its first bytes decide: registering reported any already queued, and each later
-      // segment is reported again (edge-triggered), until the stage's deadline.
+      // Its first bytes decide. A client that speaks first has mostly sent them by the time it
+      // is accepted: they are read now, not a loop turn later. Bytes still to come are reported
+      // (edge-triggered) until the stage's deadline.
       this.#gate.stageDeadline(relay, stages);
+      this.prefaceReady(relay);
       return;
     }
     if (cluster === null) {
