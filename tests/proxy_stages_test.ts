@@ -15,6 +15,7 @@ import { startProxy, type TcpProxy } from "../proxy/mod.ts";
 import type { ConnectionRecord, ProxyEvent } from "../proxy/types.ts";
 import { closeQuietly, echoBackend, receiveAll, waitFor } from "./_helpers.ts";
 import { within } from "./_relay_helpers.ts";
+import { resetAndClose } from "./_sockets.ts";
 
 /** A proxy on 127.0.0.1:0 with `listenerKeys` in its listener, to `echoPort`. */
 function proxyWith(
@@ -325,6 +326,72 @@ Deno.test("proxy stages: with expect_proxy the rules see the header's address, n
     assert.equal(await send("192.0.2.9"), 0, "denied by the header's address");
     assert.equal(await send("203.0.113.5"), 2, "another address is served");
     assert.equal(proxy.stats().connectionsRefused.denied, 1);
+    assert.equal(echo.accepted(), 1);
+  } finally {
+    await proxy.shutdown();
+    await echo.close();
+    await shutdownRelayEngine();
+  }
+});
+
+Deno.test("proxy stages: a client that resets in the middle of its PROXY header or ClientHello is closed, recorded, never reaches a backend, and the listeners keep serving", async () => {
+  const echo = echoBackend();
+  const events: ProxyEvent[] = [];
+  const proxy = startProxy(
+    parseConfig(`
+engines = 1
+
+[[listeners]]
+address = "127.0.0.1:0"
+expect_proxy = true
+
+[[listeners]]
+address = "127.0.0.2:0"
+
+[clusters.pp]
+frontends = [{ address = "127.0.0.1:0" }]
+backends = [{ address = "127.0.0.1:${echo.port}" }]
+
+[clusters.sni]
+frontends = [{ address = "127.0.0.2:0", hostname = "a.example.com" }]
+backends = [{ address = "127.0.0.1:${echo.port}" }]
+`),
+    { onEvent: (e) => events.push(e) },
+  );
+  const ports = proxy.listenerPorts;
+  const encoder = new TextEncoder();
+  // A ClientHello's first record header promising more than is sent.
+  const partialHello = Uint8Array.of(22, 3, 1, 0, 200, 1, 0, 0, 196, 3, 3);
+  try {
+    const cases: Array<[string, number, Uint8Array]> = [
+      ["127.0.0.1", ports["127.0.0.1:0"], encoder.encode("PROXY TCP4 192.0.2.1 ")],
+      ["127.0.0.1", ports["127.0.0.1:0"], new Uint8Array(0)],
+      ["127.0.0.2", ports["127.0.0.2:0"], partialHello],
+      ["127.0.0.2", ports["127.0.0.2:0"], new Uint8Array(0)],
+    ];
+    for (const [hostname, port, bytes] of cases) {
+      const conn = await Deno.connect({ hostname, port });
+      if (bytes.length > 0) await conn.write(bytes);
+      resetAndClose(conn);
+    }
+    await waitFor(() => records(events).length === cases.length, "a record for each reset");
+    const ends = records(events).map((r) => r.end);
+    // A reset that arrives with bytes queued is seen as one; with none queued, as a close
+    // before the header was whole. Either way: closed, recorded, never relayed.
+    assert.ok(ends.every((end) => end === "reset" || end === "bad-header"), ends.join(", "));
+    assert.ok(records(events).every((r) => r.backend === null));
+    assert.equal(echo.accepted(), 0, "no reset connection reached the backend");
+    await waitFor(() => proxy.stats().connectionsOpen === 0, "every connection to end");
+    // Both listeners still serve.
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: ports["127.0.0.1:0"] });
+    await conn.write(encodeProxyHeader(2, { hostname: "192.0.2.1", port: 1 }, {
+      hostname: "127.0.0.1",
+      port: 1,
+    }));
+    await conn.write(Uint8Array.of(5));
+    await conn.closeWrite();
+    assert.equal((await receiveAll(conn)).bytes, 1);
+    closeQuietly(conn);
     assert.equal(echo.accepted(), 1);
   } finally {
     await proxy.shutdown();
