@@ -13,7 +13,8 @@
 
 import denoJson from "./deno.json" with { type: "json" };
 import { type Config, configWarnings, formatAddress, loadConfig, parseConfig } from "./config.ts";
-import { startProxy, type TcpProxy } from "./proxy/server.ts";
+import type { TcpProxy } from "./proxy/server.ts";
+import { startProxy } from "./proxy/start.ts";
 import type { ProxyEvent } from "./proxy/types.ts";
 import { specFromConfig } from "./proxy/spec.ts";
 import { describeHttpEvent, serveHttp } from "./proxy/http.ts";

@@ -28,7 +28,8 @@
  * @module
  */
 
-export { startProxy, TcpProxy } from "./server.ts";
+export { TcpProxy } from "./server.ts";
+export { startProxy } from "./start.ts";
 export type {
   AccessLog,
   BackendSpec,

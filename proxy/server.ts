@@ -6,17 +6,16 @@
  * @module
  */
 
-import { applyConfig, type Config } from "../config.ts";
 import { relay } from "../relay.ts";
 import { Balancer } from "./balancer.ts";
 import { acceptLoop, AcceptPauses } from "./accept.ts";
 import { errorCode, failsEveryBackend, localConnectFailure, Throttle } from "./faults.ts";
-import { specFromConfig } from "./spec.ts";
 import { closeQuietly, connectWithin, listenError } from "./dial.ts";
 import { NativePlane, type PlaneHooks } from "./native_plane.ts";
 import { ffiAvailable } from "../ffi/libc.ts";
 import { usableCpus } from "../ffi/net.ts";
 import { ProxyCounters } from "./stats.ts";
+import { DenoGate, type DenoPass, type DenoRules, denoRules, firstBytes } from "./deno_stages.ts";
 import {
   type BackendSpec,
   type ClusterSpec,
@@ -30,6 +29,8 @@ import {
 
 interface RunningListener {
   spec: ListenerSpec;
+  /** Its stages (proxy/deno_stages.ts); null when it has none. */
+  rules: DenoRules | null;
   listener: Deno.TcpListener;
   open: number;
   /** Set by the proxy when it closes the listener: the only way its accept loop ends. */
@@ -88,6 +89,7 @@ export class TcpProxy {
   /** Accept loops paused for want of fds: a closing connection frees some and wakes them. */
   #pauses = new AcceptPauses();
   #counters = new ProxyCounters();
+  #gate = new DenoGate(this.#counters, this.#throttle, (event) => this.#emit(event));
   /** The engines' data plane; null on the Deno-conn path (no FFI, or no engine could start). */
   #native: NativePlane | null = null;
 
@@ -123,8 +125,6 @@ export class TcpProxy {
         return proxy;
       }
     }
-    const problem = enginesOnly(spec);
-    if (problem !== null) throw new TypeError(`Cannot start the proxy: ${problem}`);
     try {
       for (const listener of spec.listeners) proxy.#listen(listener);
     } catch (error) {
@@ -207,8 +207,6 @@ export class TcpProxy {
    */
   reload(spec: ProxySpec): { added: string[]; removed: string[]; clusters: string[] } {
     if (this.#native !== null) return this.#reloadNative(this.#native, spec);
-    const problem = enginesOnly(spec);
-    if (problem !== null) throw new TypeError(`Cannot reload the proxy: ${problem}`);
     const added: string[] = [];
     const removed: string[] = [];
     const wanted = new Set(spec.listeners.map((l) => l.address));
@@ -224,6 +222,7 @@ export class TcpProxy {
       const running = this.#listeners.get(listener.address);
       if (running) {
         running.spec = listener;
+        running.rules = denoRules(listener, spec.clusters);
         continue;
       }
       try {
@@ -323,8 +322,9 @@ export class TcpProxy {
     this.#byFrontend = new Map();
     for (const runtime of next.values()) {
       for (const frontend of runtime.spec.frontends) {
-        // Hostnames route in the engines only (see enginesOnly).
+        // A frontend with a hostname is reached through its listener's rules (deno_stages.ts).
         if (typeof frontend === "string") this.#byFrontend.set(frontend, runtime);
+        else if (frontend.hostname === undefined) this.#byFrontend.set(frontend.address, runtime);
       }
     }
     return changed;
@@ -337,7 +337,8 @@ export class TcpProxy {
     } catch (error) {
       throw listenError(spec.address, error);
     }
-    const running: RunningListener = { spec, listener, open: 0, closed: false };
+    const rules = denoRules(spec, this.#spec.clusters);
+    const running: RunningListener = { spec, rules, listener, open: 0, closed: false };
     this.#listeners.set(spec.address, running);
     // The loop takes every error of accept(); anything else is a bug, reported without ending
     // the proxy.
@@ -379,10 +380,22 @@ export class TcpProxy {
       client.close();
       return;
     }
+    // With expect_proxy the rules wait for the address the header gives (in #serve).
+    let admitted: { key: string | null } | null = { key: null };
+    if (running.rules !== null && !running.rules.expectProxy) {
+      const { hostname, port } = client.remoteAddr;
+      admitted = this.#gate.admit(running.spec.address, running.rules, { hostname, port });
+      if (admitted === null) {
+        client.close();
+        return;
+      }
+    }
     // #serve catches every failure of the connection itself; the catch here is the proof that
     // nothing one connection does (or a throwing onEvent) can reject unhandled and end the
     // process: a rejection here is a bug, counted and reported, and the proxy runs on.
-    const settled = this.#serve(running, client).catch((error) => this.#internalError(error));
+    const settled = this.#serve(running, client, admitted.key).catch((error) =>
+      this.#internalError(error)
+    );
     this.#settled.add(settled);
     settled.finally(() => this.#settled.delete(settled));
   }
@@ -440,13 +453,37 @@ export class TcpProxy {
     };
   }
 
-  async #serve(running: RunningListener, client: Deno.TcpConn): Promise<void> {
+  async #serve(
+    running: RunningListener,
+    client: Deno.TcpConn,
+    counted: string | null,
+  ): Promise<void> {
     const started = performance.now();
-    const runtime = this.#byFrontend.get(running.spec.address);
+    let runtime = this.#byFrontend.get(running.spec.address);
     const record = this.#newRecord(running, client);
     running.open++;
     this.#counters.opened();
+    // A refusal by the rules is reported by the gate, throttled, not as one record each.
+    let quiet = false;
     try {
+      let preface: DenoPass | null = null;
+      if (running.rules !== null && running.rules.reads) {
+        const passed = await this.#gate.pass(
+          running.spec.address,
+          running.rules,
+          client,
+          record,
+          (name) => name === null ? runtime : this.#clusters.get(name),
+        );
+        if (passed.kind === "refused") {
+          quiet = passed.quiet;
+          client.close();
+          return;
+        }
+        preface = passed.preface;
+        runtime = passed.target;
+        counted = passed.key ?? counted;
+      }
       const chosen = runtime ? await this.#connect(runtime) : { end: "no-backend" as const };
       if ("end" in chosen) {
         record.end = chosen.end;
@@ -459,10 +496,12 @@ export class TcpProxy {
       const controller = new AbortController();
       this.#relays.add(controller);
       try {
+        const toB = firstBytes(runtime!.spec.sendProxy, preface, client);
         const result = await relay(client, backend, {
           signal: controller.signal,
           idleTimeout: this.#spec.idleTimeoutMs,
           mode: this.#spec.spliceMode,
+          ...(toB === null ? {} : { initialData: { toB } }),
         });
         record.bytesIn = result.aToB;
         record.bytesOut = result.bToA;
@@ -484,8 +523,11 @@ export class TcpProxy {
     } finally {
       running.open--;
       this.#counters.closed();
+      this.#gate.release(counted);
       record.durationMs = Math.round(performance.now() - started);
-      if (logged(this.#spec.accessLog, record.end)) this.#emit({ type: "connection", record });
+      if (!quiet && logged(this.#spec.accessLog, record.end)) {
+        this.#emit({ type: "connection", record });
+      }
       // Its fds are free: a listener paused for want of them may accept again.
       this.#pauses.wake();
     }
@@ -550,74 +592,4 @@ export class TcpProxy {
     );
     if (report) this.#emit({ type: "local-error", cluster, backend, code, error, suppressed });
   }
-}
-
-/**
- * Starts a proxy from a checked config: {@linkcode applyConfig} (the splice pipe capacity), then
- * {@linkcode TcpProxy.start} on {@linkcode specFromConfig}`(config)`. Throws if a listener cannot
- * listen, or `ConfigError` for a hand-built config with an out-of-range pipe capacity.
- *
- * Reconfigure the running proxy with `proxy.reload(specFromConfig(newConfig))`, read its counters
- * with `proxy.stats()` and stop it with `await proxy.shutdown()`.
- *
- * @example
- * ```ts
- * import { specFromConfig, startProxy } from "@zerocopy/splice/proxy";
- * import { parseConfig } from "@zerocopy/splice/config";
- *
- * const toml = `
- * [[listeners]]
- * address = "127.0.0.1:0"
- *
- * [clusters.app]
- * frontends = [{ address = "127.0.0.1:0" }]
- * backends = [{ address = "127.0.0.1:9000" }]
- * `;
- * const proxy = startProxy(parseConfig(toml), {
- *   onEvent: (event) => {
- *     if (event.type === "connection") console.log(event.record);
- *   },
- * });
- * console.log(proxy.listenerPorts);
- *
- * proxy.reload(specFromConfig(parseConfig(toml.replace("9000", "9001"))));
- * console.log(proxy.stats().reloads); // 1
- * await proxy.shutdown();
- * ```
- */
-export function startProxy(
-  config: Config,
-  options?: { onEvent?: (event: ProxyEvent) => void },
-): TcpProxy {
-  applyConfig(config);
-  return TcpProxy.start(specFromConfig(config), options);
-}
-
-/**
- * What in `spec` only the engines do (the stages a connection passes before its relay), for
- * the Deno-conn path to refuse by name rather than ignore; null when there is nothing.
- */
-function enginesOnly(spec: ProxySpec): string | null {
-  const needs = "needs the engines (run with --allow-ffi)";
-  for (const listener of spec.listeners) {
-    const keys = [
-      listener.expectProxy ? "expect_proxy" : "",
-      (listener.allow?.length ?? 0) > 0 ? "allow" : "",
-      (listener.deny?.length ?? 0) > 0 ? "deny" : "",
-      (listener.maxConnectionsPerIp ?? 0) > 0 ? "max_connections_per_ip" : "",
-    ].filter((key) => key !== "");
-    if (keys.length > 0) {
-      return `listener "${listener.address}" sets ${keys.join(", ")}, which ${needs}`;
-    }
-  }
-  for (const cluster of spec.clusters) {
-    if (cluster.sendProxy !== undefined) {
-      return `cluster "${cluster.name}" sets send_proxy, which ${needs}`;
-    }
-    const named = cluster.frontends.find((f) => typeof f !== "string" && f.hostname !== undefined);
-    if (named !== undefined && typeof named !== "string") {
-      return `cluster "${cluster.name}" routes by hostname "${named.hostname}", which ${needs}`;
-    }
-  }
-  return null;
 }

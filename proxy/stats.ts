@@ -54,6 +54,12 @@ export class ProxyCounters {
     this.#stats.connectionsRejected++;
   }
 
+  /** A connection was closed by its listener's stages before any backend, for `reason`. */
+  refused(reason: string): void {
+    const refused = this.#stats.connectionsRefused;
+    refused[reason] = (refused[reason] ?? 0) + 1;
+  }
+
   /** `accept()` failed with errno `code`. */
   acceptFailed(code: string): void {
     this.#stats.acceptErrors[code] = (this.#stats.acceptErrors[code] ?? 0) + 1;
@@ -123,6 +129,7 @@ export class ProxyCounters {
       ...this.#stats,
       acceptErrors: { ...this.#stats.acceptErrors },
       localErrors: { ...this.#stats.localErrors },
+      connectionsRefused: { ...this.#stats.connectionsRefused },
       engines: [...this.#stats.engines],
       backends,
     };

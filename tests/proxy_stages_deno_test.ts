@@ -1,0 +1,198 @@
+/**
+ * The listener stages on proxy.ts's Deno-conn path (no `--allow-ffi`): the same keys as in the
+ * engines, through Deno conns. One proxy.ts subprocess, four listeners: `expect_proxy` with
+ * `deny` and `max_connections_per_ip`, `send_proxy` to a backend that reads the header, SNI
+ * routing without a default, and `allow` that leaves 127.0.0.1 out. Bytes checked by SHA-256,
+ * refusals read from the proxy's log lines.
+ */
+
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { encodeProxyHeader, parseProxyHeader, PROXY_V2_MAX_BYTES } from "../mod.ts";
+import { clientHello } from "../bench/peers.ts";
+import {
+  closeQuietly,
+  echoBackend,
+  freePort,
+  serveEach,
+  spawnProxyWithoutFfi,
+} from "./_helpers.ts";
+import { within } from "./_relay_helpers.ts";
+
+/** A backend that reads a PROXY header, answers with its v1 text form, then echoes the rest. */
+function headerReader(): { port: number; close(): Promise<void> } {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const served = serveEach(listener, async (conn) => {
+    try {
+      const head = new Uint8Array(PROXY_V2_MAX_BYTES);
+      let filled = 0;
+      for (;;) {
+        const n = await conn.read(head.subarray(filled));
+        if (n === null) return;
+        filled += n;
+        const parsed = parseProxyHeader(head.subarray(0, filled));
+        if (parsed.status === "invalid") return;
+        if (parsed.status === "incomplete") continue;
+        const { source, destination } = parsed.header;
+        const line = `${source?.hostname}:${source?.port} ${destination?.hostname}:` +
+          `${destination?.port}\n`;
+        await conn.write(new TextEncoder().encode(line));
+        const rest = head.slice(parsed.header.length, filled);
+        if (rest.length > 0) await conn.write(rest);
+        const buffer = new Uint8Array(16 * 1024);
+        for (let m; (m = await conn.read(buffer)) !== null;) {
+          await conn.write(buffer.subarray(0, m));
+        }
+        await conn.closeWrite();
+        return;
+      }
+    } catch {
+      // the client went away
+    } finally {
+      closeQuietly(conn);
+    }
+  });
+  return { port: listener.addr.port, close: served.close };
+}
+
+/** Sends `first` then `payload`, half-closes, and returns what came back (empty if closed). */
+async function exchange(port: number, first: Uint8Array, payload: Uint8Array): Promise<Uint8Array> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    if (first.length > 0) await conn.write(first);
+    const chunks: Uint8Array[] = [];
+    const reading = (async () => {
+      const buffer = new Uint8Array(64 * 1024);
+      try {
+        for (let n; (n = await conn.read(buffer)) !== null;) chunks.push(buffer.slice(0, n));
+      } catch {
+        // reset: what came is kept
+      }
+    })();
+    try {
+      for (let off = 0; off < payload.length;) off += await conn.write(payload.subarray(off));
+      await conn.closeWrite();
+    } catch {
+      // closed by the proxy
+    }
+    await within(reading, 10_000, "the answer to end");
+    const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+    let off = 0;
+    for (const c of chunks) {
+      out.set(c, off);
+      off += c.length;
+    }
+    return out;
+  } finally {
+    closeQuietly(conn);
+  }
+}
+
+function sha256(bytes: Uint8Array): string {
+  return createHash("sha256").update(bytes).digest("hex");
+}
+
+Deno.test("proxy.ts without --allow-ffi: expect_proxy, deny, max_connections_per_ip, send_proxy, SNI routing and allow work on the Deno-conn path", async () => {
+  const echo = echoBackend();
+  const reader = headerReader();
+  const [pp, sp, sni, only2] = [freePort(), freePort(), freePort(), freePort()];
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/proxy.toml`;
+  await Deno.writeTextFile(
+    path,
+    `
+drain_timeout_ms = 2000
+
+[[listeners]]
+address = "127.0.0.1:${pp}"
+expect_proxy = true
+deny = ["192.0.2.66"]
+max_connections_per_ip = 1
+
+[[listeners]]
+address = "127.0.0.1:${sp}"
+
+[[listeners]]
+address = "127.0.0.1:${sni}"
+
+[[listeners]]
+address = "127.0.0.1:${only2}"
+allow = ["127.0.0.2"]
+
+[clusters.pp]
+frontends = [{ address = "127.0.0.1:${pp}" }, { address = "127.0.0.1:${only2}" }]
+backends = [{ address = "127.0.0.1:${echo.port}" }]
+
+[clusters.sp]
+send_proxy = "v1"
+frontends = [{ address = "127.0.0.1:${sp}" }]
+backends = [{ address = "127.0.0.1:${reader.port}" }]
+
+[clusters.named]
+frontends = [{ address = "127.0.0.1:${sni}", hostname = "*.example.com" }]
+backends = [{ address = "127.0.0.1:${echo.port}" }]
+`,
+  );
+  const { child, output } = spawnProxyWithoutFfi(path);
+  const payload = Uint8Array.from({ length: 50_000 }, (_, i) => (i * 7) & 255);
+  const header = (hostname: string, port: number): Uint8Array =>
+    encodeProxyHeader(1, { hostname, port }, { hostname: "127.0.0.1", port: pp });
+  try {
+    await output.line(/^ready$/, "the proxy to start");
+    // expect_proxy: the header is taken off, the rest relayed intact, the header's client logged.
+    const back = await exchange(pp, header("192.0.2.7", 40000), payload);
+    assert.equal(sha256(back), sha256(payload));
+    // deny, on the header's address.
+    assert.equal((await exchange(pp, header("192.0.2.66", 1), payload)).length, 0);
+    // max_connections_per_ip = 1: one held, the next from the same address refused.
+    const held = await Deno.connect({ hostname: "127.0.0.1", port: pp });
+    await held.write(header("192.0.2.8", 1));
+    await held.write(Uint8Array.of(1));
+    const one = new Uint8Array(1);
+    assert.equal(await held.read(one), 1, "the held connection is relayed");
+    assert.equal((await exchange(pp, header("192.0.2.8", 2), payload)).length, 0);
+    closeQuietly(held);
+    // A bad header: closed.
+    assert.equal(
+      (await exchange(pp, new TextEncoder().encode("GET / HTTP/1.0\r\n"), payload)).length,
+      0,
+    );
+    // send_proxy v1: the backend learns the client's address and the listener's.
+    const told = new TextDecoder().decode(await exchange(sp, new Uint8Array(0), Uint8Array.of(9)));
+    assert.match(told, new RegExp(`^127\\.0\\.0\\.1:\\d+ 127\\.0\\.0\\.1:${sp}\\n\\x09$`));
+    // SNI: a name under the wildcard is relayed, ClientHello included; another is closed.
+    const hello = clientHello("a.example.com");
+    const routed = await exchange(sni, hello, payload);
+    assert.equal(routed.length, hello.length + payload.length);
+    assert.equal(sha256(routed.subarray(hello.length)), sha256(payload));
+    assert.equal((await exchange(sni, clientHello("other.org"), payload)).length, 0);
+    // allow = ["127.0.0.2"]: 127.0.0.1 is refused.
+    assert.equal((await exchange(only2, new Uint8Array(0), payload)).length, 0);
+
+    await output.line(/refused 192\.0\.2\.66:1 \(denied\)/, "the denial's line");
+    await output.line(/refused 192\.0\.2\.8:2 \(per_ip_limit\)/, "the limit's line");
+    await output.line(/refused 127\.0\.0\.1:\d+ \(denied\)/, "the allow list's line");
+    await output.line(/^conn 192\.0\.2\.7:40000 -> .* end=done/, "the relayed connection's record");
+    await output.line(/end=bad-header error="Cannot read the PROXY header: /, "the bad header");
+    await output.line(/end=no-route error="No frontend for server name "other\.org""/, "no route");
+    assert.equal(
+      output.lines.filter((l) => /^conn .*192\.0\.2\.66/.test(l)).length,
+      0,
+      "a refusal by the rules is not access-logged",
+    );
+    child.kill("SIGTERM");
+    const status = await within(child.status, 15_000, "proxy.ts to exit on SIGTERM");
+    assert.equal(status.code, 0, output.lines.join("\n"));
+  } finally {
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // already exited
+    }
+    await child.status;
+    await output.done;
+    await echo.close();
+    await reader.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
