@@ -85,7 +85,8 @@ export function checkAddresses(document: Record<string, unknown>, issues: Config
           valueIssue(
             entry.keyPath,
             entry.raw,
-            `already the frontend${named} of ${formatKeyPath(owner.keyPath)}`,
+            `already the frontend of ${formatKeyPath(owner.keyPath)}` +
+              (entry.hostname === "" ? "" : ` for hostname "${entry.hostname}"`),
           ),
         );
       }

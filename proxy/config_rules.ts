@@ -67,6 +67,7 @@ function hostnameProblem(text: string): string | null {
   const labels = domain.split(".");
   for (const label of labels) {
     if (label === "*") return 'a wildcard is "*." at the start only, as in "*.example.com"';
+    if (label === "") return "the name has an empty label (two dots in a row, or a dot first)";
     if (!LABEL.test(label)) {
       return `label "${cutEnd(label, MAX_SHOWN_VALUE_LENGTH)}" is not a DNS label ` +
         '(letters, digits, "-" and "_", at most 63, not starting or ending with "-")';

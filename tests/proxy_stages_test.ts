@@ -11,7 +11,8 @@ import { createHash } from "node:crypto";
 import net from "node:net";
 import { encodeProxyHeader, shutdownRelayEngine } from "../mod.ts";
 import { parseConfig } from "../config.ts";
-import { startProxy, type TcpProxy } from "../proxy/mod.ts";
+import { specFromConfig, startProxy, type TcpProxy } from "../proxy/mod.ts";
+import { prometheusText } from "../proxy/metrics.ts";
 import type { ConnectionRecord, ProxyEvent } from "../proxy/types.ts";
 import { closeQuietly, echoBackend, receiveAll, waitFor } from "./_helpers.ts";
 import { within } from "./_relay_helpers.ts";
@@ -393,6 +394,41 @@ backends = [{ address = "127.0.0.1:${echo.port}" }]
     assert.equal((await receiveAll(conn)).bytes, 1);
     closeQuietly(conn);
     assert.equal(echo.accepted(), 1);
+  } finally {
+    await proxy.shutdown();
+    await echo.close();
+    await shutdownRelayEngine();
+  }
+});
+
+Deno.test("proxy stages: a reload adds and removes rules for new connections, and /metrics counts refusals by reason", async () => {
+  const echo = echoBackend();
+  const events: ProxyEvent[] = [];
+  const toml = (keys: string): string => `
+engines = 1
+
+[[listeners]]
+address = "127.0.0.1:0"
+${keys}
+
+[clusters.app]
+frontends = [{ address = "127.0.0.1:0" }]
+backends = [{ address = "127.0.0.1:${echo.port}" }]
+`;
+  const proxy = startProxy(parseConfig(toml("")), { onEvent: (e) => events.push(e) });
+  const port = proxy.listenerPorts["127.0.0.1:0"];
+  try {
+    assert.ok(await echoedFrom("127.0.0.2", port), "served before the rule");
+    proxy.reload(specFromConfig(parseConfig(toml('deny = ["127.0.0.2"]'))));
+    const { socket } = await connectFrom("127.0.0.2", port);
+    assert.equal(await exchange(socket, pattern(10, 1)), null, "denied after the reload");
+    socket.destroy();
+    assert.ok(await echoedFrom("127.0.0.1", port), "another address is still served");
+    proxy.reload(specFromConfig(parseConfig(toml(""))));
+    assert.ok(await echoedFrom("127.0.0.2", port), "served again once the rule is gone");
+    const text = prometheusText(proxy.stats());
+    assert.match(text, /^# TYPE splice_connections_refused_total counter$/m);
+    assert.match(text, /^splice_connections_refused_total\{reason="denied"\} 1$/m);
   } finally {
     await proxy.shutdown();
     await echo.close();
