@@ -14,6 +14,7 @@
 import { Throttle } from "./faults.ts";
 import { describeHttpEvent, type HttpLimits, type HttpRefusal, serveHttp } from "./http.ts";
 import type { ProxyStats } from "./types.ts";
+import { REFUSAL_CODES } from "../engine/plane_layout.ts";
 
 /**
  * Prometheus text exposition of the proxy's counters. `splice_engine_connections_total` has a
@@ -53,7 +54,9 @@ export function prometheusText(stats: ProxyStats): string {
     lines,
     "splice_connections_refused_total",
     "Connections closed by their listener's rules or stages before any backend, by reason.",
-    stats.connectionsRefused,
+    // Every reason, zeros included: a rate over a series that appears only with its first
+    // refusal misses that refusal.
+    { ...Object.fromEntries(REFUSAL_CODES.map((code) => [code, 0])), ...stats.connectionsRefused },
   );
   if (stats.engines.length > 0) {
     const name = "splice_engine_connections_total";

@@ -429,6 +429,7 @@ backends = [{ address = "127.0.0.1:${echo.port}" }]
     const text = prometheusText(proxy.stats());
     assert.match(text, /^# TYPE splice_connections_refused_total counter$/m);
     assert.match(text, /^splice_connections_refused_total\{reason="denied"\} 1$/m);
+    assert.match(text, /^splice_connections_refused_total\{reason="no_route"\} 0$/m);
   } finally {
     await proxy.shutdown();
     await echo.close();
