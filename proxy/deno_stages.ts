@@ -108,8 +108,8 @@ export type DenoPreface =
 
 /**
  * Reads `conn`'s PROXY header and/or ClientHello as `rules` ask, each bounded by its size and
- * deadline (a conn past its deadline is closed, which ends the read). Never throws: a client
- * that fails or goes away is a refusal.
+ * deadline (past it, a refusal: the caller's close of the conn ends the read still pending).
+ * Never throws: a client that fails or goes away is a refusal.
  */
 export async function readDenoPreface(conn: Deno.TcpConn, rules: DenoRules): Promise<DenoPreface> {
   const remote = conn.remoteAddr;
