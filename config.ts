@@ -33,12 +33,24 @@
  * protocol = "tcp"                 # only "tcp", the default
  * address = "127.0.0.1:8080"       # required; port 0 picks any free port
  * max_connections = 10000          # 1 to 1000000, default 10000
+ * max_connections_per_ip = 100     # 1 to 1000000; absent: no per-address limit
+ * allow = ["10.0.0.0/8", "::1"]    # CIDRs or addresses served; absent or empty: all
+ * deny = ["10.6.6.0/24"]           # CIDRs or addresses refused; deny wins over allow
+ * expect_proxy = false             # true: each connection starts with a PROXY v1/v2 header
+ * proxy_header_timeout_ms = 3000   # 1 to 600000, default 3000
+ * sni_timeout_ms = 3000            # ClientHello deadline where frontends have a hostname
  *
  * [clusters.app]                   # any number; names of letters, digits, "_" and "-"
  * protocol = "tcp"                 # only "tcp", the default
  * load_balancing = "round_robin"   # "round_robin" (default), "least_connections", "random"
- * # Required, at least one: each the address of a listener, claimed by one cluster only.
- * frontends = [{ address = "127.0.0.1:8080" }]
+ * send_proxy = "v2"                # optional: "v1" or "v2", a PROXY header to each backend
+ * # Required, at least one: each the address of a listener. `hostname` (a TLS server name,
+ * # exact or "*.domain") shares a listener between clusters; an address with the same
+ * # hostname (or with none) belongs to one cluster only.
+ * frontends = [
+ *   { address = "127.0.0.1:8080" },
+ *   { address = "127.0.0.1:8080", hostname = "*.example.com" },
+ * ]
  * # Required, at least one, addresses unique in the cluster.
  * backends = [
  *   { address = "127.0.0.1:9000", weight = 100 },   # weight: 0 to 1000000, default 100;
