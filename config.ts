@@ -42,7 +42,8 @@
  *
  * [clusters.app]                   # any number; names of letters, digits, "_" and "-"
  * protocol = "tcp"                 # only "tcp", the default
- * load_balancing = "round_robin"   # "round_robin" (default), "least_connections", "random"
+ * load_balancing = "round_robin"   # "round_robin" (default), "least_connections", "random",
+ *                                  # "source_hash" (a client address keeps its backend)
  * send_proxy = "v2"                # optional: "v1" or "v2", a PROXY header to each backend
  * # Required, at least one: each the address of a listener. `hostname` (a TLS server name,
  * # exact or "*.domain") shares a listener between clusters; an address with the same
@@ -55,7 +56,16 @@
  * backends = [
  *   { address = "127.0.0.1:9000", weight = 100 },   # weight: 0 to 1000000, default 100;
  *   { address = "[::1]:9001", weight = 0 },         # 0 drains the backend
+ *   { address = "10.0.0.9:9000", backup = true },   # only while no other backend is up
  * ]
+ *
+ * [clusters.app.health_check]      # optional: active checks from the control plane
+ * interval_ms = 2000               # 100 to 3600000, default 2000
+ * timeout_ms = 1000                # connect, send and expect: 1 to 600000, default 1000
+ * rise = 2                         # passes in a row that bring a backend back: 1 to 1000, 2
+ * fall = 3                         # failures in a row that take it out: 1 to 1000, 3
+ * send = "PING\r\n"                 # optional: written after the connect
+ * expect = "+PONG"                 # optional: the answer must contain it
  * ```
  *
  * An address is `"host:port"`, with an IPv6 host in brackets (`"[::1]:8080"`), and a port from
@@ -111,6 +121,7 @@ export type {
   BackendConfig,
   ClusterConfig,
   FrontendConfig,
+  HealthCheckConfig,
   ListenerConfig,
   MetricsConfig,
 } from "./proxy/config_schema.ts";

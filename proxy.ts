@@ -126,6 +126,10 @@ function logger(format: Config["logFormat"]): (event: ProxyEvent) => void {
           `in=${r.bytesIn} out=${r.bytesOut} ${r.durationMs}ms mode=${r.mode} end=${r.end}` +
           (r.error ? ` error="${r.error}"` : ""),
       );
+    } else if (event.type === "backend-health") {
+      say(
+        `backend ${event.cluster}/${event.backend} is ${event.up ? "up" : "down"}: ${event.reason}`,
+      );
     } else if (event.type === "backend-ejected") {
       say(`backend ${event.cluster}/${event.backend} ejected: connects keep failing`);
     } else if (event.type === "listening") {

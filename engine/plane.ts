@@ -75,6 +75,7 @@ import {
   type PlaneEvent,
   type PlaneViews,
   planeViews,
+  POLICY_SOURCE_HASH,
   PUBLISHED,
   RELOADING,
   type Routes,
@@ -82,6 +83,7 @@ import {
 } from "./plane_layout.ts";
 import { syscallNumber } from "./wire.ts";
 import { Gate } from "./plane_gate.ts";
+import { hashText } from "../proxy/balancer.ts";
 import { admitted, firstStages, listenerRules, type Stages } from "./plane_stages.ts";
 
 const GETSOCKOPT = syscallNumber("getsockopt");
@@ -425,7 +427,12 @@ export class Plane {
       // The slot of the attempt before joins the list only now: most connections make one
       // attempt, and a list held for each would cost memory per connection.
       if (proxied.backendSlot >= 0) proxied.tried = [...proxied.tried, proxied.backendSlot];
-      const backend = pickBackend(cluster, proxied.tried, this.#views);
+      const backend = pickBackend(
+        cluster,
+        proxied.tried,
+        this.#views,
+        cluster.policy === POLICY_SOURCE_HASH ? hashText(hostOf(proxied.client)) : 0,
+      );
       if (backend === null) {
         // As on the Deno path: "local-error" only when every backend would fail alike.
         this.#host.finishNow(relay, "no-backend");
@@ -645,6 +652,12 @@ export class Plane {
     if (relay.a.fd >= 0) symbols.close(relay.a.fd);
     if (relay.b.fd >= 0) symbols.close(relay.b.fd);
   }
+}
+
+/** The host of a `host:port` client address (IPv6 without brackets): what source_hash hashes. */
+function hostOf(client: string): string {
+  const host = client.slice(0, client.lastIndexOf(":"));
+  return host.startsWith("[") ? host.slice(1, -1) : host;
 }
 
 /** The name a connect errno gets when it is the proxy's own failure, else null. */

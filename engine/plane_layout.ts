@@ -63,8 +63,14 @@ export const ACCEPTING = RELOADING + 1;
  * mail waiting, and accepts nothing until it has read it.
  */
 export const PUBLISHED = ACCEPTING + MAX_ENGINES;
+/**
+ * Int32 index of backend slot 0's state (`+ slot`): the bits the control plane sets (active
+ * health checks, runtime control: proxy/balancer.ts's `OUT_*`); 0 is a backend that may take
+ * connections.
+ */
+export const BACKEND_STATE = PUBLISHED + 1;
 /** Int32s of the shared region. */
-export const INT_COUNT = PUBLISHED + 1;
+export const INT_COUNT = BACKEND_STATE + MAX_BACKENDS;
 
 /** The ticket counter of listener `slot`'s socket in `engine` (0 when the socket is shared). */
 export function ticketIndex(slot: number, engine: number, exclusive: boolean): number {
@@ -165,6 +171,8 @@ export const POLICY_ROUND_ROBIN = 0;
 export const POLICY_LEAST_CONNECTIONS = 1;
 /** Weighted random. */
 export const POLICY_RANDOM = 2;
+/** The client address's hash (weighted rendezvous hashing). */
+export const POLICY_SOURCE_HASH = 3;
 
 /** A backend as an engine routes to it. */
 export interface BackendRoute {
@@ -174,6 +182,10 @@ export interface BackendRoute {
   /** Where to connect: a `struct sockaddr`, resolved by the main thread. */
   sockaddr: Uint8Array;
   weight: number;
+  /** Used only while no other backend of its cluster may take connections. */
+  backup: boolean;
+  /** The hash of `address`, for source_hash (proxy/balancer.ts's hashText). */
+  hash: number;
   /**
    * Why no connect can be made to it, when none can: its host is outside --allow-net (the
    * proxy's own failure, `local`) or does not resolve (the backend's).

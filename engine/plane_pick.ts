@@ -6,9 +6,11 @@
  * @module
  */
 
+import { rendezvousScore } from "../proxy/balancer.ts";
 import {
   BACKEND_ACTIVE,
   BACKEND_FAILURES,
+  BACKEND_STATE,
   type BackendRoute,
   CLUSTER_PICKS,
   type ClusterRoute,
@@ -16,39 +18,51 @@ import {
   POLICY_LEAST_CONNECTIONS,
   POLICY_RANDOM,
   POLICY_ROUND_ROBIN,
+  POLICY_SOURCE_HASH,
 } from "./plane_layout.ts";
 
 /**
- * The backend for the next attempt, skipping those tried and, while others remain, the
- * ejected ones (as proxy/balancer.ts does for the Deno path, with the health shared).
+ * The backend for the next attempt, skipping those tried, those the control plane took out
+ * (down by the active check, drained, in maintenance) and, while others remain, the ejected
+ * ones; backups only while no other backend is up (as proxy/balancer.ts does for the Deno
+ * path, with the health shared). `clientHash`: the client address's hash, for source_hash.
  */
 export function pickBackend(
   cluster: ClusterRoute,
   tried: number[],
   views: PlaneViews,
+  clientHash = 0,
 ): BackendRoute | null {
   const ejected = views.ejectedUntil;
-  // The common case first, allocating nothing: round robin's next turn is a backend that has
-  // weight, was not tried and is not ejected.
+  const ints = views.ints;
+  // The common case first, allocating nothing: round robin's next turn is a primary backend
+  // that has weight, was not tried, is in service and is not ejected.
   if (cluster.policy === POLICY_ROUND_ROBIN && cluster.sequence.length > 0) {
     const sequence = cluster.sequence;
-    const start = Atomics.add(views.ints, CLUSTER_PICKS + cluster.slot, 1) >>> 0;
+    const start = Atomics.add(ints, CLUSTER_PICKS + cluster.slot, 1) >>> 0;
     const now = wallClock();
     for (let k = 0; k < sequence.length; k++) {
       const b = cluster.backends[sequence[(start + k) % sequence.length]];
-      if (b.weight > 0 && ejected[b.slot] <= now && !tried.includes(b.slot)) return b;
+      if (
+        b.weight > 0 && !b.backup && ejected[b.slot] <= now &&
+        Atomics.load(ints, BACKEND_STATE + b.slot) === 0 && !tried.includes(b.slot)
+      ) return b;
     }
   }
-  const usable = cluster.backends.filter((b) => b.weight > 0 && !tried.includes(b.slot));
+  const usable = cluster.backends.filter((b) =>
+    b.weight > 0 && !tried.includes(b.slot) && Atomics.load(ints, BACKEND_STATE + b.slot) === 0
+  );
   if (usable.length === 0) return null;
   const now = wallClock();
-  const healthy = usable.filter((b) => ejected[b.slot] <= now);
-  const pool = healthy.length > 0
-    ? healthy
+  const up = usable.filter((b) => ejected[b.slot] <= now);
+  const primaries = up.filter((b) => !b.backup);
+  const pool = primaries.length > 0
+    ? primaries
+    : up.length > 0
+    ? up
     : [usable.reduce((a, b) => (ejected[a.slot] <= ejected[b.slot] ? a : b))];
   if (cluster.policy === POLICY_LEAST_CONNECTIONS) {
-    const active = (b: BackendRoute): number =>
-      Atomics.load(views.ints, BACKEND_ACTIVE + b.slot * 2);
+    const active = (b: BackendRoute): number => Atomics.load(ints, BACKEND_ACTIVE + b.slot * 2);
     return pool.reduce((best, b) => {
       const lhs = active(b) * best.weight;
       const rhs = active(best) * b.weight;
@@ -64,9 +78,17 @@ export function pickBackend(
     }
     return pool[pool.length - 1];
   }
-  // Round robin with no healthy untried backend (the loop above found none): the least
-  // recently ejected one.
-  return pool[0];
+  if (cluster.policy === POLICY_SOURCE_HASH) {
+    return pool.reduce((best, b) =>
+      rendezvousScore(clientHash, b.hash, b.weight) >
+          rendezvousScore(clientHash, best.hash, best.weight)
+        ? b
+        : best
+    );
+  }
+  // Round robin with no primary in turn (all tried, out or ejected): the pool in turns.
+  const turn = Atomics.add(ints, CLUSTER_PICKS + cluster.slot, 1) >>> 0;
+  return pool[turn % pool.length];
 }
 
 /** A connect to backend `slot` succeeded: one more active, its failures forgiven. */

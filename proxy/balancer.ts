@@ -8,8 +8,10 @@
 
 /**
  * How a cluster spreads connections over its backends, by weight: `"round_robin"` (smooth
- * weighted round robin), `"least_connections"` (fewest active connections per unit of weight) or
- * `"random"` (weighted random). The config file's `load_balancing`.
+ * weighted round robin), `"least_connections"` (fewest active connections per unit of weight),
+ * `"random"` (weighted random) or `"source_hash"` (the client address's hash: the same client
+ * goes to the same backend while the set is unchanged, and a change of the set moves only the
+ * clients of the backends it adds or removes). The config file's `load_balancing`.
  *
  * @example
  * ```ts
@@ -19,7 +21,7 @@
  * const cluster: ClusterSpec = { name: "app", loadBalancing, frontends: [], backends: [] };
  * ```
  */
-export type LoadBalancing = "round_robin" | "least_connections" | "random";
+export type LoadBalancing = "round_robin" | "least_connections" | "random" | "source_hash";
 
 /** A backend as the balancer sees it. */
 export interface BalancedBackend {
@@ -27,6 +29,8 @@ export interface BalancedBackend {
   address: string;
   /** Relative share of new connections; 0 takes none (drained). */
   weight: number;
+  /** Used only while no other backend is up. */
+  backup?: boolean;
 }
 
 /** Passive health settings. */
@@ -39,12 +43,22 @@ export interface HealthOptions {
 
 interface State {
   backend: BalancedBackend;
+  /** hashText of the address, for source_hash. */
+  hash: number;
+  /** Taken out by the control plane (down, drained, in maintenance): `STATE_*` bits. */
+  out: number;
   /** Smooth weighted round robin's running score (nginx's algorithm). */
   current: number;
   active: number;
   failures: number;
   ejectedUntil: number;
 }
+
+/**
+ * Why a backend is out of service, as bits (`Balancer.setOut`, and the engines' shared
+ * BACKEND_STATE): the active health check says it is down.
+ */
+export const OUT_DOWN = 1;
 
 /** Connect failures in a row that eject a backend (both data planes). */
 export const DEFAULT_FAILURES_TO_EJECT = 3;
@@ -75,6 +89,8 @@ export class Balancer {
     this.policy = policy;
     this.#states = backends.map((backend) => ({
       backend,
+      hash: hashText(backend.address),
+      out: 0,
       current: 0,
       active: 0,
       failures: 0,
@@ -87,21 +103,40 @@ export class Balancer {
 
   /**
    * The backend for the next attempt, skipping `exclude` (those already tried for this
-   * connection) and, while others remain, ejected ones; `null` when none is left.
+   * connection), those taken out ({@linkcode Balancer.setOut}) and, while others remain,
+   * ejected ones; backups only while no other backend is up; `null` when none is left.
+   * `clientHash`: {@linkcode hashText} of the client's address, for `"source_hash"`.
    */
-  pick(now: number, exclude?: ReadonlySet<string>): BalancedBackend | null {
+  pick(now: number, exclude?: ReadonlySet<string>, clientHash = 0): BalancedBackend | null {
     const usable = this.#states.filter((s) =>
-      s.backend.weight > 0 && !exclude?.has(s.backend.address)
+      s.backend.weight > 0 && s.out === 0 && !exclude?.has(s.backend.address)
     );
     if (usable.length === 0) return null;
-    const healthy = usable.filter((s) => s.ejectedUntil <= now);
-    const pool = healthy.length > 0
-      ? healthy
+    const up = usable.filter((s) => s.ejectedUntil <= now);
+    const primaries = up.filter((s) => !s.backend.backup);
+    const pool = primaries.length > 0
+      ? primaries
+      : up.length > 0
+      ? up
       : [usable.reduce((a, b) => (a.ejectedUntil <= b.ejectedUntil ? a : b))];
-    return this.#choose(pool).backend;
+    return this.#choose(pool, clientHash).backend;
   }
 
-  #choose(pool: State[]): State {
+  /** Takes `address` out of (bits other than 0) or back into service, as the control plane says. */
+  setOut(address: string, bits: number): void {
+    const state = this.#find(address);
+    if (state) state.out = bits;
+  }
+
+  #choose(pool: State[], clientHash: number): State {
+    if (this.policy === "source_hash") {
+      return pool.reduce((best, s) =>
+        rendezvousScore(clientHash, s.hash, s.backend.weight) >
+            rendezvousScore(clientHash, best.hash, best.backend.weight)
+          ? s
+          : best
+      );
+    }
     if (this.policy === "least_connections") {
       // Fewest active per unit of weight; ties go to the heavier backend, then list order.
       return pool.reduce((best, s) => {
@@ -160,16 +195,45 @@ export class Balancer {
     return true;
   }
 
-  /** Per backend: active connections and whether it is ejected at `now`. */
-  snapshot(now: number): Array<{ address: string; active: number; ejected: boolean }> {
+  /**
+   * Per backend: active connections, whether it is ejected at `now`, and whether it is up (not
+   * taken out as down by {@linkcode Balancer.setOut}).
+   */
+  snapshot(now: number): Array<{ address: string; active: number; ejected: boolean; up: boolean }> {
     return this.#states.map((s) => ({
       address: s.backend.address,
       active: s.active,
       ejected: s.ejectedUntil > now,
+      up: (s.out & OUT_DOWN) === 0,
     }));
   }
 
   #find(address: string): State | undefined {
     return this.#states.find((s) => s.backend.address === address);
   }
+}
+
+/** FNV-1a of `text`, 32 bits: the stable hash source_hash uses for addresses. */
+export function hashText(text: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193);
+  return h >>> 0;
+}
+
+/**
+ * Weighted rendezvous hashing: the score of a backend (`backendHash`, `weight`) for a client
+ * (`clientHash`); the highest score takes the client. A backend's score for a client does not
+ * depend on the other backends, so adding or removing one moves only the clients it wins or
+ * held, and each backend wins clients in proportion to its weight.
+ */
+export function rendezvousScore(clientHash: number, backendHash: number, weight: number): number {
+  // Two rounds of murmur3's finaliser over the pair: an even spread in (0, 1).
+  let h = Math.imul(clientHash ^ Math.imul(backendHash, 0x9e3779b1), 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  h = Math.imul(h ^ backendHash, 0x85ebca6b);
+  h ^= h >>> 13;
+  const u = ((h >>> 0) + 0.5) / 4294967296;
+  return -weight / Math.log(u);
 }

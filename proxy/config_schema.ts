@@ -119,7 +119,12 @@ export interface ClusterConfig {
   /** `protocol`: only `"tcp"`, the default. */
   readonly protocol: "tcp";
   /** `load_balancing`: how connections spread over backends; `"round_robin"` by default. */
-  readonly loadBalancing: "round_robin" | "least_connections" | "random";
+  readonly loadBalancing: "round_robin" | "least_connections" | "random" | "source_hash";
+  /**
+   * `[clusters.<name>.health_check]`: active checks of each backend, from the control plane;
+   * `undefined` (absent): passive ejection only.
+   */
+  readonly healthCheck?: HealthCheckConfig;
   /**
    * `send_proxy`: a PROXY protocol header, `"v1"` (text) or `"v2"` (binary), sent to the
    * backend before the client's bytes, carrying the client's address; `undefined` (absent):
@@ -184,7 +189,8 @@ export interface FrontendConfig {
  * backends = [{ address = "app.internal:9000", weight = 0 }]
  * `);
  * const backend: BackendConfig = config.clusters.app.backends[0];
- * console.log(backend); // { address: { hostname: "app.internal", port: 9000 }, weight: 0 }
+ * console.log(backend.address, backend.weight, backend.backup);
+ * // { hostname: "app.internal", port: 9000 } 0 false
  * ```
  */
 export interface BackendConfig {
@@ -195,6 +201,46 @@ export interface BackendConfig {
    * 100. `0` drains it: it gets no new connections.
    */
   readonly weight: number;
+  /** `backup`: used only while no other backend of the cluster is up; `false` by default. */
+  readonly backup: boolean;
+}
+
+/**
+ * A cluster's `health_check` table: each backend is connected to every `interval_ms`; with
+ * `send`, that text is written, and with `expect`, the answer must contain that text within
+ * `timeout_ms`. `fall` failures in a row take the backend out of service (no new
+ * connections), `rise` successes in a row bring it back.
+ *
+ * @example
+ * ```ts
+ * import { type HealthCheckConfig, parseConfig } from "@zerocopy/splice/config";
+ *
+ * const config = parseConfig(`
+ * [[listeners]]
+ * address = "127.0.0.1:8080"
+ *
+ * [clusters.app]
+ * frontends = [{ address = "127.0.0.1:8080" }]
+ * backends = [{ address = "127.0.0.1:9000" }]
+ * health_check = { interval_ms = 1000, send = "PING\\r\\n", expect = "PONG" }
+ * `);
+ * const check: HealthCheckConfig | undefined = config.clusters.app.healthCheck;
+ * console.log(check?.intervalMs, check?.rise, check?.fall, check?.expect); // 1000 2 3 PONG
+ * ```
+ */
+export interface HealthCheckConfig {
+  /** `interval_ms`: how often each backend is checked, 100 to 3600000; 2000. */
+  readonly intervalMs: number;
+  /** `timeout_ms`: how long a check may take (connect, send, expect), 1 to 600000; 1000. */
+  readonly timeoutMs: number;
+  /** `rise`: successes in a row that bring a backend back, 1 to 1000; 2. */
+  readonly rise: number;
+  /** `fall`: failures in a row that take it out, 1 to 1000; 3. */
+  readonly fall: number;
+  /** `send`: text written after the connect; absent: nothing. */
+  readonly send?: string;
+  /** `expect`: text the answer must contain; absent: the connect is the check. */
+  readonly expect?: string;
 }
 
 /** `protocol = "tcp"`: the only protocol, a key all the same so that files stay valid later. */
@@ -247,8 +293,20 @@ export const PROXY_FIELDS = {
         protocol: TCP_ONLY,
         load_balancing: {
           kind: "enum",
-          values: ["round_robin", "least_connections", "random"],
+          values: ["round_robin", "least_connections", "random", "source_hash"],
           default: "round_robin",
+        },
+        // Absent: no active check (passive ejection only).
+        health_check: {
+          kind: "table",
+          fields: {
+            interval_ms: { kind: "integer", min: 100, max: 3_600_000, default: 2_000 },
+            timeout_ms: { kind: "integer", min: 1, max: 600_000, default: 1_000 },
+            rise: { kind: "integer", min: 1, max: 1_000, default: 2 },
+            fall: { kind: "integer", min: 1, max: 1_000, default: 3 },
+            send: { kind: "string" },
+            expect: { kind: "string" },
+          },
         },
         // Absent: nothing is sent before the client's bytes.
         send_proxy: { kind: "enum", values: ["v1", "v2"] },
@@ -271,6 +329,7 @@ export const PROXY_FIELDS = {
             fields: {
               address: addressField(false),
               weight: { kind: "integer", min: 0, max: 1_000_000, default: 100 },
+              backup: { kind: "boolean", default: false },
             },
           },
         },

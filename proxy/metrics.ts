@@ -100,6 +100,7 @@ export function prometheusText(stats: ProxyStats): string {
     [
       ["splice_backend_connections_active", "gauge", "Open connections.", (b) => b.active],
       ["splice_backend_ejected", "gauge", "1 while passive health skips it.", (b) => +b.ejected],
+      ["splice_backend_up", "gauge", "0 while its active health check says down.", (b) => +b.up],
       ["splice_backend_connections_total", "counter", "Connections made.", (b) => b.connections],
       ["splice_backend_connect_failures_total", "counter", "Failed connects.", (b) => b.failures],
       ["splice_backend_bytes_in_total", "counter", "Bytes sent to it.", (b) => b.bytesIn],

@@ -32,6 +32,7 @@ import {
   ACCEPTING,
   BACKEND_ACTIVE,
   BACKEND_FIELDS,
+  BACKEND_STATE,
   type BackendRoute,
   CLUSTER_PICKS,
   type ClusterRoute,
@@ -61,6 +62,7 @@ import {
   POLICY_LEAST_CONNECTIONS,
   POLICY_RANDOM,
   POLICY_ROUND_ROBIN,
+  POLICY_SOURCE_HASH,
   PUBLISHED,
   REFUSAL_CODES,
   RELOADING,
@@ -70,7 +72,13 @@ import {
 import { MODE_AUTO, MODE_COPY, MODE_SPLICE } from "../engine/wire.ts";
 import { ipTableBytes } from "../engine/ip_table.ts";
 import { fdHardLimit } from "../ffi/socket_fd.ts";
-import { Balancer, DEFAULT_EJECT_MS, DEFAULT_FAILURES_TO_EJECT } from "./balancer.ts";
+import {
+  Balancer,
+  DEFAULT_EJECT_MS,
+  DEFAULT_FAILURES_TO_EJECT,
+  hashText,
+  OUT_DOWN,
+} from "./balancer.ts";
 import { Throttle } from "./faults.ts";
 import { reportable, toConnectionRecord } from "./plane_reports.ts";
 
@@ -248,6 +256,7 @@ export class NativePlane {
     for (const [key, slot] of this.#backendSlots) {
       if (!clusters.includes(key.slice(0, key.indexOf("/")))) continue;
       Atomics.store(this.#views.ints, BACKEND_ACTIVE + slot * 2 + 1, 0);
+      Atomics.store(this.#views.ints, BACKEND_STATE + slot, 0);
       this.#views.ejectedUntil[slot] = 0;
     }
   }
@@ -273,6 +282,15 @@ export class NativePlane {
     // Engines that stopped without acknowledging (they died) never will: close what is left.
     for (const { fds } of this.#closing.values()) fds.forEach(closeFd);
     this.#closing.clear();
+  }
+
+  /**
+   * Sets the out-of-service bits (proxy/balancer.ts's `OUT_*`) of `backend` of `cluster`, which
+   * every engine reads before it picks it; 0 puts it back in service.
+   */
+  setBackendOut(cluster: string, backend: string, bits: number): void {
+    const slot = this.#backendSlots.get(`${cluster}/${backend}`);
+    if (slot !== undefined) Atomics.store(this.#views.ints, BACKEND_STATE + slot, bits);
   }
 
   /** The counters, summed over the engines, with per-backend health. */
@@ -302,6 +320,7 @@ export class NativePlane {
         cluster: key.slice(0, key.indexOf("/")),
         active: Atomics.load(ints, BACKEND_ACTIVE + slot * 2),
         ejected: ejectedUntil[slot] > now,
+        up: (Atomics.load(ints, BACKEND_STATE + slot) & OUT_DOWN) === 0,
         connections: sum(base),
         failures: sum(base + 1),
         bytesIn: sum(base + 2),
@@ -403,6 +422,7 @@ export class NativePlane {
       this.#backendSlots.delete(old);
       this.#backendSlots.set(key, slot);
       Atomics.store(this.#views.ints, BACKEND_ACTIVE + slot * 2 + 1, 0);
+      Atomics.store(this.#views.ints, BACKEND_STATE + slot, 0);
       this.#views.ejectedUntil[slot] = 0;
       for (let e = 0; e < this.#engines.length; e++) {
         const base = e * ENGINE_STRIDE + ENGINE_BACKENDS + slot * BACKEND_FIELDS;
@@ -426,6 +446,8 @@ export class NativePlane {
         ? POLICY_LEAST_CONNECTIONS
         : cluster.loadBalancing === "random"
         ? POLICY_RANDOM
+        : cluster.loadBalancing === "source_hash"
+        ? POLICY_SOURCE_HASH
         : POLICY_ROUND_ROBIN,
       backends: cluster.backends.flatMap((backend) => {
         const slot = this.#backendSlot(`${cluster.name}/${backend.address}`);
@@ -435,6 +457,8 @@ export class NativePlane {
           address: backend.address,
           sockaddr: new Uint8Array(0),
           weight: backend.weight,
+          backup: backend.backup ?? false,
+          hash: hashText(backend.address),
         };
         // FFI sockets are outside Deno's sandbox: the proxy keeps to --allow-net itself.
         const refused = netRefusal(backend);

@@ -7,7 +7,8 @@
  */
 
 import { relay } from "../relay.ts";
-import { Balancer } from "./balancer.ts";
+import { Balancer, hashText, OUT_DOWN } from "./balancer.ts";
+import { type HealthChange, HealthChecker } from "./health.ts";
 import { acceptLoop, AcceptPauses } from "./accept.ts";
 import { errorCode, failsEveryBackend, localConnectFailure, Throttle } from "./faults.ts";
 import { closeQuietly, connectWithin, listenError } from "./dial.ts";
@@ -89,6 +90,7 @@ export class TcpProxy {
   /** Accept loops paused for want of fds: a closing connection frees some and wakes them. */
   #pauses = new AcceptPauses();
   #counters = new ProxyCounters();
+  #health = new HealthChecker((change) => this.#healthChanged(change));
   #gate = new DenoGate(this.#counters, this.#throttle, (event) => this.#emit(event));
   /** The engines' data plane; null on the Deno-conn path (no FFI, or no engine could start). */
   #native: NativePlane | null = null;
@@ -122,6 +124,7 @@ export class TcpProxy {
         for (const [address, port] of Object.entries(proxy.#native.listenerPorts)) {
           proxy.#emit({ type: "listening", address, port });
         }
+        proxy.#health.apply(spec);
         return proxy;
       }
     }
@@ -131,6 +134,7 @@ export class TcpProxy {
       for (const running of [...proxy.#listeners.values()]) proxy.#stopListener(running, false);
       throw error;
     }
+    proxy.#health.apply(spec);
     return proxy;
   }
 
@@ -233,6 +237,7 @@ export class TcpProxy {
         this.#emit({ type: "listen-failed", address: listener.address, error: message });
       }
     }
+    this.#health.apply(spec);
     this.#counters.reloaded();
     return { added, removed, clusters: changed };
   }
@@ -256,11 +261,13 @@ export class TcpProxy {
    */
   async shutdown(): Promise<void> {
     this.#stopping = true;
+    // Not awaited first: the listeners stop accepting now, in this same turn.
+    const checksStopped = this.#health.stop();
     if (this.#native !== null) {
       const addresses = Object.keys(this.#native.listenerPorts);
       const stopped = this.#native.shutdown(this.#spec.drainTimeoutMs);
       for (const address of addresses) this.#emit({ type: "listener-closed", address });
-      await stopped;
+      await Promise.all([stopped, checksStopped]);
       return;
     }
     for (const running of [...this.#listeners.values()]) this.#stopListener(running);
@@ -272,7 +279,7 @@ export class TcpProxy {
     await Promise.race([drained, deadline]);
     clearTimeout(timer);
     for (const controller of this.#relays) controller.abort();
-    await Promise.all([...this.#settled]);
+    await Promise.all([...this.#settled, checksStopped]);
   }
 
   #reloadNative(
@@ -283,6 +290,7 @@ export class TcpProxy {
     const changed = this.#applyClusters(spec);
     const { added, removed, failed } = native.reload(spec);
     native.forgetHealth(changed);
+    this.#health.apply(spec);
     for (const address of removed) this.#emit({ type: "listener-closed", address });
     const ports = native.listenerPorts;
     for (const address of added) this.#emit({ type: "listening", address, port: ports[address] });
@@ -291,6 +299,14 @@ export class TcpProxy {
     }
     this.#counters.reloaded();
     return { added, removed, clusters: changed };
+  }
+
+  /** A backend's active check changed its verdict: both data planes follow it. */
+  #healthChanged(change: HealthChange): void {
+    const bits = change.up ? 0 : OUT_DOWN;
+    if (this.#native !== null) this.#native.setBackendOut(change.cluster, change.backend, bits);
+    else this.#clusters.get(change.cluster)?.balancer.setOut(change.backend, bits);
+    this.#emit({ type: "backend-health", ...change });
   }
 
   /** How the engines' reports reach the proxy's events. */
@@ -319,6 +335,14 @@ export class TcpProxy {
     }
     for (const name of this.#clusters.keys()) if (!next.has(name)) changed.push(name);
     this.#clusters = next;
+    // A cluster's new balancer starts from the checks' verdicts, not from "all up".
+    for (const runtime of next.values()) {
+      for (const backend of runtime.spec.backends) {
+        if (!this.#health.up(runtime.spec.name, backend.address)) {
+          runtime.balancer.setOut(backend.address, OUT_DOWN);
+        }
+      }
+    }
     this.#byFrontend = new Map();
     for (const runtime of next.values()) {
       for (const frontend of runtime.spec.frontends) {
@@ -484,7 +508,9 @@ export class TcpProxy {
         runtime = passed.target;
         counted = passed.key ?? counted;
       }
-      const chosen = runtime ? await this.#connect(runtime) : { end: "no-backend" as const };
+      const chosen = runtime
+        ? await this.#connect(runtime, record.client)
+        : { end: "no-backend" as const };
       if ("end" in chosen) {
         record.end = chosen.end;
         if (chosen.error !== undefined) record.error = chosen.error;
@@ -541,6 +567,7 @@ export class TcpProxy {
    */
   async #connect(
     runtime: ClusterRuntime,
+    client: string,
   ): Promise<
     { conn: Deno.TcpConn; spec: BackendSpec } | {
       end: "no-backend" | "local-error";
@@ -549,8 +576,10 @@ export class TcpProxy {
   > {
     const tried = new Set<string>();
     let lastError: string | undefined;
+    const host = client.slice(0, client.lastIndexOf(":")).replace(/^\[(.*)\]$/, "$1");
+    const clientHash = runtime.balancer.policy === "source_hash" ? hashText(host) : 0;
     for (;;) {
-      const picked = runtime.balancer.pick(performance.now(), tried);
+      const picked = runtime.balancer.pick(performance.now(), tried, clientHash);
       if (!picked) return { end: "no-backend", error: lastError };
       tried.add(picked.address);
       const spec = runtime.spec.backends.find((b) => b.address === picked.address)!;

@@ -56,11 +56,13 @@ export function specFromConfig(config: Config): ProxySpec {
           : { address: formatAddress(frontend.address), hostname: frontend.hostname }
       ),
       ...(cluster.sendProxy === undefined ? {} : { sendProxy: cluster.sendProxy }),
+      ...(cluster.healthCheck === undefined ? {} : { healthCheck: { ...cluster.healthCheck } }),
       backends: cluster.backends.map((backend) => ({
         address: formatAddress(backend.address),
         hostname: backend.address.hostname,
         port: backend.address.port,
         weight: backend.weight,
+        ...(backend.backup ? { backup: true } : {}),
       })),
     })),
     connectTimeoutMs: config.connectTimeoutMs,

@@ -123,6 +123,7 @@ export class ProxyCounters {
         backends[key] ??= emptyBackend(name);
         backends[key].active = entry.active;
         backends[key].ejected = entry.ejected;
+        backends[key].up = entry.up;
       }
     }
     return {
@@ -145,6 +146,7 @@ function emptyBackend(cluster: string): BackendStats {
     cluster,
     active: 0,
     ejected: false,
+    up: true,
     connections: 0,
     failures: 0,
     bytesIn: 0,

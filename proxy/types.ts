@@ -95,6 +95,36 @@ export interface BackendSpec {
   port: number;
   /** Relative share of new connections; 0 takes none (drained). */
   weight: number;
+  /** Used only while no other backend of the cluster is up; `false` when absent. */
+  backup?: boolean;
+}
+
+/**
+ * Active health checks of a cluster's backends, as in its `health_check` table: connect every
+ * `intervalMs`, write `send` if given, and expect `expect` in the answer if given, all within
+ * `timeoutMs`; `fall` failures in a row take a backend out, `rise` successes bring it back.
+ *
+ * @example
+ * ```ts
+ * import type { HealthCheckSpec } from "@zerocopy/splice/proxy";
+ *
+ * const check: HealthCheckSpec = { intervalMs: 2000, timeoutMs: 1000, rise: 2, fall: 3 };
+ * console.log(check.fall); // 3
+ * ```
+ */
+export interface HealthCheckSpec {
+  /** How often each backend is checked, in ms. */
+  intervalMs: number;
+  /** How long one check may take, in ms. */
+  timeoutMs: number;
+  /** Successes in a row that bring a backend back. */
+  rise: number;
+  /** Failures in a row that take it out. */
+  fall: number;
+  /** Written after the connect. */
+  send?: string;
+  /** Must be in the answer. */
+  expect?: string;
 }
 
 /**
@@ -127,6 +157,8 @@ export interface ClusterSpec {
   frontends: (string | FrontendSpec)[];
   /** A PROXY protocol header, `"v1"` or `"v2"`, sent to each backend first; absent: none. */
   sendProxy?: "v1" | "v2";
+  /** Active health checks of its backends; absent: passive ejection only. */
+  healthCheck?: HealthCheckSpec;
   /** The servers connections are relayed to, tried in policy order until one accepts. */
   backends: BackendSpec[];
 }
@@ -288,6 +320,8 @@ export interface ConnectionRecord {
  *
  * - `"connection"`: a connection finished, with its {@linkcode ConnectionRecord};
  * - `"backend-ejected"`: a backend failed too many connects in a row and is skipped a while;
+ * - `"backend-health"`: a backend's active health check took it out of service (`up` false:
+ *   `fall` failures in a row) or brought it back (`rise` successes), with the `reason`;
  * - `"listening"`: a listener started, with the port it got;
  * - `"listener-closed"`: a listener stopped accepting (reload or shutdown);
  * - `"listen-failed"`: a listener added by a reload could not start;
@@ -321,6 +355,9 @@ export interface ConnectionRecord {
  *     case "backend-ejected":
  *       console.warn(`${event.cluster}: ${event.backend} ejected`);
  *       break;
+ *     case "backend-health":
+ *       console.warn(`${event.cluster}: ${event.backend} ${event.up ? "up" : "down"}`);
+ *       break;
  *     case "listening":
  *       console.log(`listening on ${event.address} (port ${event.port})`);
  *       break;
@@ -347,6 +384,7 @@ export interface ConnectionRecord {
 export type ProxyEvent =
   | { type: "connection"; record: ConnectionRecord }
   | { type: "backend-ejected"; cluster: string; backend: string }
+  | { type: "backend-health"; cluster: string; backend: string; up: boolean; reason: string }
   | { type: "listening"; address: string; port: number }
   | { type: "listener-closed"; address: string }
   | { type: "listen-failed"; address: string; error: string }
@@ -446,6 +484,8 @@ export interface ProxyStats {
     active: number;
     /** Whether passive health skips it now. */
     ejected: boolean;
+    /** Whether its active health check (when its cluster has one) says it is up. */
+    up: boolean;
     /** Connects to it that succeeded. */
     connections: number;
     /** Connects to it that failed or timed out. */

@@ -101,7 +101,7 @@ frontends = [
 backends = [
   { address = "127.0.0.1:9000", weight = 1000000 },
   { address = "[::1]:9001", weight = 0 },
-  { address = "backend-3.internal:65535" },
+  { address = "backend-3.internal:65535", backup = true },
 ]
 
 [clusters.v6_only-2]
@@ -154,16 +154,16 @@ export const FULL_CONFIG: Config = {
         { address: { hostname: "127.0.0.1", port: 8080 }, hostname: "*.example.com" },
       ],
       backends: [
-        { address: { hostname: "127.0.0.1", port: 9000 }, weight: 1_000_000 },
-        { address: { hostname: "::1", port: 9001 }, weight: 0 },
-        { address: { hostname: "backend-3.internal", port: 65_535 }, weight: 100 },
+        { address: { hostname: "127.0.0.1", port: 9000 }, weight: 1_000_000, backup: false },
+        { address: { hostname: "::1", port: 9001 }, weight: 0, backup: false },
+        { address: { hostname: "backend-3.internal", port: 65_535 }, weight: 100, backup: true },
       ],
     },
     "v6_only-2": {
       protocol: "tcp",
       loadBalancing: "round_robin",
       frontends: [{ address: { hostname: "::1", port: 0 } }],
-      backends: [{ address: { hostname: "10.0.0.1", port: 1 }, weight: 100 }],
+      backends: [{ address: { hostname: "10.0.0.1", port: 1 }, weight: 100, backup: false }],
     },
   },
 };

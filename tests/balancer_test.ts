@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { Balancer } from "../proxy/balancer.ts";
+import { Balancer, hashText, OUT_DOWN } from "../proxy/balancer.ts";
 
 const A = { address: "127.0.0.1:9000", weight: 100 };
 const B = { address: "127.0.0.1:9001", weight: 100 };
@@ -81,4 +81,56 @@ Deno.test("Balancer: exclusion skips backends already tried; all ejected still y
   balancer.failed(B.address, 5);
   // Both ejected: the one whose ejection ends first is tried rather than refusing.
   assert.equal(balancer.pick(10)?.address, A.address);
+});
+
+Deno.test("Balancer: a backend taken out (setOut) gets nothing until it is back; none left: null", () => {
+  const balancer = new Balancer([A, B], "round_robin");
+  balancer.setOut(A.address, OUT_DOWN);
+  for (let i = 0; i < 6; i++) assert.equal(balancer.pick(0)?.address, B.address);
+  assert.deepEqual(balancer.snapshot(0).map((s) => s.up), [false, true]);
+  balancer.setOut(B.address, OUT_DOWN);
+  assert.equal(balancer.pick(0), null, "down is not tried, unlike ejected");
+  balancer.setOut(A.address, 0);
+  assert.equal(balancer.pick(0)?.address, A.address);
+});
+
+Deno.test("Balancer: backups serve only while no other backend is up, in every policy", () => {
+  const backup = { address: "127.0.0.1:9009", weight: 100, backup: true };
+  for (const policy of ["round_robin", "least_connections", "random", "source_hash"] as const) {
+    const balancer = new Balancer([A, B, backup], policy);
+    for (let i = 0; i < 20; i++) {
+      assert.notEqual(balancer.pick(0, undefined, i)?.address, backup.address, policy);
+    }
+    balancer.setOut(A.address, OUT_DOWN);
+    assert.equal(balancer.pick(0, new Set([B.address]), 1)?.address, backup.address, policy);
+    for (let i = 0; i < 3; i++) balancer.failed(B.address, 0); // B ejected too
+    assert.equal(balancer.pick(1, undefined, 2)?.address, backup.address, policy);
+    balancer.setOut(A.address, 0);
+    assert.equal(balancer.pick(1, undefined, 3)?.address, A.address, policy);
+  }
+});
+
+Deno.test("Balancer: source_hash sends a client to the same backend, follows weights, and a removal moves only the removed backend's clients", () => {
+  const D = { address: "127.0.0.1:9003", weight: 100 };
+  const four = new Balancer([A, B, C, D], "source_hash");
+  const clients = Array.from({ length: 6000 }, (_, i) => hashText(`10.0.${i >> 8}.${i & 255}`));
+  const before = clients.map((h) => four.pick(0, undefined, h)!.address);
+  assert.deepEqual(clients.map((h) => four.pick(0, undefined, h)!.address), before, "stable");
+  // Weights 100/100/300/100: C takes half, the others a sixth each (within 10%).
+  const share = counts(before);
+  assert.ok(Math.abs(share[C.address] / 3000 - 1) < 0.1, JSON.stringify(share));
+  for (const b of [A, B, D]) assert.ok(Math.abs(share[b.address] / 1000 - 1) < 0.1);
+  // D removed: its clients move, nobody else's does.
+  const three = new Balancer([A, B, C], "source_hash");
+  const after = clients.map((h) => three.pick(0, undefined, h)!.address);
+  for (let i = 0; i < clients.length; i++) {
+    if (before[i] !== D.address) assert.equal(after[i], before[i], `client ${i} moved`);
+  }
+  // A backend down is skipped for its clients only, and they come back with it.
+  four.setOut(A.address, OUT_DOWN);
+  const down = clients.map((h) => four.pick(0, undefined, h)!.address);
+  for (let i = 0; i < clients.length; i++) {
+    if (before[i] !== A.address) assert.equal(down[i], before[i]);
+    else assert.notEqual(down[i], A.address);
+  }
 });

@@ -22,7 +22,7 @@ Deno.test("parseConfig and loadConfig: a full proxy file round-trips into the ex
     protocol: "tcp",
     loadBalancing: "round_robin",
     frontends: [{ address: { hostname: "127.0.0.1", port: 8080 } }],
-    backends: [{ address: { hostname: "127.0.0.1", port: 9000 }, weight: 100 }],
+    backends: [{ address: { hostname: "127.0.0.1", port: 9000 }, weight: 100, backup: false }],
   });
 });
 
@@ -97,7 +97,7 @@ Deno.test("parseConfig suggests the nearest valid value for an unknown enum valu
     keyPath: "clusters.app.load_balancing",
     value: "round-robin",
     message: 'clusters.app.load_balancing = "round-robin": expected one of "round_robin", ' +
-      '"least_connections", "random": did you mean "round_robin"?',
+      '"least_connections", "random", "source_hash": did you mean "round_robin"?',
   });
 
   issue = onlyIssue('splice_mode = "zero-copy"');

@@ -134,3 +134,44 @@ Deno.test("parseConfig: the stage keys are range-checked and typo-checked; specF
   ]);
   assert.equal(spec.clusters[0].sendProxy, "v2");
 });
+
+Deno.test("parseConfig: health_check, backup and source_hash: defaults, ranges and typos named; specFromConfig passes them on", () => {
+  const config = parseConfig(
+    toml(
+      "",
+      undefined,
+      'load_balancing = "source_hash"\nhealth_check = { send = "PING\\r\\n", expect = "PONG" }',
+    ).replace(
+      'backends = [{ address = "127.0.0.1:9000" }]',
+      'backends = [{ address = "127.0.0.1:9000" }, { address = "127.0.0.1:9001", backup = true }]',
+    ),
+  );
+  const app = config.clusters.app;
+  assert.equal(app.loadBalancing, "source_hash");
+  assert.deepEqual(app.healthCheck, {
+    intervalMs: 2000,
+    timeoutMs: 1000,
+    rise: 2,
+    fall: 3,
+    send: "PING\r\n",
+    expect: "PONG",
+  });
+  assert.deepEqual(app.backends.map((b) => b.backup), [false, true]);
+  const spec = specFromConfig(config);
+  assert.deepEqual(spec.clusters[0].backends.map((b) => b.backup), [undefined, true]);
+  assert.equal(spec.clusters[0].healthCheck?.send, "PING\r\n");
+  assert.deepEqual(
+    problems(toml(
+      "",
+      undefined,
+      "health_check = { interval_ms = 50, rise = 0, fal = 3 }\n" + 'load_balancing = "source_hsah"',
+    )),
+    [
+      "clusters.app.health_check.interval_ms = 50: expected a whole number from 100 to 3600000",
+      "clusters.app.health_check.rise = 0: expected a whole number from 1 to 1000",
+      'unknown key "clusters.app.health_check.fal": did you mean "fall"?',
+      'clusters.app.load_balancing = "source_hsah": expected one of "round_robin", ' +
+      '"least_connections", "random", "source_hash": did you mean "source_hash"?',
+    ],
+  );
+});
