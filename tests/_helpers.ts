@@ -186,7 +186,7 @@ export function outputLines(child: Deno.ChildProcess): OutputLines {
  */
 export function spawnProxyWithoutFfi(
   configPath: string,
-): { child: Deno.ChildProcess; output: OutputLines } {
+): { child: Deno.ChildProcess; output: OutputLines; kill(): Promise<void> } {
   const child = new Deno.Command(Deno.execPath(), {
     args: [
       "run",
@@ -203,7 +203,21 @@ export function spawnProxyWithoutFfi(
     stderr: "piped",
     env: { NO_COLOR: "1" },
   }).spawn();
-  return { child, output: outputLines(child) };
+  const output = outputLines(child);
+  return {
+    child,
+    output,
+    /** Kills it if it still runs, and waits for it and its output to end. */
+    async kill(): Promise<void> {
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // already exited
+      }
+      await child.status;
+      await output.done;
+    },
+  };
 }
 
 export { fillPattern, receiveAll, sendPattern } from "../demo/payload.ts";

@@ -119,7 +119,8 @@ Deno.test('proxy.ts without --allow-ffi: access_log = "errors" logs the failed c
   const dir = await Deno.makeTempDir();
   const path = `${dir}/proxy.toml`;
   await Deno.writeTextFile(path, twoListeners("errors", good, bad, echo.port, dead));
-  const { child, output } = spawnProxyWithoutFfi(path);
+  const proxyProcess = spawnProxyWithoutFfi(path);
+  const { child, output } = proxyProcess;
   try {
     // Until it listens, connects are refused: retried, bounded.
     await waitFor(
@@ -138,13 +139,7 @@ Deno.test('proxy.ts without --allow-ffi: access_log = "errors" logs the failed c
     assert.equal(logged.length, 1, output.lines.join("\n"));
     assert.match(logged[0], new RegExp(`-> 127\\.0\\.0\\.1:${bad} -> bad/- .* end=no-backend`));
   } finally {
-    try {
-      child.kill("SIGKILL");
-    } catch {
-      // already exited
-    }
-    await child.status;
-    await output.done;
+    await proxyProcess.kill();
     await echo.close();
     await Deno.remove(dir, { recursive: true });
   }

@@ -510,7 +510,8 @@ Deno.test("proxy.ts without --allow-ffi: relays through Deno conns byte-exact an
       backends: [`127.0.0.1:${backend.port}`],
     }),
   );
-  const { child, output } = spawnProxyWithoutFfi(path);
+  const proxyProcess = spawnProxyWithoutFfi(path);
+  const { child, output } = proxyProcess;
   try {
     // Until it listens, connects are refused: retried, bounded.
     await waitFor(
@@ -529,13 +530,7 @@ Deno.test("proxy.ts without --allow-ffi: relays through Deno conns byte-exact an
     assert.equal(said.length, 1, `lines naming --allow-ffi:\n${output.lines.join("\n")}`);
     assert.match(said[0], /Deno/, said[0]);
   } finally {
-    try {
-      child.kill("SIGKILL");
-    } catch {
-      // already exited
-    }
-    await child.status;
-    await output.done;
+    await proxyProcess.kill();
     await backend.close();
     await Deno.remove(dir, { recursive: true });
   }

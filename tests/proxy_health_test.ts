@@ -272,7 +272,8 @@ backends = [
 health_check = { interval_ms = 100, timeout_ms = 200, rise = 1, fall = 1 }
 `,
   );
-  const { child, output } = spawnProxyWithoutFfi(path);
+  const proxyProcess = spawnProxyWithoutFfi(path);
+  const { child, output } = proxyProcess;
   try {
     await output.line(/^ready$/, "the proxy to start");
     for (let i = 0; i < 3; i++) assert.equal(await via(port), "main");
@@ -291,13 +292,7 @@ health_check = { interval_ms = 100, timeout_ms = 200, rise = 1, fall = 1 }
     child.kill("SIGTERM");
     assert.equal((await within(child.status, 15_000, "proxy.ts to exit")).code, 0);
   } finally {
-    try {
-      child.kill("SIGKILL");
-    } catch {
-      // already exited
-    }
-    await child.status;
-    await output.done;
+    await proxyProcess.kill();
     await main.stop();
     await spare.stop();
     await Deno.remove(dir, { recursive: true });

@@ -133,7 +133,8 @@ frontends = [{ address = "127.0.0.1:${sni}", hostname = "*.example.com" }]
 backends = [{ address = "127.0.0.1:${echo.port}" }]
 `,
   );
-  const { child, output } = spawnProxyWithoutFfi(path);
+  const proxyProcess = spawnProxyWithoutFfi(path);
+  const { child, output } = proxyProcess;
   const payload = Uint8Array.from({ length: 50_000 }, (_, i) => (i * 7) & 255);
   const header = (hostname: string, port: number): Uint8Array =>
     encodeProxyHeader(1, { hostname, port }, { hostname: "127.0.0.1", port: pp });
@@ -184,13 +185,7 @@ backends = [{ address = "127.0.0.1:${echo.port}" }]
     const status = await within(child.status, 15_000, "proxy.ts to exit on SIGTERM");
     assert.equal(status.code, 0, output.lines.join("\n"));
   } finally {
-    try {
-      child.kill("SIGKILL");
-    } catch {
-      // already exited
-    }
-    await child.status;
-    await output.done;
+    await proxyProcess.kill();
     await echo.close();
     await reader.close();
     await Deno.remove(dir, { recursive: true });
