@@ -1,6 +1,6 @@
 /**
- * The proxy's data plane inside an engine Worker: listening sockets, accept, the backend
- * choice, the non-blocking connect with its timeout and retries, and the record of each
+ * The proxy's data plane inside an engine Worker: listening sockets, accept, the listener's
+ * stages (plane_gate.ts), the connect (plane_connect.ts), and the end and record of each
  * connection. A connection accepted here never becomes a Deno conn and never touches the main
  * thread: once its backend connects it is an ordinary relay of the loop (pump.ts), which this
  * module closes when it ends.
@@ -8,22 +8,15 @@
  * Invariants:
  * - a listener slot's open count (shared) is taken before a connection is served and given
  *   back exactly once, when `ended` runs for it, so `max_connections` holds across engines;
- * - a backend slot's active count is taken when its connect succeeds and given back in `ended`;
- * - while a connection connects, only its backend socket's writability is looked at; the
- *   client's readiness is remembered for the relay, and its bytes wait in the kernel;
- * - every socket this module opens is closed by it: on a failed connect at once (which also
- *   takes it out of epoll), the pair when the relay ends.
+ * - a backend slot's active count, taken when its connect succeeds, is given back in `ended`;
+ * - the client socket accepted here, and the backend socket once connected, are closed here,
+ *   the pair when the relay ends.
  *
  * @module
  */
 
 import { errno, libc } from "../ffi/libc.ts";
-import {
-  acceptErrorKind,
-  failsEveryBackend,
-  localConnectFailure,
-  nextBackoff,
-} from "../proxy/faults.ts";
+import { acceptErrorKind, nextBackoff } from "../proxy/faults.ts";
 import { logged } from "../proxy/types.ts";
 import {
   EPOLL_CTL_ADD,
@@ -34,35 +27,26 @@ import {
   IPPROTO_TCP,
   SOCK_CLOEXEC,
   SOCK_NONBLOCK,
-  SOCK_STREAM,
   TCP_NODELAY,
 } from "../ffi/constants.ts";
-import { EAGAIN, ECONNRESET, EINPROGRESS, EINTR, errnoName } from "../ffi/errno.ts";
+import { EAGAIN, EINTR, errnoName } from "../ffi/errno.ts";
 
 /** accept(2) on a socket that no longer listens. */
 const EINVAL = 22;
 
-/** Permission denied: how a backend outside --allow-net is counted. */
-const EACCES = 13;
-import { formatSockaddr, SOCKADDR_MAX, sockaddrFamily, sockaddrIp } from "../ffi/net.ts";
-import { socketError } from "../ffi/tcp.ts";
-import { failRead, Relay } from "./pump.ts";
+import { formatSockaddr, SOCKADDR_MAX, sockaddrIp } from "../ffi/net.ts";
+import { Relay } from "./pump.ts";
 import { type Failure, recordOf, ReportQueue } from "./plane_report.ts";
-import { markConnected, markFailed, pickBackend } from "./plane_pick.ts";
 import {
   ACCEPT_CODES,
   ACCEPTING,
   BACKEND_ACTIVE,
   BACKEND_FIELDS,
-  type BackendRoute,
-  type ClusterRoute,
   ENGINE_ACCEPT_ERRORS,
   ENGINE_BACKENDS,
   ENGINE_BYTES_IN,
   ENGINE_BYTES_OUT,
-  ENGINE_CONNECT_FAILURES,
   ENGINE_COPIED,
-  ENGINE_LOCAL_ERRORS,
   ENGINE_OPEN,
   ENGINE_OPENED,
   ENGINE_REJECTED,
@@ -70,23 +54,18 @@ import {
   ENGINE_STRIDE,
   LISTENER_OPEN,
   type ListenerRoute,
-  LOCAL_CODES,
   type PlaneEnd,
-  type PlaneEvent,
   type PlaneViews,
   planeViews,
-  POLICY_SOURCE_HASH,
   PUBLISHED,
   RELOADING,
   type Routes,
   ticketIndex,
 } from "./plane_layout.ts";
-import { syscallNumber } from "./wire.ts";
 import { Gate } from "./plane_gate.ts";
-import { hashText } from "../proxy/balancer.ts";
+import { Connector, type PlaneHost } from "./plane_connect.ts";
 import { admitted, firstStages, listenerRules, type Stages } from "./plane_stages.ts";
 
-const GETSOCKOPT = syscallNumber("getsockopt");
 /** The `tried` list of a connection before its first attempt; never written to. */
 const NONE_TRIED: number[] = [];
 /** Connections one listener may accept per wake-up before other work gets a turn. */
@@ -100,23 +79,6 @@ export const LISTENER_TOKEN = 0x80000000;
 const FIRST_ID = 2 ** 29;
 const LAST_ID = 2 ** 30;
 /** accept(2) errors that say the process is short of a resource: the listener pauses. */
-
-/** What the loop lends the plane. */
-export interface PlaneHost {
-  epfd: number;
-  relays: Map<number, Relay>;
-  now(): number;
-  /** Registers a relay side (edge-triggered, both ways); returns 0 or the errno. */
-  register(fd: number, token: number): number;
-  /** Pumps a relay that can move bytes now. */
-  service(relay: Relay): void;
-  /** Ends a relay: the loop deregisters it, then calls {@linkcode Plane.ended}. */
-  finishNow(relay: Relay, end: PlaneEnd): void;
-  /** Asks for a timeout check at `at` (the loop's clock). */
-  wakeAt(at: number): void;
-  /** Relays that have a deadline (connect or idle). */
-  timed: Set<Relay>;
-}
 
 interface Listening {
   route: ListenerRoute;
@@ -146,6 +108,7 @@ export class Plane {
   #one = new Int32Array([1]);
   #control = new Uint8Array(16);
   #gate: Gate;
+  #connector: Connector;
   #controlView = new DataView(this.#control.buffer);
 
   constructor(host: PlaneHost, buffer: SharedArrayBuffer, engine: number) {
@@ -158,6 +121,14 @@ export class Plane {
       (engine + 1) * ENGINE_STRIDE,
     );
     this.#gate = new Gate(host, this.#counters, this.#report);
+    this.#connector = new Connector(
+      host,
+      this.#views,
+      this.#counters,
+      this.#report,
+      this.#gate,
+      () => this.#routes,
+    );
   }
 
   /** The queue of what is to be posted (see plane_report.ts). */
@@ -405,7 +376,7 @@ export class Plane {
       this.#host.finishNow(relay, "no-backend");
       return;
     }
-    this.#connectNext(relay, cluster);
+    this.#connector.next(relay, cluster);
   }
 
   /** The client of a relay still in its stages sent bytes (or hung up): reads them. */
@@ -416,201 +387,18 @@ export class Plane {
       this.#host.finishNow(relay, "no-backend");
       return;
     }
-    this.#connectNext(relay, cluster);
+    this.#connector.next(relay, cluster);
   }
 
-  /** Starts a connect to the next backend, or ends the connection when none is left. */
-  #connectNext(relay: Relay, cluster: ClusterRoute): void {
-    const proxied = relay.proxied!;
-    const symbols = libc();
-    for (;;) {
-      // The slot of the attempt before joins the list only now: most connections make one
-      // attempt, and a list held for each would cost memory per connection.
-      if (proxied.backendSlot >= 0) proxied.tried = [...proxied.tried, proxied.backendSlot];
-      const backend = pickBackend(
-        cluster,
-        proxied.tried,
-        this.#views,
-        cluster.policy === POLICY_SOURCE_HASH ? hashText(hostOf(proxied.client)) : 0,
-      );
-      if (backend === null) {
-        // As on the Deno path: "local-error" only when every backend would fail alike.
-        this.#host.finishNow(relay, "no-backend");
-        return;
-      }
-      proxied.backendSlot = backend.slot;
-      proxied.backend = backend.address;
-      if (backend.refusal !== undefined) {
-        proxied.reason = backend.refusal.reason;
-        if (!backend.refusal.local) {
-          this.#backendFailed(relay, cluster, backend, 0, "connect");
-          continue;
-        }
-        if (this.#localFailure(relay, cluster, backend, EACCES, "connect")) return;
-        continue;
-      }
-      proxied.reason = "";
-      const fd = symbols.socket(
-        sockaddrFamily(backend.sockaddr),
-        SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
-        0,
-      );
-      if (fd < 0) {
-        if (this.#localFailure(relay, cluster, backend, errno(), "socket")) return;
-        continue;
-      }
-      symbols.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, this.#one, 4);
-      const result = symbols.connect(fd, backend.sockaddr, backend.sockaddr.byteLength);
-      const code = result === 0 ? 0 : errno();
-      if (result === 0 || code === EINPROGRESS) {
-        relay.b.fd = fd;
-        const failed = this.#host.register(fd, relay.id * 2 + 1);
-        if (failed !== 0) {
-          relay.b.fd = -1;
-          symbols.close(fd);
-          if (this.#localFailure(relay, cluster, backend, failed, "epoll_ctl")) return;
-          continue;
-        }
-        if (result === 0) {
-          this.#connected(relay, backend);
-          return;
-        }
-        relay.connectDeadline = this.#host.now() + proxied.connectTimeoutMs;
-        this.#host.timed.add(relay);
-        this.#host.wakeAt(relay.connectDeadline);
-        return;
-      }
-      symbols.close(fd);
-      if (localCode(code) !== null) {
-        if (this.#localFailure(relay, cluster, backend, code, "connect")) return;
-        continue;
-      }
-      this.#backendFailed(relay, cluster, backend, code, "connect");
-    }
-  }
-
-  /**
-   * The backend socket of a connecting relay is writable, or `failed` (an error or hang-up was
-   * reported, which SO_ERROR explains): the connect is over.
-   */
+  /** The backend socket of a connecting relay is writable, or `failed` (see Connector). */
   connectReady(relay: Relay, failed: boolean): void {
-    const proxied = relay.proxied!;
-    const cluster = proxied.cluster;
-    const backend = cluster?.backends.find((b) => b.slot === proxied.backendSlot);
-    const code = failed ? socketError(relay.b.fd) : 0;
-    if ((code === 0 || code === ECONNRESET) && backend) {
-      // ECONNRESET: the handshake completed and the backend reset right after. It did accept,
-      // so this is a relay that ends in a reset, passed on to the client as one.
-      if (code === ECONNRESET) failRead(relay, relay.b, code, GETSOCKOPT);
-      this.#connected(relay, backend);
-      return;
-    }
-    this.#dropBackendSocket(relay);
-    if (!cluster || !backend) {
-      this.#host.finishNow(relay, "no-backend");
-      return;
-    }
-    this.#backendFailed(relay, cluster, backend, code, "connect");
-    this.#connectNext(relay, cluster);
+    this.#connector.ready(relay, failed);
   }
 
-  /** A connect ran past its deadline: its socket is closed at once, the next backend tried. */
+  /** A connect ran past its deadline (or a stage did: see Gate). */
   connectTimedOut(relay: Relay): void {
-    const proxied = relay.proxied!;
-    if ((proxied.stages?.pending ?? 0) !== 0) {
-      this.#gate.timedOut(relay);
-      return;
-    }
-    const cluster = proxied.cluster;
-    const backend = cluster?.backends.find((b) => b.slot === proxied.backendSlot);
-    this.#dropBackendSocket(relay);
-    if (!cluster || !backend) {
-      this.#host.finishNow(relay, "no-backend");
-      return;
-    }
-    this.#backendFailed(relay, cluster, backend, 110, "connect"); // ETIMEDOUT
-    this.#connectNext(relay, cluster);
-  }
-
-  #dropBackendSocket(relay: Relay): void {
-    if (relay.b.fd < 0) return;
-    // Out of epoll before the close: a child process spawned meanwhile may hold a copy of the
-    // fd, and the registration would outlive the close and report on the next socket's token.
-    libc().epoll_ctl(this.#host.epfd, EPOLL_CTL_DEL, relay.b.fd, this.#control);
-    libc().close(relay.b.fd);
-    relay.b.fd = -1;
-    relay.b.readable = false;
-    relay.b.writable = false;
-  }
-
-  #connected(relay: Relay, backend: BackendRoute): void {
-    relay.connecting = false;
-    relay.connectDeadline = 0;
-    this.#host.timed.delete(relay);
-    markConnected(this.#views, backend.slot);
-    this.#counters[ENGINE_BACKENDS + backend.slot * BACKEND_FIELDS]++;
-    relay.lastActive = this.#host.now();
-    if (relay.idleMs > 0) {
-      this.#host.timed.add(relay);
-      this.#host.wakeAt(relay.lastActive + relay.idleMs);
-    }
-    const version = relay.proxied!.cluster?.sendProxy ?? 0;
-    if (version !== 0) this.#gate.sendProxyHeader(relay, version);
-    this.#host.service(relay);
-  }
-
-  /** Counts a failure the backend caused; ejects it at the threshold (once, across engines). */
-  #backendFailed(
-    relay: Relay,
-    cluster: ClusterRoute,
-    backend: BackendRoute,
-    code: number,
-    syscall: string,
-  ): void {
-    const proxied = relay.proxied!;
-    proxied.errno = code;
-    proxied.syscall = syscall;
-    this.#counters[ENGINE_CONNECT_FAILURES]++;
-    this.#counters[ENGINE_BACKENDS + backend.slot * BACKEND_FIELDS + 1]++;
-    const routes = this.#routes!;
-    if (!markFailed(this.#views, backend.slot, routes.failuresToEject, routes.ejectMs)) return;
-    this.#report.event({
-      type: "backend-ejected",
-      cluster: cluster.name,
-      backend: backend.address,
-    });
-  }
-
-  /**
-   * Counts a failure that is the proxy's own (out of fds or ports); no backend is blamed.
-   * Returns `true` when the connection was ended: every backend would fail the same way.
-   */
-  #localFailure(
-    relay: Relay,
-    cluster: ClusterRoute,
-    backend: BackendRoute,
-    code: number,
-    syscall: string,
-  ): boolean {
-    const proxied = relay.proxied!;
-    const name = localCode(code) ?? errnoName(code);
-    proxied.errno = code;
-    proxied.syscall = syscall;
-    proxied.local = true;
-    const index = LOCAL_CODES.indexOf(name);
-    if (index !== -1) this.#counters[ENGINE_LOCAL_ERRORS + index]++;
-    const event: PlaneEvent = {
-      type: "local-error",
-      cluster: cluster.name,
-      backend: backend.address,
-      code: name,
-      errno: code,
-    };
-    if (proxied.reason !== "") event.reason = proxied.reason;
-    this.#report.event(event);
-    if (!failsEveryBackend(name)) return false;
-    this.#host.finishNow(relay, "local-error");
-    return true;
+    if ((relay.proxied!.stages?.pending ?? 0) !== 0) this.#gate.timedOut(relay);
+    else this.#connector.timedOut(relay);
   }
 
   /**
@@ -652,17 +440,4 @@ export class Plane {
     if (relay.a.fd >= 0) symbols.close(relay.a.fd);
     if (relay.b.fd >= 0) symbols.close(relay.b.fd);
   }
-}
-
-/** The host of a `host:port` client address (IPv6 without brackets): what source_hash hashes. */
-function hostOf(client: string): string {
-  const host = client.slice(0, client.lastIndexOf(":"));
-  return host.startsWith("[") ? host.slice(1, -1) : host;
-}
-
-/** The name a connect errno gets when it is the proxy's own failure, else null. */
-function localCode(code: number): string | null {
-  const name = errnoName(code);
-  // Deno's words for these (proxy/faults.ts) are "permission".
-  return localConnectFailure(name === "EACCES" || name === "EPERM" ? "permission" : name);
 }
