@@ -316,7 +316,21 @@ async function main(): Promise<number> {
     try {
       serveAdmin(
         config.metrics.address,
-        { stats: () => proxy.stats(), reload: () => reload("admin") },
+        {
+          stats: () => proxy.stats(),
+          reload: () => reload("admin"),
+          backend: (cluster, backend) => proxy.backend(cluster, backend),
+          setBackend: (cluster, backend, change) => {
+            const view = proxy.setBackend(cluster, backend, change);
+            if (view !== null) {
+              say(
+                `backend ${cluster}/${backend}: set at run time (admin): ` +
+                  `${view.state}, weight ${view.weight}`,
+              );
+            }
+            return view;
+          },
+        },
         stop.signal,
         { token: config.metrics.token, log: say },
       );

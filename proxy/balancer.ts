@@ -59,6 +59,10 @@ interface State {
  * BACKEND_STATE): the active health check says it is down.
  */
 export const OUT_DOWN = 1;
+/** Out-of-service bit: drained at run time (no new connections; open ones finish). */
+export const OUT_DRAIN = 2;
+/** Out-of-service bit: in maintenance at run time (no new connections, no health checks). */
+export const OUT_MAINT = 4;
 
 /** Connect failures in a row that eject a backend (both data planes). */
 export const DEFAULT_FAILURES_TO_EJECT = 3;

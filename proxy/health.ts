@@ -48,6 +48,8 @@ interface Check {
   timer: ReturnType<typeof setTimeout> | undefined;
   running: Promise<void> | null;
   stopped: boolean;
+  /** Paused by the operator (maintenance): no check runs, the last verdict stands. */
+  paused: boolean;
 }
 
 /** The active checks of one proxy. */
@@ -64,10 +66,7 @@ export class HealthChecker {
    * keep their state, removed ones stop (reported back in service if they were out).
    */
   apply(spec: ProxySpec): void {
-    const wanted = new Map<
-      string,
-      Omit<Check, "state" | "successes" | "failures" | "timer" | "running" | "stopped">
-    >();
+    const wanted = new Map<string, Pick<Check, "cluster" | "backend" | "spec" | "signature">>();
     for (const cluster of spec.clusters) {
       if (cluster.healthCheck === undefined) continue;
       for (const backend of cluster.backends) {
@@ -104,8 +103,25 @@ export class HealthChecker {
         timer: undefined,
         running: null,
         stopped: false,
+        paused: false,
       };
       this.#checks.set(key, check);
+      this.#run(check);
+    }
+  }
+
+  /**
+   * Pauses (maintenance) or resumes the checks of `key` (`cluster/address`); a resumed backend
+   * is checked at once. Nothing for a backend not checked.
+   */
+  pause(key: string, paused: boolean): void {
+    const check = this.#checks.get(key);
+    if (check === undefined || check.paused === paused) return;
+    check.paused = paused;
+    if (paused) {
+      clearTimeout(check.timer);
+      check.timer = undefined;
+    } else if (check.running === null) {
       this.#run(check);
     }
   }
@@ -138,7 +154,7 @@ export class HealthChecker {
   #run(check: Check): void {
     check.running = probe(check.backend, check.spec).then((failure) => {
       check.running = null;
-      if (check.stopped) return;
+      if (check.stopped || check.paused) return;
       this.#record(check, failure);
       check.timer = setTimeout(() => this.#run(check), check.spec.intervalMs);
     });

@@ -13,7 +13,8 @@
 
 import { Throttle } from "./faults.ts";
 import { describeHttpEvent, type HttpLimits, type HttpRefusal, serveHttp } from "./http.ts";
-import type { ProxyStats } from "./types.ts";
+import type { BackendView, ProxyStats } from "./types.ts";
+import { type BackendChange, parseBackendChange } from "./control.ts";
 import { REFUSAL_CODES } from "../engine/plane_layout.ts";
 
 /**
@@ -184,15 +185,21 @@ const LOG_INTERVAL_MS = 1000;
 
 interface Route {
   readonly method: "GET" | "POST" | "PUT" | "DELETE";
-  readonly path: string;
+  /** The path, or a pattern whose groups are the route's parameters (URL-decoded). */
+  readonly path: string | RegExp;
   /**
    * Whether the route changes state. Such routes are refused to cross-site requests and need
    * the token when one is set; the others must be safe to answer to anyone who passes the Host
    * check. There is no default: each route says which it is.
    */
   readonly changesState: boolean;
-  readonly handle: () => Response | Promise<Response>;
+  /** Whether the route takes the body (as text, at most MAX_BODY_BYTES); others discard it. */
+  readonly readsBody?: boolean;
+  readonly handle: (params: string[], body: string) => Response | Promise<Response>;
 }
+
+/** The backend routes' path: `/clusters/{cluster}/backends/{address}`. */
+const BACKEND_PATH = /^\/clusters\/([^/]+)\/backends\/([^/]+)$/;
 
 /**
  * Serves `GET /metrics`, `GET /status` and `POST /reload` on `address` until `signal` aborts.
@@ -237,7 +244,14 @@ interface Route {
  */
 export function serveAdmin(
   address: { hostname: string; port: number },
-  handlers: { stats: () => ProxyStats; reload: () => Promise<string | null> },
+  handlers: {
+    stats: () => ProxyStats;
+    reload: () => Promise<string | null>;
+    /** `GET /clusters/{cluster}/backends/{address}`; null: no such backend (404). */
+    backend?: (cluster: string, backend: string) => BackendView | null;
+    /** `PUT` of the same path: a runtime change; null: no such backend (404). */
+    setBackend?: (cluster: string, backend: string, change: BackendChange) => BackendView | null;
+  },
   signal: AbortSignal,
   options: AdminOptions = {},
 ): AdminServer {
@@ -283,6 +297,31 @@ export function serveAdmin(
         return error === null
           ? Response.json({ reloaded: true })
           : Response.json({ reloaded: false, error }, { status: 400 });
+      },
+    },
+    {
+      method: "GET",
+      path: BACKEND_PATH,
+      changesState: false,
+      handle: ([cluster, backend]) => {
+        const view = handlers.backend?.(cluster, backend) ?? null;
+        return view === null ? noBackend(cluster, backend) : Response.json(view);
+      },
+    },
+    {
+      method: "PUT",
+      path: BACKEND_PATH,
+      changesState: true,
+      readsBody: true,
+      handle: ([cluster, backend], body) => {
+        let change: BackendChange;
+        try {
+          change = parseBackendChange(body);
+        } catch (error) {
+          return new Response(`${(error as Error).message}\n`, { status: 400 });
+        }
+        const view = handlers.setBackend?.(cluster, backend, change) ?? null;
+        return view === null ? noBackend(cluster, backend) : Response.json(view);
       },
     },
   ];
@@ -336,9 +375,14 @@ export function serveAdmin(
       });
     }
     const path = new URL(request.url).pathname;
-    const onPath = routes.filter((r) => r.path === path);
+    const onPath = routes.filter((r) =>
+      typeof r.path === "string" ? r.path === path : r.path.test(path)
+    );
     if (onPath.length === 0) {
-      return new Response("Not found: try /metrics, /status or POST /reload\n", { status: 404 });
+      return new Response(
+        "Not found: try /metrics, /status, POST /reload or /clusters/{cluster}/backends/{address}\n",
+        { status: 404 },
+      );
     }
     // HEAD is answered as GET; the server leaves the body out.
     const method = request.method === "HEAD" ? "GET" : request.method;
@@ -369,13 +413,21 @@ export function serveAdmin(
         });
       }
     }
-    if (!await discardBody(request, MAX_BODY_BYTES)) {
+    const body = route.readsBody
+      ? await readBody(request, MAX_BODY_BYTES)
+      : await discardBody(request, MAX_BODY_BYTES)
+      ? ""
+      : null;
+    if (body === null) {
       return refuse("too-large", context, {
         status: 413,
         message: `Request body too large: the limit is ${MAX_BODY_BYTES} bytes`,
       });
     }
-    return await route.handle();
+    const params = typeof route.path === "string"
+      ? []
+      : route.path.exec(path)!.slice(1).map((part) => safeDecode(part));
+    return await route.handle(params, body);
   });
   return {
     addr: server.addr,
@@ -493,6 +545,47 @@ function bearerCheck(token: string | undefined): (header: string | null) => Prom
  * body is not declared in advance, so only reading it finds out. Discarding keeps the connection
  * usable for the next request.
  */
+/** The body as text, or null when it is over `limit` bytes (the rest left unread). */
+async function readBody(request: Request, limit: number): Promise<string | null> {
+  if (request.body === null) return "";
+  const reader = request.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      total += value.byteLength;
+      if (total > limit) return null;
+      chunks.push(value);
+    }
+  } finally {
+    reader.releaseLock();
+  }
+  const bytes = new Uint8Array(total);
+  let offset = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return new TextDecoder().decode(bytes);
+}
+
+/** A URL path segment decoded; as it is when it is not valid percent-encoding. */
+function safeDecode(part: string): string {
+  try {
+    return decodeURIComponent(part);
+  } catch {
+    return part;
+  }
+}
+
+function noBackend(cluster: string, backend: string): Response {
+  return new Response(`Not found: cluster "${cluster}" has no backend "${backend}"\n`, {
+    status: 404,
+  });
+}
+
 async function discardBody(request: Request, limit: number): Promise<boolean> {
   if (request.body === null) return true;
   const reader = request.body.getReader();

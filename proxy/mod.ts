@@ -33,6 +33,7 @@ export { startProxy } from "./start.ts";
 export type {
   AccessLog,
   BackendSpec,
+  BackendView,
   ClusterSpec,
   ConnectionRecord,
   FrontendSpec,
@@ -43,6 +44,7 @@ export type {
   ProxyStats,
 } from "./types.ts";
 export { specFromConfig } from "./spec.ts";
+export type { BackendChange, BackendState } from "./control.ts";
 export type { LoadBalancing } from "./balancer.ts";
 // Referenced by the exports above (the types of their fields and parameters): re-exported so
 // that this entry point's documentation is complete. Also exported by "@zerocopy/splice" and

@@ -7,8 +7,9 @@
  */
 
 import { relay } from "../relay.ts";
-import { Balancer, hashText, OUT_DOWN } from "./balancer.ts";
-import { type HealthChange, HealthChecker } from "./health.ts";
+import { Balancer, hashText } from "./balancer.ts";
+import { type BackendChange, BackendControls } from "./control.ts";
+import type { BackendView } from "./types.ts";
 import { acceptLoop, AcceptPauses } from "./accept.ts";
 import { errorCode, failsEveryBackend, localConnectFailure, Throttle } from "./faults.ts";
 import { closeQuietly, connectWithin, listenError } from "./dial.ts";
@@ -90,7 +91,11 @@ export class TcpProxy {
   /** Accept loops paused for want of fds: a closing connection frees some and wakes them. */
   #pauses = new AcceptPauses();
   #counters = new ProxyCounters();
-  #health = new HealthChecker((change) => this.#healthChanged(change));
+  /** Health checks and runtime changes: each backend's out-of-service bits and weights. */
+  #backends = new BackendControls(
+    (cluster, backend, bits) => this.#setOut(cluster, backend, bits),
+    (event) => this.#emit(event),
+  );
   #gate = new DenoGate(this.#counters, this.#throttle, (event) => this.#emit(event));
   /** The engines' data plane; null on the Deno-conn path (no FFI, or no engine could start). */
   #native: NativePlane | null = null;
@@ -114,8 +119,10 @@ export class TcpProxy {
    * await proxy.shutdown();
    * ```
    */
-  static start(spec: ProxySpec, options?: { onEvent?: (event: ProxyEvent) => void }): TcpProxy {
-    const proxy = new TcpProxy(spec, options?.onEvent ?? (() => {}));
+  static start(file: ProxySpec, options?: { onEvent?: (event: ProxyEvent) => void }): TcpProxy {
+    const proxy = new TcpProxy(file, options?.onEvent ?? (() => {}));
+    // The spec as run: the file's, with the runtime weights (none yet at start).
+    const spec = proxy.#backends.apply(file);
     proxy.#applyClusters(spec);
     if (ffiAvailable()) {
       const engines = spec.engines || usableCpus();
@@ -124,7 +131,6 @@ export class TcpProxy {
         for (const [address, port] of Object.entries(proxy.#native.listenerPorts)) {
           proxy.#emit({ type: "listening", address, port });
         }
-        proxy.#health.apply(spec);
         return proxy;
       }
     }
@@ -132,9 +138,9 @@ export class TcpProxy {
       for (const listener of spec.listeners) proxy.#listen(listener);
     } catch (error) {
       for (const running of [...proxy.#listeners.values()]) proxy.#stopListener(running, false);
+      void proxy.#backends.stop();
       throw error;
     }
-    proxy.#health.apply(spec);
     return proxy;
   }
 
@@ -180,6 +186,86 @@ export class TcpProxy {
   }
 
   /**
+   * Changes a backend at run time, without a reload: `weight` (0 to 1000000) and/or `state`
+   * (`"ready"`; `"drain"`: no new connections, open ones finish; `"maint"`: the same, and its
+   * health checks paused). A later reload keeps the change only if the file left that backend
+   * as it was. Returns the backend as {@linkcode TcpProxy.backend} shows it, or null when the
+   * cluster has no such backend.
+   *
+   * @example
+   * ```ts
+   * import { startProxy } from "@zerocopy/splice/proxy";
+   * import { parseConfig } from "@zerocopy/splice/config";
+   *
+   * const proxy = startProxy(parseConfig(`
+   * [[listeners]]
+   * address = "127.0.0.1:0"
+   *
+   * [clusters.app]
+   * frontends = [{ address = "127.0.0.1:0" }]
+   * backends = [{ address = "127.0.0.1:9000" }, { address = "127.0.0.1:9001" }]
+   * `));
+   * console.log(proxy.setBackend("app", "127.0.0.1:9000", { state: "drain" })?.state); // drain
+   * console.log(proxy.backend("app", "127.0.0.1:9001")?.weight); // 100
+   * await proxy.shutdown();
+   * ```
+   */
+  setBackend(cluster: string, backend: string, change: BackendChange): BackendView | null {
+    if (!this.#backends.change(cluster, backend, change)) return null;
+    if (change.weight !== undefined) {
+      const spec = this.#backends.effective();
+      this.#spec = spec;
+      if (this.#native !== null) this.#native.reload(spec);
+      this.#applyClusters(spec);
+      this.#refreshOut(spec);
+    }
+    return this.backend(cluster, backend);
+  }
+
+  /**
+   * A backend as the proxy runs it: its weight and runtime state, whether its health check
+   * says it is up and when it last ran, and its counters; null when the cluster has no such
+   * backend.
+   *
+   * @example
+   * ```ts
+   * import { startProxy } from "@zerocopy/splice/proxy";
+   * import { parseConfig } from "@zerocopy/splice/config";
+   *
+   * const proxy = startProxy(parseConfig(`
+   * [[listeners]]
+   * address = "127.0.0.1:0"
+   *
+   * [clusters.app]
+   * frontends = [{ address = "127.0.0.1:0" }]
+   * backends = [{ address = "127.0.0.1:9000", weight = 5 }]
+   * `));
+   * const { weight, state, up } = proxy.backend("app", "127.0.0.1:9000")!;
+   * console.log(weight, state, up); // 5 ready true
+   * await proxy.shutdown();
+   * ```
+   */
+  backend(cluster: string, backend: string): BackendView | null {
+    const view = this.#backends.view(cluster, backend);
+    if (view === null) return null;
+    const stats = this.stats().backends[`${cluster}/${backend}`];
+    return {
+      cluster,
+      backend,
+      weight: view.weight,
+      state: view.state,
+      up: stats?.up ?? true,
+      lastCheck: view.check === null ? null : { ...view.check },
+      active: stats?.active ?? 0,
+      ejected: stats?.ejected ?? false,
+      connections: stats?.connections ?? 0,
+      failures: stats?.failures ?? 0,
+      bytesIn: stats?.bytesIn ?? 0,
+      bytesOut: stats?.bytesOut ?? 0,
+    };
+  }
+
+  /**
    * Applies a new spec: new listeners start, removed ones stop accepting, clusters apply to
    * new connections. Established connections are not touched. A listener that cannot start
    * is reported (a `"listen-failed"` {@linkcode ProxyEvent}) and the others still apply.
@@ -209,7 +295,8 @@ export class TcpProxy {
    * await proxy.shutdown();
    * ```
    */
-  reload(spec: ProxySpec): { added: string[]; removed: string[]; clusters: string[] } {
+  reload(file: ProxySpec): { added: string[]; removed: string[]; clusters: string[] } {
+    const spec = this.#backends.apply(file);
     if (this.#native !== null) return this.#reloadNative(this.#native, spec);
     const added: string[] = [];
     const removed: string[] = [];
@@ -237,7 +324,6 @@ export class TcpProxy {
         this.#emit({ type: "listen-failed", address: listener.address, error: message });
       }
     }
-    this.#health.apply(spec);
     this.#counters.reloaded();
     return { added, removed, clusters: changed };
   }
@@ -262,7 +348,7 @@ export class TcpProxy {
   async shutdown(): Promise<void> {
     this.#stopping = true;
     // Not awaited first: the listeners stop accepting now, in this same turn.
-    const checksStopped = this.#health.stop();
+    const checksStopped = this.#backends.stop();
     if (this.#native !== null) {
       const addresses = Object.keys(this.#native.listenerPorts);
       const stopped = this.#native.shutdown(this.#spec.drainTimeoutMs);
@@ -290,7 +376,7 @@ export class TcpProxy {
     const changed = this.#applyClusters(spec);
     const { added, removed, failed } = native.reload(spec);
     native.forgetHealth(changed);
-    this.#health.apply(spec);
+    this.#refreshOut(spec);
     for (const address of removed) this.#emit({ type: "listener-closed", address });
     const ports = native.listenerPorts;
     for (const address of added) this.#emit({ type: "listening", address, port: ports[address] });
@@ -301,12 +387,19 @@ export class TcpProxy {
     return { added, removed, clusters: changed };
   }
 
-  /** A backend's active check changed its verdict: both data planes follow it. */
-  #healthChanged(change: HealthChange): void {
-    const bits = change.up ? 0 : OUT_DOWN;
-    if (this.#native !== null) this.#native.setBackendOut(change.cluster, change.backend, bits);
-    else this.#clusters.get(change.cluster)?.balancer.setOut(change.backend, bits);
-    this.#emit({ type: "backend-health", ...change });
+  /** Puts a backend's out-of-service bits into effect in the data plane that runs. */
+  #setOut(cluster: string, backend: string, bits: number): void {
+    if (this.#native !== null) this.#native.setBackendOut(cluster, backend, bits);
+    else this.#clusters.get(cluster)?.balancer.setOut(backend, bits);
+  }
+
+  /** Every backend's bits again, after the set of backends or their runtime changes moved. */
+  #refreshOut(spec: ProxySpec): void {
+    for (const cluster of spec.clusters) {
+      for (const { address } of cluster.backends) {
+        this.#setOut(cluster.name, address, this.#backends.outBits(cluster.name, address));
+      }
+    }
   }
 
   /** How the engines' reports reach the proxy's events. */
@@ -335,12 +428,10 @@ export class TcpProxy {
     }
     for (const name of this.#clusters.keys()) if (!next.has(name)) changed.push(name);
     this.#clusters = next;
-    // A cluster's new balancer starts from the checks' verdicts, not from "all up".
+    // A cluster's new balancer starts from the control plane's verdicts, not from "all in".
     for (const runtime of next.values()) {
-      for (const backend of runtime.spec.backends) {
-        if (!this.#health.up(runtime.spec.name, backend.address)) {
-          runtime.balancer.setOut(backend.address, OUT_DOWN);
-        }
+      for (const { address } of runtime.spec.backends) {
+        runtime.balancer.setOut(address, this.#backends.outBits(runtime.spec.name, address));
       }
     }
     this.#byFrontend = new Map();

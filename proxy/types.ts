@@ -496,3 +496,44 @@ export interface ProxyStats {
     bytesOut: number;
   }>;
 }
+
+/**
+ * A backend as the running proxy has it: {@linkcode TcpProxy.backend}, and the answer of the
+ * admin endpoint's `GET /clusters/{cluster}/backends/{address}`.
+ *
+ * @example
+ * ```ts
+ * import type { BackendView } from "@zerocopy/splice/proxy";
+ *
+ * function line(view: BackendView): string {
+ *   return `${view.cluster}/${view.backend} ${view.state} weight=${view.weight} ` +
+ *     `${view.up ? "up" : "down"} active=${view.active}`;
+ * }
+ * ```
+ */
+export interface BackendView {
+  /** The backend's cluster. */
+  cluster: string;
+  /** The backend's address, as configured. */
+  backend: string;
+  /** Its weight now: the file's, or the runtime one. */
+  weight: number;
+  /** `"ready"`, or `"drain"` / `"maint"` as set at run time. */
+  state: "ready" | "drain" | "maint";
+  /** Whether its active health check says it is up (true when it has none). */
+  up: boolean;
+  /** Its last health check: when it ended (ms since the epoch) and `"ok"` or why not. */
+  lastCheck: { up: boolean; lastCheckAt: number; lastResult: string } | null;
+  /** Connections to it now. */
+  active: number;
+  /** Whether passive health skips it now. */
+  ejected: boolean;
+  /** Connects to it that succeeded. */
+  connections: number;
+  /** Connects to it that failed by its fault. */
+  failures: number;
+  /** Bytes relayed to it. */
+  bytesIn: number;
+  /** Bytes relayed from it. */
+  bytesOut: number;
+}
