@@ -18,7 +18,7 @@ import { startProxy } from "./proxy/start.ts";
 import type { ProxyEvent } from "./proxy/types.ts";
 import { specFromConfig } from "./proxy/spec.ts";
 import { describeHttpEvent, serveHttp } from "./proxy/http.ts";
-import { serveAdmin } from "./proxy/metrics.ts";
+import { serveAdmin } from "./proxy/admin.ts";
 import { netPermissionProblems } from "./proxy/permissions.ts";
 import { shutdownRelayEngine, spliceAvailable } from "./mod.ts";
 

@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { type AdminRefusal, serveAdmin } from "../proxy/metrics.ts";
+import { type AdminRefusal, serveAdmin } from "../proxy/admin.ts";
 import type { HttpLimits, HttpRefusal } from "../proxy/http.ts";
 import type { ProxyStats } from "../proxy/types.ts";
 import { RawHttp, type Reply } from "./_raw_http.ts";

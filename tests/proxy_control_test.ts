@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { shutdownRelayEngine } from "../mod.ts";
 import { parseConfig } from "../config.ts";
 import { parseBackendChange } from "../proxy/control.ts";
-import { serveAdmin } from "../proxy/metrics.ts";
+import { serveAdmin } from "../proxy/admin.ts";
 import { specFromConfig, startProxy, type TcpProxy } from "../proxy/mod.ts";
 import type { BackendView } from "../proxy/types.ts";
 import {
