@@ -16,8 +16,8 @@
  */
 
 import { OUT_DOWN, OUT_DRAIN, OUT_MAINT } from "./balancer.ts";
-import { type HealthChange, HealthChecker, type HealthState } from "./health.ts";
-import type { BackendSpec, ProxyEvent, ProxySpec } from "./types.ts";
+import { type HealthChange, HealthChecker } from "./health.ts";
+import type { BackendSpec, BackendView, ProxyEvent, ProxySpec, ProxyStats } from "./types.ts";
 
 /**
  * A backend's runtime state: `ready` (in service), `drain` (no new connections, open ones
@@ -194,20 +194,33 @@ export class BackendControls {
       (state === "drain" ? OUT_DRAIN : 0) | (state === "maint" ? OUT_MAINT : 0);
   }
 
-  /** A backend's runtime state and, when checked, its last check; null when there is none. */
-  view(cluster: string, backend: string): {
-    weight: number;
-    state: BackendState;
-    check: HealthState | null;
-  } | null {
+  /**
+   * A backend as it runs: its weight and runtime state, its last check, and `stats` (its entry
+   * of the proxy's stats, absent before any connection); null when there is no such backend.
+   */
+  view(
+    cluster: string,
+    backend: string,
+    stats: ProxyStats["backends"][string] | undefined,
+  ): BackendView | null {
     const key = `${cluster}/${backend}`;
     const spec = this.#spec === null ? null : findBackend(this.#spec, key);
     if (spec === null) return null;
     const override = this.#overrides.get(key);
+    const check = this.#health.snapshot()[key];
     return {
+      cluster,
+      backend,
       weight: override?.weight ?? spec.weight,
       state: override?.state ?? "ready",
-      check: this.#health.snapshot()[key] ?? null,
+      up: stats?.up ?? true,
+      lastCheck: check ?? null,
+      active: stats?.active ?? 0,
+      ejected: stats?.ejected ?? false,
+      connections: stats?.connections ?? 0,
+      failures: stats?.failures ?? 0,
+      bytesIn: stats?.bytesIn ?? 0,
+      bytesOut: stats?.bytesOut ?? 0,
     };
   }
 

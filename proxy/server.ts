@@ -7,20 +7,18 @@
  */
 
 import { relay } from "../relay.ts";
-import { Balancer, hashText } from "./balancer.ts";
+import { Clusters } from "./clusters.ts";
 import { type BackendChange, BackendControls } from "./control.ts";
 import type { BackendView } from "./types.ts";
 import { acceptLoop, AcceptPauses } from "./accept.ts";
-import { errorCode, failsEveryBackend, localConnectFailure, Throttle } from "./faults.ts";
-import { closeQuietly, connectWithin, listenError } from "./dial.ts";
+import { Throttle } from "./faults.ts";
+import { closeQuietly, dialBackend, listenError } from "./dial.ts";
 import { NativePlane, type PlaneHooks } from "./native_plane.ts";
 import { ffiAvailable } from "../ffi/libc.ts";
 import { usableCpus } from "../ffi/net.ts";
 import { ProxyCounters } from "./stats.ts";
 import { DenoGate, type DenoPass, type DenoRules, denoRules, firstBytes } from "./deno_stages.ts";
 import {
-  type BackendSpec,
-  type ClusterSpec,
   type ConnectionRecord,
   type ListenerSpec,
   logged,
@@ -41,11 +39,6 @@ interface RunningListener {
 
 /** How often a kind of failure may be reported as a {@linkcode ProxyEvent}. */
 const REPORT_INTERVAL_MS = 1_000;
-
-interface ClusterRuntime {
-  spec: ClusterSpec;
-  balancer: Balancer;
-}
 
 /**
  * A running TCP proxy. Start it with {@linkcode TcpProxy.start} (or {@linkcode startProxy} from a
@@ -81,8 +74,7 @@ interface ClusterRuntime {
 export class TcpProxy {
   #spec: ProxySpec;
   #listeners = new Map<string, RunningListener>();
-  #clusters = new Map<string, ClusterRuntime>();
-  #byFrontend = new Map<string, ClusterRuntime>();
+  #clusters = new Clusters();
   #relays = new Set<AbortController>();
   #settled = new Set<Promise<void>>();
   #onEvent: (event: ProxyEvent) => void;
@@ -246,23 +238,7 @@ export class TcpProxy {
    * ```
    */
   backend(cluster: string, backend: string): BackendView | null {
-    const view = this.#backends.view(cluster, backend);
-    if (view === null) return null;
-    const stats = this.stats().backends[`${cluster}/${backend}`];
-    return {
-      cluster,
-      backend,
-      weight: view.weight,
-      state: view.state,
-      up: stats?.up ?? true,
-      lastCheck: view.check === null ? null : { ...view.check },
-      active: stats?.active ?? 0,
-      ejected: stats?.ejected ?? false,
-      connections: stats?.connections ?? 0,
-      failures: stats?.failures ?? 0,
-      bytesIn: stats?.bytesIn ?? 0,
-      bytesOut: stats?.bytesOut ?? 0,
-    };
+    return this.#backends.view(cluster, backend, this.stats().backends[`${cluster}/${backend}`]);
   }
 
   /**
@@ -412,37 +388,10 @@ export class TcpProxy {
   }
 
   #applyClusters(spec: ProxySpec): string[] {
-    const changed: string[] = [];
-    const next = new Map<string, ClusterRuntime>();
-    for (const cluster of spec.clusters) {
-      const old = this.#clusters.get(cluster.name);
-      if (old && JSON.stringify(old.spec) === JSON.stringify(cluster)) {
-        next.set(cluster.name, old);
-        continue;
-      }
-      changed.push(cluster.name);
-      next.set(cluster.name, {
-        spec: cluster,
-        balancer: new Balancer(cluster.backends, cluster.loadBalancing),
-      });
-    }
-    for (const name of this.#clusters.keys()) if (!next.has(name)) changed.push(name);
-    this.#clusters = next;
-    // A cluster's new balancer starts from the control plane's verdicts, not from "all in".
-    for (const runtime of next.values()) {
-      for (const { address } of runtime.spec.backends) {
-        runtime.balancer.setOut(address, this.#backends.outBits(runtime.spec.name, address));
-      }
-    }
-    this.#byFrontend = new Map();
-    for (const runtime of next.values()) {
-      for (const frontend of runtime.spec.frontends) {
-        // A frontend with a hostname is reached through its listener's rules (deno_stages.ts).
-        if (typeof frontend === "string") this.#byFrontend.set(frontend, runtime);
-        else if (frontend.hostname === undefined) this.#byFrontend.set(frontend.address, runtime);
-      }
-    }
-    return changed;
+    return this.#clusters.apply(
+      spec,
+      (cluster, backend) => this.#backends.outBits(cluster, backend),
+    );
   }
 
   #listen(spec: ListenerSpec): void {
@@ -558,7 +507,7 @@ export class TcpProxy {
     return {
       client: `${client.remoteAddr.hostname}:${client.remoteAddr.port}`,
       listener: running.spec.address,
-      cluster: this.#byFrontend.get(running.spec.address)?.spec.name ?? "",
+      cluster: this.#clusters.atFrontend(running.spec.address)?.spec.name ?? "",
       backend: null,
       bytesIn: 0,
       bytesOut: 0,
@@ -574,7 +523,7 @@ export class TcpProxy {
     counted: string | null,
   ): Promise<void> {
     const started = performance.now();
-    let runtime = this.#byFrontend.get(running.spec.address);
+    let runtime = this.#clusters.atFrontend(running.spec.address);
     const record = this.#newRecord(running, client);
     running.open++;
     this.#counters.opened();
@@ -600,7 +549,12 @@ export class TcpProxy {
         counted = passed.key ?? counted;
       }
       const chosen = runtime
-        ? await this.#connect(runtime, record.client)
+        ? await dialBackend(runtime, record.client, this.#spec.connectTimeoutMs, {
+          counters: this.#counters,
+          localError: (cluster, backend, code, error) =>
+            this.#localError(cluster, backend, code, error),
+          ejected: (cluster, backend) => this.#emit({ type: "backend-ejected", cluster, backend }),
+        })
         : { end: "no-backend" as const };
       if ("end" in chosen) {
         record.end = chosen.end;
@@ -650,60 +604,7 @@ export class TcpProxy {
     }
   }
 
-  /**
-   * Tries backends in policy order until one accepts within the connect timeout. Only what a
-   * backend caused (refused, timed out, reset, unreachable) counts toward its ejection; the
-   * proxy's own failures (out of fds or local ports, not permitted) are counted apart, and end
-   * the attempt when every backend would fail the same way.
-   */
-  async #connect(
-    runtime: ClusterRuntime,
-    client: string,
-  ): Promise<
-    { conn: Deno.TcpConn; spec: BackendSpec } | {
-      end: "no-backend" | "local-error";
-      error?: string;
-    }
-  > {
-    const tried = new Set<string>();
-    let lastError: string | undefined;
-    const host = client.slice(0, client.lastIndexOf(":")).replace(/^\[(.*)\]$/, "$1");
-    const clientHash = runtime.balancer.policy === "source_hash" ? hashText(host) : 0;
-    for (;;) {
-      const picked = runtime.balancer.pick(performance.now(), tried, clientHash);
-      if (!picked) return { end: "no-backend", error: lastError };
-      tried.add(picked.address);
-      const spec = runtime.spec.backends.find((b) => b.address === picked.address)!;
-      this.#counters.connecting(runtime.spec.name, spec.address);
-      try {
-        const conn = await connectWithin(spec, this.#spec.connectTimeoutMs);
-        runtime.balancer.connected(spec.address);
-        this.#counters.connected(runtime.spec.name, spec.address);
-        return { conn, spec };
-      } catch (error) {
-        const code = errorCode(error);
-        lastError = `Cannot connect to ${spec.address}: ${
-          error instanceof Error ? error.message : String(error)
-        }`;
-        const local = localConnectFailure(code);
-        if (local !== null) {
-          // Not the backend's fault: neither counted against it nor toward its ejection.
-          this.#localError(runtime.spec.name, spec.address, local, lastError);
-          if (failsEveryBackend(local)) return { end: "local-error", error: lastError };
-          continue;
-        }
-        this.#counters.connectFailed(runtime.spec.name, spec.address);
-        if (runtime.balancer.failed(spec.address, performance.now())) {
-          this.#emit({
-            type: "backend-ejected",
-            cluster: runtime.spec.name,
-            backend: spec.address,
-          });
-        }
-      }
-    }
-  }
-
+  /** Counts a connect that failed for the proxy's own reason, reported at most once a second. */
   #localError(cluster: string, backend: string, code: string, error: string): void {
     this.#counters.localError(code);
     const { report, suppressed } = this.#throttle.pass(
