@@ -318,6 +318,7 @@ async function main(): Promise<number> {
         config.metrics.address,
         {
           stats: () => proxy.stats(),
+          status: () => proxy.status(),
           reload: () => reload("admin"),
           backend: (cluster, backend) => proxy.backend(cluster, backend),
           setBackend: (cluster, backend, change) => {

@@ -17,6 +17,7 @@ import { describeHttpEvent, type HttpLimits, type HttpRefusal, serveHttp } from 
 import type { BackendView, ProxyStats } from "./types.ts";
 import { type BackendChange, parseBackendChange } from "./control.ts";
 import { prometheusText } from "./metrics.ts";
+import { STATUS_PAGE, STATUS_PAGE_HEADERS } from "./status_page.ts";
 
 /** Why the admin endpoint refused a request: the `reason` label of its refusal counter. */
 export type AdminRefusal = "host" | "cross-site" | "token" | "too-large" | "method";
@@ -136,6 +137,8 @@ export function serveAdmin(
   handlers: {
     stats: () => ProxyStats;
     reload: () => Promise<string | null>;
+    /** `GET /status`: by default the stats; a proxy adds its listeners and backends' views. */
+    status?: () => unknown;
     /** `GET /clusters/{cluster}/backends/{address}`; null: no such backend (404). */
     backend?: (cluster: string, backend: string) => BackendView | null;
     /** `PUT` of the same path: a runtime change; null: no such backend (404). */
@@ -175,7 +178,13 @@ export function serveAdmin(
       method: "GET",
       path: "/status",
       changesState: false,
-      handle: () => Response.json(handlers.stats()),
+      handle: () => Response.json(handlers.status?.() ?? handlers.stats()),
+    },
+    {
+      method: "GET",
+      path: "/",
+      changesState: false,
+      handle: () => new Response(STATUS_PAGE, { headers: STATUS_PAGE_HEADERS }),
     },
     {
       method: "POST",
@@ -269,7 +278,8 @@ export function serveAdmin(
     );
     if (onPath.length === 0) {
       return new Response(
-        "Not found: try /metrics, /status, POST /reload or /clusters/{cluster}/backends/{address}\n",
+        "Not found: try /, /metrics, /status, POST /reload or " +
+          "/clusters/{cluster}/backends/{address}\n",
         { status: 404 },
       );
     }

@@ -42,6 +42,7 @@ export type {
   ProxyEvent,
   ProxySpec,
   ProxyStats,
+  ProxyStatus,
 } from "./types.ts";
 export { specFromConfig } from "./spec.ts";
 export type { BackendChange, BackendState } from "./control.ts";

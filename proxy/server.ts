@@ -9,7 +9,7 @@
 import { relay } from "../relay.ts";
 import { Clusters } from "./clusters.ts";
 import { type BackendChange, BackendControls } from "./control.ts";
-import type { BackendView } from "./types.ts";
+import type { BackendView, ProxyStatus } from "./types.ts";
 import { acceptLoop, AcceptPauses } from "./accept.ts";
 import { Throttle } from "./faults.ts";
 import { closeQuietly, dialBackend, listenError } from "./dial.ts";
@@ -239,6 +239,41 @@ export class TcpProxy {
    */
   backend(cluster: string, backend: string): BackendView | null {
     return this.#backends.view(cluster, backend, this.stats().backends[`${cluster}/${backend}`]);
+  }
+
+  /**
+   * What the admin endpoint's `/status` and status page show: the stats, the listeners with
+   * their ports, and each backend as {@linkcode TcpProxy.backend} shows it (a backend a reload
+   * removed stays listed with its totals, in state `"ready"` and weight 0).
+   *
+   * @example
+   * ```ts
+   * import { startProxy } from "@zerocopy/splice/proxy";
+   * import { parseConfig } from "@zerocopy/splice/config";
+   *
+   * const proxy = startProxy(parseConfig('[[listeners]]\naddress = "127.0.0.1:0"'));
+   * console.log(proxy.status().listeners[0].address); // 127.0.0.1:0
+   * await proxy.shutdown();
+   * ```
+   */
+  status(): ProxyStatus {
+    const stats = this.stats();
+    const backends: Record<string, BackendView> = {};
+    for (const [key, entry] of Object.entries(stats.backends)) {
+      const backend = key.slice(key.indexOf("/") + 1);
+      backends[key] = this.#backends.view(entry.cluster, backend, entry) ?? {
+        ...entry,
+        backend,
+        weight: 0,
+        state: "ready",
+        lastCheck: null,
+      };
+    }
+    const listeners = Object.entries(this.listenerPorts).map(([address, port]) => ({
+      address,
+      port,
+    }));
+    return { ...stats, listeners, backends };
   }
 
   /**

@@ -537,3 +537,23 @@ export interface BackendView {
   /** Bytes relayed from it. */
   bytesOut: number;
 }
+
+/**
+ * What the admin endpoint's `/status` answers ({@linkcode TcpProxy.status}): the stats, with
+ * the listeners and each backend's full view.
+ *
+ * @example
+ * ```ts
+ * import type { ProxyStatus } from "@zerocopy/splice/proxy";
+ *
+ * function down(status: ProxyStatus): string[] {
+ *   return Object.entries(status.backends).flatMap(([key, b]) => b.up ? [] : [key]);
+ * }
+ * ```
+ */
+export interface ProxyStatus extends Omit<ProxyStats, "backends"> {
+  /** The listeners, with the port each got. */
+  listeners: { address: string; port: number }[];
+  /** Per backend, keyed `cluster/host:port`. */
+  backends: Record<string, BackendView>;
+}
