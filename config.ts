@@ -21,6 +21,7 @@
  * log_format = "text"              # "text" (default) or "json"
  * access_log = "all"               # "all" (default), "errors" (not ended cleanly) or "off"
  * engines = 0                      # 0 to 64, default 0: one per CPU the process may run on
+ * dns_nameserver = "127.0.0.1:53"  # for srv / host backends; absent: the system's resolver
  *
  * [metrics]                        # optional: no metrics endpoint without it
  * address = "127.0.0.1:9901"       # required
@@ -57,7 +58,10 @@
  *   { address = "127.0.0.1:9000", weight = 100 },   # weight: 0 to 1000000, default 100;
  *   { address = "[::1]:9001", weight = 0 },         # 0 drains the backend
  *   { address = "10.0.0.9:9000", backup = true },   # only while no other backend is up
+ *   { srv = "_app._tcp.example.internal" },         # SRV targets, ports, weights, priorities
+ *   { host = "app.example.internal", port = 9000 }, # every A and AAAA address
  * ]
+ * dns_refresh_ms = 5000            # srv / host looked up again: 100 to 3600000, default 5000
  *
  * [clusters.app.health_check]      # optional: active checks from the control plane
  * interval_ms = 2000               # 100 to 3600000, default 2000
@@ -112,6 +116,7 @@ import {
   PROXY_FIELDS,
 } from "./proxy/config_schema.ts";
 import type { AccessLog } from "./proxy/types.ts";
+import type { SocketAddress } from "./proxy/config_address.ts";
 import { MAX_SPLICE_PIPE_CAPACITY, setPipeCapacity } from "./splice_pipe.ts";
 
 // Defined beside the code that builds them; part of this module's API.
@@ -191,6 +196,11 @@ export interface Config {
    * proxy relays through Deno conns, has no engines, and the key has no effect.
    */
   readonly engines: number;
+  /**
+   * `dns_nameserver`: the DNS server (`"IP:PORT"`) that `srv` and `host` backends are looked up
+   * at; `undefined` (absent): the system's resolver.
+   */
+  readonly dnsNameserver?: SocketAddress;
   /** `[metrics]`: the metrics endpoint; `undefined` (no endpoint) when the table is absent. */
   readonly metrics?: MetricsConfig;
   /** `[[listeners]]`: the addresses the proxy accepts connections on; empty when absent. */

@@ -126,6 +126,15 @@ function logger(format: Config["logFormat"]): (event: ProxyEvent) => void {
           `in=${r.bytesIn} out=${r.bytesOut} ${r.durationMs}ms mode=${r.mode} end=${r.end}` +
           (r.error ? ` error="${r.error}"` : ""),
       );
+    } else if (event.type === "dns-change") {
+      say(
+        `cluster ${event.cluster}: backends found in DNS: ${event.backends.join(", ") || "none"}`,
+      );
+    } else if (event.type === "dns-error") {
+      say(
+        `cluster ${event.cluster}: looking up ${event.name} failed, the last good backends stay: ` +
+          event.error,
+      );
     } else if (event.type === "backend-health") {
       say(
         `backend ${event.cluster}/${event.backend} is ${event.up ? "up" : "down"}: ${event.reason}`,

@@ -182,8 +182,11 @@ export interface BackendRoute {
   /** Where to connect: a `struct sockaddr`, resolved by the main thread. */
   sockaddr: Uint8Array;
   weight: number;
-  /** Used only while no other backend of its cluster may take connections. */
-  backup: boolean;
+  /**
+   * Its group (proxy/balancer.ts's `tierOf`): only the lowest group with a backend up takes
+   * connections (0 for most; an SRV record's priority; backups last).
+   */
+  tier: number;
   /** The hash of `address`, for source_hash (proxy/balancer.ts's hashText). */
   hash: number;
   /**

@@ -24,7 +24,7 @@ import {
 /**
  * The backend for the next attempt, skipping those tried, those the control plane took out
  * (down by the active check, drained, in maintenance) and, while others remain, the ejected
- * ones; backups only while no other backend is up (as proxy/balancer.ts does for the Deno
+ * ones; of those up, only the lowest group (tier: backups last) (as proxy/balancer.ts does for the Deno
  * path, with the health shared). `clientHash`: the client address's hash, for source_hash.
  */
 export function pickBackend(
@@ -44,7 +44,7 @@ export function pickBackend(
     for (let k = 0; k < sequence.length; k++) {
       const b = cluster.backends[sequence[(start + k) % sequence.length]];
       if (
-        b.weight > 0 && !b.backup && ejected[b.slot] <= now &&
+        b.weight > 0 && b.tier === 0 && ejected[b.slot] <= now &&
         Atomics.load(ints, BACKEND_STATE + b.slot) === 0 && !tried.includes(b.slot)
       ) return b;
     }
@@ -55,11 +55,10 @@ export function pickBackend(
   if (usable.length === 0) return null;
   const now = wallClock();
   const up = usable.filter((b) => ejected[b.slot] <= now);
-  const primaries = up.filter((b) => !b.backup);
-  const pool = primaries.length > 0
-    ? primaries
-    : up.length > 0
-    ? up
+  let first = Infinity;
+  for (const b of up) first = Math.min(first, b.tier);
+  const pool = up.length > 0
+    ? up.filter((b) => b.tier === first)
     : [usable.reduce((a, b) => (ejected[a.slot] <= ejected[b.slot] ? a : b))];
   if (cluster.policy === POLICY_LEAST_CONNECTIONS) {
     const active = (b: BackendRoute): number => Atomics.load(ints, BACKEND_ACTIVE + b.slot * 2);

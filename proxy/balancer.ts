@@ -31,6 +31,14 @@ export interface BalancedBackend {
   weight: number;
   /** Used only while no other backend is up. */
   backup?: boolean;
+  /** Its SRV priority group, when it was discovered (lower first); absent: 0. */
+  priority?: number;
+}
+
+/** The group a backend is in: only the lowest group with a backend up takes connections. */
+export function tierOf(backend: BalancedBackend): number {
+  // Backups after every SRV priority (0 to 65535).
+  return backend.backup ? 65536 : backend.priority ?? 0;
 }
 
 /** Passive health settings. */
@@ -117,11 +125,10 @@ export class Balancer {
     );
     if (usable.length === 0) return null;
     const up = usable.filter((s) => s.ejectedUntil <= now);
-    const primaries = up.filter((s) => !s.backend.backup);
-    const pool = primaries.length > 0
-      ? primaries
-      : up.length > 0
-      ? up
+    let first = Infinity;
+    for (const s of up) first = Math.min(first, tierOf(s.backend));
+    const pool = up.length > 0
+      ? up.filter((s) => tierOf(s.backend) === first)
       : [usable.reduce((a, b) => (a.ejectedUntil <= b.ejectedUntil ? a : b))];
     return this.#choose(pool, clientHash).backend;
   }

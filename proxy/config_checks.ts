@@ -93,6 +93,7 @@ export function checkAddresses(document: Record<string, unknown>, issues: Config
     }
     const backends = new Map<string, string>();
     const backendPath = `${clusterPath}.backends`;
+    checkBackendSources(ownValue(cluster, "backends"), backendPath, issues);
     for (const entry of addressEntries(ownValue(cluster, "backends"), backendPath, false)) {
       if (entry.address === undefined) continue;
       const first = backends.get(entry.address);
@@ -102,6 +103,38 @@ export function checkAddresses(document: Record<string, unknown>, issues: Config
           valueIssue(entry.keyPath, entry.raw, `same address as ${formatKeyPath(first)}`),
         );
       }
+    }
+  }
+}
+
+/**
+ * Pushes an issue for each backend entry that does not name exactly one source: an `address`,
+ * an `srv` name, or a `host` with a `port`.
+ */
+function checkBackendSources(array: unknown, arrayPath: string, issues: ConfigIssue[]): void {
+  if (!Array.isArray(array)) return;
+  for (const [index, item] of array.entries()) {
+    if (!isTable(item)) continue;
+    const keyPath = `${arrayPath}[${index}]`;
+    const given = ["address", "srv", "host"].filter((key) => Object.hasOwn(item, key));
+    const port = Object.hasOwn(item, "port");
+    if (given.length === 0) {
+      issues.push({
+        keyPath,
+        value: undefined,
+        message: `${formatKeyPath(keyPath)}: needs "address", "srv", or "host" and "port"`,
+      });
+    } else if (given.length > 1) {
+      issues.push({
+        keyPath,
+        value: undefined,
+        message: `${formatKeyPath(keyPath)}: ${given.map((k) => `"${k}"`).join(" and ")} ` +
+          "both given: a backend names one source",
+      });
+    } else if (given[0] === "host" && !port) {
+      issues.push(valueIssue(`${keyPath}.host`, item.host, 'needs "port" beside it'));
+    } else if (given[0] !== "host" && port) {
+      issues.push(valueIssue(`${keyPath}.port`, item.port, 'only goes with "host"'));
     }
   }
 }

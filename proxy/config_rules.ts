@@ -50,6 +50,22 @@ export function hostnameField(): ParsedField<string> {
   };
 }
 
+/**
+ * The schema field of a DNS name to look up (`srv`, `host`): a name as a frontend `hostname`
+ * takes, but no wildcard; lowercased, a trailing dot dropped.
+ */
+export function dnsNameField(): ParsedField<string> {
+  return {
+    kind: "parsed",
+    expected: 'a DNS name, e.g. "app.example.internal" or "_app._tcp.example.internal"',
+    parse: (text) => {
+      if (text.startsWith("*")) return { problem: "a name to look up has no wildcard" };
+      const problem = hostnameProblem(text);
+      return problem === null ? { value: normaliseHostname(text) } : { problem };
+    },
+  };
+}
+
 /** `text` lowercased, without a trailing dot. */
 export function normaliseHostname(text: string): string {
   const lower = text.toLowerCase();

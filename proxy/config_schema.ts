@@ -9,7 +9,7 @@
 
 import type { FieldMap } from "../config/schema.ts";
 import { addressField, type SocketAddress } from "./config_address.ts";
-import { cidrField, hostnameField } from "./config_rules.ts";
+import { cidrField, dnsNameField, hostnameField } from "./config_rules.ts";
 
 /**
  * The `[metrics]` table.
@@ -121,6 +121,11 @@ export interface ClusterConfig {
   /** `load_balancing`: how connections spread over backends; `"round_robin"` by default. */
   readonly loadBalancing: "round_robin" | "least_connections" | "random" | "source_hash";
   /**
+   * `dns_refresh_ms`: how often backends named by `srv` or `host` are looked up again, 100 to
+   * 3600000; 5000. DNS answers carry no TTL here, so the refresh is periodic.
+   */
+  readonly dnsRefreshMs: number;
+  /**
    * `[clusters.<name>.health_check]`: active checks of each backend, from the control plane;
    * `undefined` (absent): passive ejection only.
    */
@@ -194,8 +199,20 @@ export interface FrontendConfig {
  * ```
  */
 export interface BackendConfig {
-  /** `address` (required): where the backend listens; port 1 to 65535. */
-  readonly address: SocketAddress;
+  /**
+   * `address`: where the backend listens; port 1 to 65535. Each backend entry has an
+   * `address`, or names a service instead: `srv`, or `host` and `port`.
+   */
+  readonly address?: SocketAddress;
+  /**
+   * `srv`: a DNS SRV name (`"_app._tcp.example.internal"`): each target of its answer, at its
+   * port, with its weight, is a backend; only the lowest priority group with a backend up serves.
+   */
+  readonly srv?: string;
+  /** `host` (with `port`): a DNS name each of whose A and AAAA records is a backend. */
+  readonly host?: string;
+  /** `port`: the port of `host`'s backends, 1 to 65535. */
+  readonly port?: number;
   /**
    * `weight`: the backend's share of new connections relative to the others, 0 to 1000000;
    * 100. `0` drains it: it gets no new connections.
@@ -259,6 +276,8 @@ export const PROXY_FIELDS = {
   access_log: { kind: "enum", values: ["all", "errors", "off"], default: "all" },
   // 0: as many as the CPUs the process may run on (sched_getaffinity), decided at start.
   engines: { kind: "integer", min: 0, max: 64, default: 0 },
+  // Absent: the system's resolver.
+  dns_nameserver: { ...addressField(false), required: false },
   metrics: {
     kind: "table",
     fields: {
@@ -310,6 +329,7 @@ export const PROXY_FIELDS = {
         },
         // Absent: nothing is sent before the client's bytes.
         send_proxy: { kind: "enum", values: ["v1", "v2"] },
+        dns_refresh_ms: { kind: "integer", min: 100, max: 3_600_000, default: 5_000 },
         frontends: {
           kind: "array",
           required: true,
@@ -326,8 +346,12 @@ export const PROXY_FIELDS = {
           minItems: 1,
           items: {
             kind: "table",
+            // One of: address; srv; host and port (checked in config_checks.ts).
             fields: {
-              address: addressField(false),
+              address: { ...addressField(false), required: false },
+              srv: dnsNameField(),
+              host: dnsNameField(),
+              port: { kind: "integer", min: 1, max: 65_535 },
               weight: { kind: "integer", min: 0, max: 1_000_000, default: 100 },
               backup: { kind: "boolean", default: false },
             },

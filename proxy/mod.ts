@@ -36,6 +36,7 @@ export type {
   BackendView,
   ClusterSpec,
   ConnectionRecord,
+  DiscoverySpec,
   FrontendSpec,
   HealthCheckSpec,
   ListenerSpec,

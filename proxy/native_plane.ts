@@ -78,6 +78,7 @@ import {
   DEFAULT_FAILURES_TO_EJECT,
   hashText,
   OUT_DOWN,
+  tierOf,
 } from "./balancer.ts";
 import { Throttle } from "./faults.ts";
 import { reportable, toConnectionRecord } from "./plane_reports.ts";
@@ -457,7 +458,7 @@ export class NativePlane {
           address: backend.address,
           sockaddr: new Uint8Array(0),
           weight: backend.weight,
-          backup: backend.backup ?? false,
+          tier: tierOf(backend),
           hash: hashText(backend.address),
         };
         // FFI sockets are outside Deno's sandbox: the proxy keeps to --allow-net itself.

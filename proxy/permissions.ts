@@ -25,6 +25,8 @@ function wantedAddresses(config: Config): Wanted[] {
   });
   for (const [name, cluster] of Object.entries(config.clusters)) {
     cluster.backends.forEach((backend, i) => {
+      // A backend found through DNS has no address until it is looked up.
+      if (backend.address === undefined) return;
       wanted.push({
         keyPath: `clusters.${name}.backends[${i}].address`,
         address: formatAddress(backend.address),

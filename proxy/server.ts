@@ -8,6 +8,7 @@
 
 import { relay } from "../relay.ts";
 import { Clusters } from "./clusters.ts";
+import { Discovery } from "./discovery.ts";
 import { type BackendChange, BackendControls } from "./control.ts";
 import type { BackendView, ProxyStatus } from "./types.ts";
 import { acceptLoop, AcceptPauses } from "./accept.ts";
@@ -83,6 +84,10 @@ export class TcpProxy {
   /** Accept loops paused for want of fds: a closing connection frees some and wakes them. */
   #pauses = new AcceptPauses();
   #counters = new ProxyCounters();
+  /** The spec as the file (or the embedder) gave it, before DNS and runtime changes. */
+  #file: ProxySpec;
+  /** Backends found through DNS, applied as they change. */
+  #discovery = new Discovery(() => this.#rediscovered(), (event) => this.#emit(event));
   /** Health checks and runtime changes: each backend's out-of-service bits and weights. */
   #backends = new BackendControls(
     (cluster, backend, bits) => this.#setOut(cluster, backend, bits),
@@ -94,6 +99,7 @@ export class TcpProxy {
 
   private constructor(spec: ProxySpec, onEvent: (event: ProxyEvent) => void) {
     this.#spec = spec;
+    this.#file = spec;
     this.#onEvent = onEvent;
   }
 
@@ -114,7 +120,9 @@ export class TcpProxy {
   static start(file: ProxySpec, options?: { onEvent?: (event: ProxyEvent) => void }): TcpProxy {
     const proxy = new TcpProxy(file, options?.onEvent ?? (() => {}));
     // The spec as run: the file's, with the runtime weights (none yet at start).
-    const spec = proxy.#backends.apply(file);
+    proxy.#file = file;
+    proxy.#discovery.apply(file);
+    const spec = proxy.#backends.apply(proxy.#discovery.expand(file));
     proxy.#applyClusters(spec);
     if (ffiAvailable()) {
       const engines = spec.engines || usableCpus();
@@ -307,7 +315,9 @@ export class TcpProxy {
    * ```
    */
   reload(file: ProxySpec): { added: string[]; removed: string[]; clusters: string[] } {
-    const spec = this.#backends.apply(file);
+    this.#file = file;
+    this.#discovery.apply(file);
+    const spec = this.#backends.apply(this.#discovery.expand(file));
     if (this.#native !== null) return this.#reloadNative(this.#native, spec);
     const added: string[] = [];
     const removed: string[] = [];
@@ -359,7 +369,7 @@ export class TcpProxy {
   async shutdown(): Promise<void> {
     this.#stopping = true;
     // Not awaited first: the listeners stop accepting now, in this same turn.
-    const checksStopped = this.#backends.stop();
+    const checksStopped = Promise.all([this.#backends.stop(), this.#discovery.stop()]);
     if (this.#native !== null) {
       const addresses = Object.keys(this.#native.listenerPorts);
       const stopped = this.#native.shutdown(this.#spec.drainTimeoutMs);
@@ -396,6 +406,19 @@ export class TcpProxy {
     }
     this.#counters.reloaded();
     return { added, removed, clusters: changed };
+  }
+
+  /**
+   * DNS changed a cluster's backends: the spec is run again, as a reload of the clusters only
+   * (listeners untouched, not counted as a reload): backends that stay keep their state.
+   */
+  #rediscovered(): void {
+    if (this.#stopping) return;
+    const spec = this.#backends.apply(this.#discovery.expand(this.#file));
+    this.#spec = spec;
+    if (this.#native !== null) this.#native.reload(spec);
+    this.#applyClusters(spec);
+    this.#refreshOut(spec);
   }
 
   /** Puts a backend's out-of-service bits into effect in the data plane that runs. */

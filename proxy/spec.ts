@@ -6,7 +6,8 @@
 
 import type { Config } from "../config.ts";
 import { formatAddress } from "./config_address.ts";
-import type { ProxySpec } from "./types.ts";
+import type { ClusterSpec, DiscoverySpec, ProxySpec } from "./types.ts";
+import type { ClusterConfig } from "./config_schema.ts";
 
 /**
  * The proxy spec a checked config describes, for {@linkcode TcpProxy.start} and
@@ -57,13 +58,16 @@ export function specFromConfig(config: Config): ProxySpec {
       ),
       ...(cluster.sendProxy === undefined ? {} : { sendProxy: cluster.sendProxy }),
       ...(cluster.healthCheck === undefined ? {} : { healthCheck: { ...cluster.healthCheck } }),
-      backends: cluster.backends.map((backend) => ({
-        address: formatAddress(backend.address),
-        hostname: backend.address.hostname,
-        port: backend.address.port,
-        weight: backend.weight,
-        ...(backend.backup ? { backup: true } : {}),
-      })),
+      backends: cluster.backends.flatMap((backend) =>
+        backend.address === undefined ? [] : [{
+          address: formatAddress(backend.address),
+          hostname: backend.address.hostname,
+          port: backend.address.port,
+          weight: backend.weight,
+          ...(backend.backup ? { backup: true } : {}),
+        }]
+      ),
+      ...discoveryOf(cluster),
     })),
     connectTimeoutMs: config.connectTimeoutMs,
     idleTimeoutMs: config.idleTimeoutMs,
@@ -71,5 +75,19 @@ export function specFromConfig(config: Config): ProxySpec {
     spliceMode: config.spliceMode,
     engines: config.engines,
     accessLog: config.accessLog,
+    ...(config.dnsNameserver === undefined ? {} : { dnsNameserver: { ...config.dnsNameserver } }),
   };
+}
+
+/** The `discover` and `dnsRefreshMs` of a cluster with backends named by DNS; none without. */
+function discoveryOf(cluster: ClusterConfig): Pick<ClusterSpec, "discover" | "dnsRefreshMs"> {
+  const discover: DiscoverySpec[] = cluster.backends.flatMap((backend): DiscoverySpec[] => {
+    const common = { weight: backend.weight, ...(backend.backup ? { backup: true } : {}) };
+    if (backend.srv !== undefined) return [{ srv: backend.srv, ...common }];
+    if (backend.host !== undefined && backend.port !== undefined) {
+      return [{ host: backend.host, port: backend.port, ...common }];
+    }
+    return [];
+  });
+  return discover.length === 0 ? {} : { discover, dnsRefreshMs: cluster.dnsRefreshMs };
 }

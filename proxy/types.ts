@@ -97,7 +97,32 @@ export interface BackendSpec {
   weight: number;
   /** Used only while no other backend of the cluster is up; `false` when absent. */
   backup?: boolean;
+  /**
+   * The priority group of a backend found through an SRV record (lower first): only the lowest
+   * group with a backend up takes connections; absent: 0.
+   */
+  priority?: number;
 }
+
+/**
+ * Backends a cluster finds in DNS: the targets of an SRV name (each at its port, with the
+ * record's weight and priority), or every A and AAAA address of `host` at `port` (with
+ * `weight`). Looked up again every `dnsRefreshMs` of the cluster.
+ *
+ * @example
+ * ```ts
+ * import type { DiscoverySpec } from "@zerocopy/splice/proxy";
+ *
+ * const services: DiscoverySpec[] = [
+ *   { srv: "_app._tcp.example.internal", weight: 100 },
+ *   { host: "app.example.internal", port: 9000, weight: 100, backup: true },
+ * ];
+ * console.log(services.length); // 2
+ * ```
+ */
+export type DiscoverySpec =
+  & { weight: number; backup?: boolean }
+  & ({ srv: string } | { host: string; port: number });
 
 /**
  * Active health checks of a cluster's backends, as in its `health_check` table: connect every
@@ -159,6 +184,10 @@ export interface ClusterSpec {
   sendProxy?: "v1" | "v2";
   /** Active health checks of its backends; absent: passive ejection only. */
   healthCheck?: HealthCheckSpec;
+  /** Backends looked up in DNS, beside `backends`; absent: none. */
+  discover?: DiscoverySpec[];
+  /** How often `discover` is looked up again, in ms; 5000 when absent. */
+  dnsRefreshMs?: number;
   /** The servers connections are relayed to, tried in policy order until one accepts. */
   backends: BackendSpec[];
 }
@@ -217,6 +246,8 @@ export interface ProxySpec {
    * formatting); stats and metrics count every connection either way.
    */
   accessLog?: AccessLog;
+  /** The DNS server `discover` uses (`{ hostname: IP, port }`); absent: the system's. */
+  dnsNameserver?: { hostname: string; port: number };
 }
 
 /**
@@ -320,6 +351,8 @@ export interface ConnectionRecord {
  *
  * - `"connection"`: a connection finished, with its {@linkcode ConnectionRecord};
  * - `"backend-ejected"`: a backend failed too many connects in a row and is skipped a while;
+ * - `"dns-change"`: a cluster's backends found through DNS changed (the full list found now);
+ * - `"dns-error"`: a DNS lookup failed or found nothing; the last good set stays;
  * - `"backend-health"`: a backend's active health check took it out of service (`up` false:
  *   `fall` failures in a row) or brought it back (`rise` successes), with the `reason`;
  * - `"listening"`: a listener started, with the port it got;
@@ -385,6 +418,8 @@ export type ProxyEvent =
   | { type: "connection"; record: ConnectionRecord }
   | { type: "backend-ejected"; cluster: string; backend: string }
   | { type: "backend-health"; cluster: string; backend: string; up: boolean; reason: string }
+  | { type: "dns-change"; cluster: string; backends: string[] }
+  | { type: "dns-error"; cluster: string; name: string; error: string }
   | { type: "listening"; address: string; port: number }
   | { type: "listener-closed"; address: string }
   | { type: "listen-failed"; address: string; error: string }

@@ -10,7 +10,7 @@ import { type Config, ConfigError, parseConfig } from "../config.ts";
 
 export const KEY = "splice_pipe_capacity_bytes";
 export const KNOWN_KEYS = "splice_pipe_capacity_bytes, connect_timeout_ms, idle_timeout_ms, " +
-  "drain_timeout_ms, splice_mode, log_format, access_log, engines, metrics, listeners, clusters";
+  "drain_timeout_ms, splice_mode, log_format, access_log, engines, dns_nameserver, metrics, listeners, clusters";
 
 /** The configuration of an empty file. */
 export const DEFAULTS: Config = {
@@ -149,6 +149,7 @@ export const FULL_CONFIG: Config = {
       protocol: "tcp",
       loadBalancing: "least_connections",
       sendProxy: "v2",
+      dnsRefreshMs: 5000,
       frontends: [
         { address: { hostname: "127.0.0.1", port: 8080 } },
         { address: { hostname: "127.0.0.1", port: 8080 }, hostname: "*.example.com" },
@@ -162,6 +163,7 @@ export const FULL_CONFIG: Config = {
     "v6_only-2": {
       protocol: "tcp",
       loadBalancing: "round_robin",
+      dnsRefreshMs: 5000,
       frontends: [{ address: { hostname: "::1", port: 0 } }],
       backends: [{ address: { hostname: "10.0.0.1", port: 1 }, weight: 100, backup: false }],
     },

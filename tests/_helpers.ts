@@ -81,7 +81,7 @@ export function echoBackend(): { port: number; accepted(): number; close(): Prom
 /**
  * Serves each conn `listener` accepts with `serve` (which must not reject: it catches what its
  * client does). `accepted()` counts the conns taken; `close()` stops the listener and waits for
- * every conn being served to end.
+ * every conn being served to end (closing twice is closing once).
  */
 export function serveEach<C extends Deno.Conn>(
   listener: Deno.Listener<C>,
@@ -95,10 +95,13 @@ export function serveEach<C extends Deno.Conn>(
     served.add(one);
     one.finally(() => served.delete(one));
   });
+  let closed = false;
   return {
     accepted: () => accepted,
     async close(): Promise<void> {
-      listener.close();
+      // Idempotent: a test may stop a backend, then close it again in its cleanup.
+      if (!closed) listener.close();
+      closed = true;
       await loop.catch(() => {});
       await Promise.all([...served]);
     },

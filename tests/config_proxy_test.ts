@@ -21,6 +21,7 @@ Deno.test("parseConfig and loadConfig: a full proxy file round-trips into the ex
   assert.deepEqual(parseConfig(proxyToml()).clusters.app, {
     protocol: "tcp",
     loadBalancing: "round_robin",
+    dnsRefreshMs: 5000,
     frontends: [{ address: { hostname: "127.0.0.1", port: 8080 } }],
     backends: [{ address: { hostname: "127.0.0.1", port: 9000 }, weight: 100, backup: false }],
   });
@@ -251,7 +252,10 @@ Deno.test("parseConfig: a cluster needs frontends and backends, at least one of 
   assert.equal(issue.message, 'missing required key "metrics.address"');
 
   issue = onlyIssue(proxyToml("", "[{ weight = 5 }]"));
-  assert.equal(issue.message, 'missing required key "clusters.app.backends[0].address"');
+  assert.equal(
+    issue.message,
+    'clusters.app.backends[0]: needs "address", "srv", or "host" and "port"',
+  );
 });
 
 Deno.test("parseConfig range-checks weights, timeouts and connection limits", () => {

@@ -175,3 +175,43 @@ Deno.test("parseConfig: health_check, backup and source_hash: defaults, ranges a
     ],
   );
 });
+
+Deno.test("parseConfig: a backend names one source (address, srv, or host and port); DNS keys are checked and passed on", () => {
+  const config = parseConfig(
+    'dns_nameserver = "127.0.0.1:5353"\n' + toml("", undefined, "dns_refresh_ms = 1000").replace(
+      'backends = [{ address = "127.0.0.1:9000" }]',
+      'backends = [{ address = "127.0.0.1:9000" }, { srv = "_App._tcp.Example.internal." }, ' +
+        '{ host = "app.example.internal", port = 9001, weight = 5, backup = true }]',
+    ),
+  );
+  assert.deepEqual(config.dnsNameserver, { hostname: "127.0.0.1", port: 5353 });
+  const spec = specFromConfig(config);
+  assert.equal(spec.clusters[0].backends.length, 1, "only the fixed backend");
+  assert.deepEqual(spec.clusters[0].discover, [
+    { srv: "_app._tcp.example.internal", weight: 100 },
+    { host: "app.example.internal", port: 9001, weight: 5, backup: true },
+  ]);
+  assert.equal(spec.clusters[0].dnsRefreshMs, 1000);
+  assert.deepEqual(spec.dnsNameserver, { hostname: "127.0.0.1", port: 5353 });
+  const bad = (backends: string): string[] =>
+    problems(
+      toml("").replace('backends = [{ address = "127.0.0.1:9000" }]', `backends = ${backends}`),
+    );
+  assert.deepEqual(bad("[{ weight = 1 }]"), [
+    'clusters.app.backends[0]: needs "address", "srv", or "host" and "port"',
+  ]);
+  assert.deepEqual(bad('[{ address = "127.0.0.1:1", srv = "_a._tcp.x.y" }]'), [
+    'clusters.app.backends[0]: "address" and "srv" both given: a backend names one source',
+  ]);
+  assert.deepEqual(bad('[{ host = "a.example.com" }]'), [
+    'clusters.app.backends[0].host = "a.example.com": needs "port" beside it',
+  ]);
+  assert.deepEqual(bad('[{ srv = "_a._tcp.x.y", port = 1 }]'), [
+    'clusters.app.backends[0].port = 1: only goes with "host"',
+  ]);
+  assert.match(bad('[{ srv = "*.x.y" }]')[0], /a name to look up has no wildcard/);
+  assert.match(
+    problems('dns_nameserver = "nowhere"\n' + toml(""))[0],
+    /^dns_nameserver = "nowhere"/,
+  );
+});
