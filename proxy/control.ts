@@ -17,7 +17,14 @@
 
 import { OUT_DOWN, OUT_DRAIN, OUT_MAINT } from "./balancer.ts";
 import { type HealthChange, HealthChecker } from "./health.ts";
-import type { BackendSpec, BackendView, ProxyEvent, ProxySpec, ProxyStats } from "./types.ts";
+import type {
+  BackendSpec,
+  BackendView,
+  ProxyEvent,
+  ProxySpec,
+  ProxyStats,
+  ProxyStatus,
+} from "./types.ts";
 
 /**
  * A backend's runtime state: `ready` (in service), `drain` (no new connections, open ones
@@ -222,6 +229,21 @@ export class BackendControls {
       bytesIn: stats?.bytesIn ?? 0,
       bytesOut: stats?.bytesOut ?? 0,
     };
+  }
+
+  /**
+   * The proxy's status (`/status`): `stats`, the listeners and their ports, and each backend's
+   * view (a backend a reload removed stays listed with its totals, "ready" and weight 0).
+   */
+  status(stats: ProxyStats, ports: Record<string, number>): ProxyStatus {
+    const backends: Record<string, BackendView> = {};
+    for (const [key, entry] of Object.entries(stats.backends)) {
+      const backend = key.slice(key.indexOf("/") + 1);
+      backends[key] = this.view(entry.cluster, backend, entry) ??
+        { ...entry, backend, weight: 0, state: "ready", lastCheck: null };
+    }
+    const listeners = Object.entries(ports).map(([address, port]) => ({ address, port }));
+    return { ...stats, listeners, backends };
   }
 
   /** Stops the health checks; resolves once none runs. */

@@ -1,6 +1,6 @@
 /**
  * Dialing and listening for the Deno-conn data plane (proxy/server.ts): a connect bounded in
- * time, the backend attempts of one connection, and errors that name the address.
+ * time, the backend attempts of one connection and its relay, and errors that name the address.
  *
  * @module
  */
@@ -9,7 +9,9 @@ import type { Balancer } from "./balancer.ts";
 import { hashText } from "./balancer.ts";
 import { errorCode, failsEveryBackend, localConnectFailure } from "./faults.ts";
 import type { ProxyCounters } from "./stats.ts";
-import type { BackendSpec, ClusterSpec } from "./types.ts";
+import type { BackendSpec, ClusterSpec, ConnectionRecord, ProxySpec } from "./types.ts";
+import { relay } from "../relay.ts";
+import { type DenoPass, firstBytes } from "./deno_stages.ts";
 
 /**
  * `Deno.connect` bounded in time. A connect that times out is aborted through its signal, which
@@ -118,5 +120,57 @@ export async function dialBackend(
         report.ejected(cluster, spec.address);
       }
     }
+  }
+}
+
+/** What {@linkcode relayToCluster} needs of the proxy. */
+export interface RelayContext extends Omit<DialReport, "counters"> {
+  spec: ProxySpec;
+  counters: ProxyCounters;
+  /** The relays running, each aborted when the drain timeout passes. */
+  relays: Set<AbortController>;
+}
+
+/**
+ * Connects `client` to a backend of `runtime` and relays until both sides are done, the
+ * PROXY header of `send_proxy` and the bytes `preface` read first going to the backend before
+ * anything else; fills `record` with the backend, the bytes and the end. Closes `client` when
+ * no backend takes it.
+ */
+export async function relayToCluster(
+  runtime: { spec: ClusterSpec; balancer: Balancer },
+  client: Deno.TcpConn,
+  record: ConnectionRecord,
+  preface: DenoPass | null,
+  context: RelayContext,
+): Promise<void> {
+  const chosen = await dialBackend(runtime, record.client, context.spec.connectTimeoutMs, context);
+  if ("end" in chosen) {
+    record.end = chosen.end;
+    if (chosen.error !== undefined) record.error = chosen.error;
+    client.close();
+    return;
+  }
+  const { conn: backend, spec } = chosen;
+  record.backend = spec.address;
+  const controller = new AbortController();
+  context.relays.add(controller);
+  try {
+    const toB = firstBytes(runtime.spec.sendProxy, preface, client);
+    const result = await relay(client, backend, {
+      signal: controller.signal,
+      idleTimeout: context.spec.idleTimeoutMs,
+      mode: context.spec.spliceMode,
+      ...(toB === null ? {} : { initialData: { toB } }),
+    });
+    record.bytesIn = result.aToB;
+    record.bytesOut = result.bToA;
+    record.mode = result.mode;
+    record.end = result.end;
+    if (result.error) record.error = result.error.message;
+    context.counters.relayed(runtime.spec.name, spec.address, result);
+  } finally {
+    context.relays.delete(controller);
+    runtime.balancer.released(spec.address);
   }
 }

@@ -6,19 +6,18 @@
  * @module
  */
 
-import { relay } from "../relay.ts";
 import { Clusters } from "./clusters.ts";
 import { Discovery } from "./discovery.ts";
 import { type BackendChange, BackendControls } from "./control.ts";
 import type { BackendView, ProxyStatus } from "./types.ts";
 import { acceptLoop, AcceptPauses } from "./accept.ts";
 import { Throttle } from "./faults.ts";
-import { closeQuietly, dialBackend, listenError } from "./dial.ts";
+import { closeQuietly, listenError, relayToCluster } from "./dial.ts";
 import { NativePlane, type PlaneHooks } from "./native_plane.ts";
 import { ffiAvailable } from "../ffi/libc.ts";
 import { usableCpus } from "../ffi/net.ts";
 import { ProxyCounters } from "./stats.ts";
-import { DenoGate, type DenoPass, type DenoRules, denoRules, firstBytes } from "./deno_stages.ts";
+import { DenoGate, type DenoPass, type DenoRules, denoRules } from "./deno_stages.ts";
 import {
   type ConnectionRecord,
   type ListenerSpec,
@@ -212,13 +211,7 @@ export class TcpProxy {
    */
   setBackend(cluster: string, backend: string, change: BackendChange): BackendView | null {
     if (!this.#backends.change(cluster, backend, change)) return null;
-    if (change.weight !== undefined) {
-      const spec = this.#backends.effective();
-      this.#spec = spec;
-      if (this.#native !== null) this.#native.reload(spec);
-      this.#applyClusters(spec);
-      this.#refreshOut(spec);
-    }
+    if (change.weight !== undefined) this.#run(this.#backends.effective());
     return this.backend(cluster, backend);
   }
 
@@ -265,23 +258,7 @@ export class TcpProxy {
    * ```
    */
   status(): ProxyStatus {
-    const stats = this.stats();
-    const backends: Record<string, BackendView> = {};
-    for (const [key, entry] of Object.entries(stats.backends)) {
-      const backend = key.slice(key.indexOf("/") + 1);
-      backends[key] = this.#backends.view(entry.cluster, backend, entry) ?? {
-        ...entry,
-        backend,
-        weight: 0,
-        state: "ready",
-        lastCheck: null,
-      };
-    }
-    const listeners = Object.entries(this.listenerPorts).map(([address, port]) => ({
-      address,
-      port,
-    }));
-    return { ...stats, listeners, backends };
+    return this.#backends.status(this.stats(), this.listenerPorts);
   }
 
   /**
@@ -413,8 +390,11 @@ export class TcpProxy {
    * (listeners untouched, not counted as a reload): backends that stay keep their state.
    */
   #rediscovered(): void {
-    if (this.#stopping) return;
-    const spec = this.#backends.apply(this.#discovery.expand(this.#file));
+    if (!this.#stopping) this.#run(this.#backends.apply(this.#discovery.expand(this.#file)));
+  }
+
+  /** Runs `spec` with the same listeners (new backends or weights): not counted as a reload. */
+  #run(spec: ProxySpec): void {
     this.#spec = spec;
     if (this.#native !== null) this.#native.reload(spec);
     this.#applyClusters(spec);
@@ -606,42 +586,15 @@ export class TcpProxy {
         runtime = passed.target;
         counted = passed.key ?? counted;
       }
-      const chosen = runtime
-        ? await dialBackend(runtime, record.client, this.#spec.connectTimeoutMs, {
-          counters: this.#counters,
-          localError: (cluster, backend, code, error) =>
-            this.#localError(cluster, backend, code, error),
-          ejected: (cluster, backend) => this.#emit({ type: "backend-ejected", cluster, backend }),
-        })
-        : { end: "no-backend" as const };
-      if ("end" in chosen) {
-        record.end = chosen.end;
-        if (chosen.error !== undefined) record.error = chosen.error;
-        client.close();
-        return;
-      }
-      const { conn: backend, spec } = chosen;
-      record.backend = spec.address;
-      const controller = new AbortController();
-      this.#relays.add(controller);
-      try {
-        const toB = firstBytes(runtime!.spec.sendProxy, preface, client);
-        const result = await relay(client, backend, {
-          signal: controller.signal,
-          idleTimeout: this.#spec.idleTimeoutMs,
-          mode: this.#spec.spliceMode,
-          ...(toB === null ? {} : { initialData: { toB } }),
-        });
-        record.bytesIn = result.aToB;
-        record.bytesOut = result.bToA;
-        record.mode = result.mode;
-        record.end = result.end;
-        if (result.error) record.error = result.error.message;
-        this.#counters.relayed(runtime!.spec.name, spec.address, result);
-      } finally {
-        this.#relays.delete(controller);
-        runtime!.balancer.released(spec.address);
-      }
+      if (runtime === undefined) return void client.close();
+      await relayToCluster(runtime, client, record, preface, {
+        spec: this.#spec,
+        counters: this.#counters,
+        relays: this.#relays,
+        localError: (cluster, backend, code, error) =>
+          this.#localError(cluster, backend, code, error),
+        ejected: (cluster, backend) => this.#emit({ type: "backend-ejected", cluster, backend }),
+      });
     } catch (error) {
       // Not a peer's doing (relay() reports those in its result): a bug. The connection is
       // closed and the proxy goes on.
