@@ -6,7 +6,7 @@
  * @module
  */
 
-import { rendezvousScore } from "../proxy/balancer.ts";
+import { Balancer, rendezvousScore } from "../proxy/balancer.ts";
 import {
   BACKEND_ACTIVE,
   BACKEND_FAILURES,
@@ -14,6 +14,7 @@ import {
   type BackendRoute,
   CLUSTER_PICKS,
   type ClusterRoute,
+  MAX_SEQUENCE,
   type PlaneViews,
   POLICY_LEAST_CONNECTIONS,
   POLICY_RANDOM,
@@ -117,4 +118,31 @@ export function markFailed(
 /** The clock every thread reads alike: absolute ms, for the shared ejection deadlines. */
 export function wallClock(): number {
   return performance.timeOrigin + performance.now();
+}
+
+/**
+ * One cycle of smooth weighted round robin over `cluster`'s backends (the weights divided by
+ * their greatest common divisor), as indexes; cut at {@linkcode MAX_SEQUENCE}, which keeps the
+ * proportions over any window of that length.
+ */
+export function roundRobinOrder(cluster: ClusterRoute): number[] {
+  const weighted = cluster.backends.filter((b) => b.weight > 0);
+  if (weighted.length === 0) return [];
+  const divisor = weighted.reduce((g, b) => gcd(g, b.weight), 0);
+  const length = Math.min(MAX_SEQUENCE, weighted.reduce((sum, b) => sum + b.weight / divisor, 0));
+  const balancer = new Balancer(
+    cluster.backends.map((b) => ({ address: String(b.slot), weight: b.weight / divisor })),
+    "round_robin",
+  );
+  const order: number[] = [];
+  for (let i = 0; i < length; i++) {
+    const picked = balancer.pick(0);
+    if (picked === null) break;
+    order.push(cluster.backends.findIndex((b) => String(b.slot) === picked.address));
+  }
+  return order;
+}
+
+function gcd(a: number, b: number): number {
+  return b === 0 ? a : gcd(b, a % b);
 }

@@ -54,7 +54,6 @@ import {
   MAX_CLUSTERS,
   MAX_ENGINES,
   MAX_LISTENERS,
-  MAX_SEQUENCE,
   planeBytes,
   type PlaneReport,
   type PlaneViews,
@@ -70,10 +69,10 @@ import {
   ticketIndex,
 } from "../engine/plane_layout.ts";
 import { MODE_AUTO, MODE_COPY, MODE_SPLICE } from "../engine/wire.ts";
+import { roundRobinOrder } from "../engine/plane_pick.ts";
 import { ipTableBytes } from "../engine/ip_table.ts";
 import { fdHardLimit } from "../ffi/socket_fd.ts";
 import {
-  Balancer,
   DEFAULT_EJECT_MS,
   DEFAULT_FAILURES_TO_EJECT,
   hashText,
@@ -600,31 +599,4 @@ function listenMode(): "reuseport" | "exclusive" {
 
 function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/**
- * One cycle of smooth weighted round robin over `cluster`'s backends (the weights divided by
- * their greatest common divisor), as indexes; cut at {@linkcode MAX_SEQUENCE}, which keeps the
- * proportions over any window of that length.
- */
-function roundRobinOrder(cluster: ClusterRoute): number[] {
-  const weighted = cluster.backends.filter((b) => b.weight > 0);
-  if (weighted.length === 0) return [];
-  const divisor = weighted.reduce((g, b) => gcd(g, b.weight), 0);
-  const length = Math.min(MAX_SEQUENCE, weighted.reduce((sum, b) => sum + b.weight / divisor, 0));
-  const balancer = new Balancer(
-    cluster.backends.map((b) => ({ address: String(b.slot), weight: b.weight / divisor })),
-    "round_robin",
-  );
-  const order: number[] = [];
-  for (let i = 0; i < length; i++) {
-    const picked = balancer.pick(0);
-    if (picked === null) break;
-    order.push(cluster.backends.findIndex((b) => String(b.slot) === picked.address));
-  }
-  return order;
-}
-
-function gcd(a: number, b: number): number {
-  return b === 0 ? a : gcd(b, a % b);
 }
