@@ -291,7 +291,14 @@ function openLibrary(): Deno.DynamicLibrary<typeof SYMBOLS> {
   let lastError: unknown;
   for (const name of LIBC_NAMES) {
     try {
-      library = Deno.dlopen(name, SYMBOLS);
+      const opened = Deno.dlopen(name, SYMBOLS);
+      // The errno location is resolved here, once, and never lazily inside errno(): the first
+      // FFI call to a symbol can itself make syscalls (measured: 1 run in 30 read ENOENT instead
+      // of the EPERM that F_SETPIPE_SZ had set), so a lazy lookup would clobber the errno it
+      // is about to read.
+      const pointer = opened.symbols.__errno_location();
+      errnoView = pointer === null ? null : new Deno.UnsafePointerView(pointer);
+      library = opened;
       return library;
     } catch (error) {
       lastError = error;
@@ -314,10 +321,6 @@ export function libc(): Libc {
  * module instance, and each Worker has its own instance.
  */
 export function errno(): number {
-  if (errnoView === null) {
-    const pointer = libc().__errno_location();
-    if (pointer === null) return 0;
-    errnoView = new Deno.UnsafePointerView(pointer);
-  }
-  return errnoView.getInt32();
+  // Opening the library resolves the location; a failing call implies it was opened.
+  return errnoView === null ? 0 : errnoView.getInt32();
 }
