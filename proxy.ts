@@ -18,21 +18,37 @@ import { startProxy } from "./proxy/start.ts";
 import type { ProxyEvent } from "./proxy/types.ts";
 import { specFromConfig } from "./proxy/spec.ts";
 import { describeHttpEvent, serveHttp } from "./proxy/http.ts";
-import { serveAdmin } from "./proxy/admin.ts";
+import { adminToken, serveAdmin } from "./proxy/admin.ts";
+import {
+  finishTakeover,
+  receiveListeners,
+  sendListeners,
+  type TakenOver,
+  TakeoverRefused,
+} from "./proxy/takeover.ts";
+import { closeFd } from "./ffi/pipe.ts";
 import { netPermissionProblems } from "./proxy/permissions.ts";
 import { shutdownRelayEngine, spliceAvailable } from "./mod.ts";
 
 const VERSION = denoJson.version;
+/** After a takeover: how often, and how many times, the admin address is tried (10 s). */
+const ADMIN_BIND_RETRY_MS = 50;
+const ADMIN_BIND_ATTEMPTS = 200;
 
 const HELP = `splice proxy ${VERSION}: an L4 TCP proxy that relays with splice(2)
 
 Usage:
   deno run --allow-ffi --allow-net --allow-read proxy.ts [--config FILE]
   deno run --allow-read proxy.ts --check --config FILE
+  deno run --allow-ffi --allow-net --allow-read proxy.ts --config FILE --takeover ADMIN
 
 Options:
   --config FILE   the TOML config (without it: an embedded demo with its own backend)
   --check         validate the config, print every problem, exit 1 if any
+  --takeover ADMIN
+                  take the listening sockets of the proxy whose admin endpoint is ADMIN
+                  (host:port), serve them, then have it drain and exit: an upgrade that
+                  refuses no connection (both need --allow-ffi)
   --version       print the version
   --help          this text
 
@@ -58,6 +74,7 @@ backends = [{ address = "127.0.0.1:BACKEND_PORT", weight = 100 }]
 
 interface Args {
   config?: string;
+  takeover?: string;
   check: boolean;
   help: boolean;
   version: boolean;
@@ -73,10 +90,19 @@ function parseArgs(args: string[]): Args {
         throw new TypeError("Cannot parse the arguments: --config needs a FILE (see --help)");
       }
     } else if (arg.startsWith("--config=")) out.config = arg.slice("--config=".length);
+    else if (arg === "--takeover") {
+      out.takeover = args[++i];
+      if (!out.takeover) {
+        throw new TypeError("Cannot parse the arguments: --takeover needs an ADMIN address");
+      }
+    } else if (arg.startsWith("--takeover=")) out.takeover = arg.slice("--takeover=".length);
     else if (arg === "--check") out.check = true;
     else if (arg === "--help" || arg === "-h") out.help = true;
     else if (arg === "--version") out.version = true;
     else throw new TypeError(`Cannot parse the arguments: unknown option "${arg}" (see --help)`);
+  }
+  if (out.takeover !== undefined && out.config === undefined) {
+    throw new TypeError("Cannot parse the arguments: --takeover needs --config FILE");
   }
   return out;
 }
@@ -269,22 +295,57 @@ async function main(): Promise<number> {
     say(`internal error (please report it): unhandled rejection: ${reason}`);
   });
   // Stop signals are caught before anything listens, so that a stop during start-up drains too.
-  const stopRequested = new Promise<void>((resolve) => {
-    const onStop = (): void => resolve();
+  let requestStop: (why: "signal" | "takeover") => void = () => {};
+  const stopRequested = new Promise<"signal" | "takeover">((resolve) => {
+    requestStop = resolve;
+    const onStop = (): void => resolve("signal");
     Deno.addSignalListener("SIGTERM", onStop);
     Deno.addSignalListener("SIGINT", onStop);
   });
   const log = logger(config.logFormat);
+  /** Whether this process sent its listening sockets to a new one (`POST /takeover`). */
+  let handedOver = false;
   let proxy: TcpProxy;
   for (const line of warningsOf(config)) say(`warning: ${line}`);
+  const takeover = args.takeover === undefined
+    ? undefined
+    : { address: args.takeover, token: adminToken(config.metrics?.token) };
+  let taken: TakenOver | undefined;
+  if (takeover !== undefined) {
+    if (!spliceAvailable()) {
+      console.error("Cannot take over: --takeover needs --allow-ffi (sockets pass as fds)");
+      stop.abort();
+      return 1;
+    }
+    try {
+      taken = await receiveListeners(takeover);
+    } catch (error) {
+      console.error(`${(error as Error).message}; the running proxy keeps serving`);
+      stop.abort();
+      return 1;
+    }
+    say(
+      `takeover: received the listening sockets of pid ${taken.pid}: ` +
+        `${[...taken.sockets.keys()].join(", ") || "none"}`,
+    );
+  }
   try {
     // Applies the process-wide settings (the splice pipe capacity), then listens.
-    proxy = startProxy(config, { onEvent: log });
+    proxy = startProxy(config, { onEvent: log, listeningSockets: taken?.sockets });
   } catch (error) {
     // The message names the listener ("Cannot listen on 127.0.0.1:8080: ...").
-    console.error(error instanceof Error ? error.message : String(error));
+    console.error(
+      (error instanceof Error ? error.message : String(error)) +
+        (taken ? "; the running proxy keeps serving" : ""),
+    );
+    taken?.sockets.forEach((fd) => closeFd(fd));
     stop.abort();
     return 1;
+  }
+  if (taken !== undefined) {
+    // Sockets of listeners this config does not have: the running proxy's to close.
+    const used = new Set(config.listeners.map((l) => formatAddress(l.address)));
+    for (const [address, fd] of taken.sockets) if (!used.has(address)) closeFd(fd);
   }
   const engines = proxy.stats().engines.length;
   say(
@@ -320,42 +381,74 @@ async function main(): Promise<number> {
     return reloading;
   };
 
-  if (config.metrics) {
-    // Like the address, the token is taken once: a reload does not change it.
+  if (taken !== undefined && takeover !== undefined) {
     try {
-      serveAdmin(
-        config.metrics.address,
-        {
-          stats: () => proxy.stats(),
-          status: () => proxy.status(),
-          reload: () => reload("admin"),
-          backend: (cluster, backend) => proxy.backend(cluster, backend),
-          setBackend: (cluster, backend, change) => {
-            const view = proxy.setBackend(cluster, backend, change);
-            if (view !== null) {
-              say(
-                `backend ${cluster}/${backend}: set at run time (admin): ` +
-                  `${view.state}, weight ${view.weight}`,
-              );
-            }
-            return view;
-          },
-        },
-        stop.signal,
-        { token: config.metrics.token, log: say },
-      );
+      const { draining } = await finishTakeover(takeover);
+      say(`takeover: serving; pid ${taken.pid} drains its ${draining} connections and exits`);
     } catch (error) {
-      const reason = error instanceof Error ? error.message : String(error);
-      console.error(
-        `Cannot listen on ${formatAddress(config.metrics.address)} (metrics): ${reason}`,
+      say(
+        `takeover: ${(error as Error).message}; this process serves beside pid ${taken.pid}, ` +
+          "which stops with SIGTERM",
       );
-      await proxy.shutdown();
-      stop.abort();
-      return 1;
     }
-    say(
-      `metrics on http://${config.metrics.address.hostname}:${config.metrics.address.port}/metrics`,
-    );
+  }
+  const adminStop = new AbortController();
+  if (config.metrics) {
+    const metrics = config.metrics;
+    // After a takeover the running proxy lets go of the address as it starts to drain.
+    const attempts = taken === undefined ? 1 : ADMIN_BIND_ATTEMPTS;
+    for (let attempt = 1;; attempt++) {
+      try {
+        serveAdmin(
+          metrics.address,
+          {
+            stats: () => proxy.stats(),
+            status: () => proxy.status(),
+            reload: () => reload("admin"),
+            backend: (cluster, backend) => proxy.backend(cluster, backend),
+            setBackend: (cluster, backend, change) => {
+              const view = proxy.setBackend(cluster, backend, change);
+              if (view !== null) {
+                say(
+                  `backend ${cluster}/${backend}: set at run time (admin): ` +
+                    `${view.state}, weight ${view.weight}`,
+                );
+              }
+              return view;
+            },
+            takeover: (body) => {
+              const { addresses } = sendListeners(() => proxy.handOver(), body);
+              handedOver = true;
+              say(`takeover: listening sockets sent to a new process: ${addresses.join(", ")}`);
+              return { listeners: addresses, pid: Deno.pid };
+            },
+            finishTakeover: () => {
+              if (!handedOver) {
+                throw new TakeoverRefused(409, "Cannot finish a takeover: no socket was sent");
+              }
+              const draining = proxy.stats().connectionsOpen;
+              requestStop("takeover");
+              return { draining };
+            },
+          },
+          adminStop.signal,
+          { token: metrics.token, log: say },
+        );
+        break;
+      } catch (error) {
+        if (error instanceof Deno.errors.AddrInUse && attempt < attempts) {
+          await delay(ADMIN_BIND_RETRY_MS);
+          continue;
+        }
+        const reason = error instanceof Error ? error.message : String(error);
+        console.error(`Cannot listen on ${formatAddress(metrics.address)} (metrics): ${reason}`);
+        if (taken !== undefined) break; // serving already: without an admin endpoint
+        await proxy.shutdown();
+        stop.abort();
+        return 1;
+      }
+    }
+    say(`metrics on http://${metrics.address.hostname}:${metrics.address.port}/metrics`);
   }
   if (!args.config) {
     say("Try:  curl http://127.0.0.1:8080/   (Ctrl-C stops)");
@@ -365,11 +458,21 @@ async function main(): Promise<number> {
   if (args.config) watchConfig(args.config, () => void reload("file changed"), stop.signal);
   say("ready");
 
-  await stopRequested;
+  const why = await stopRequested;
   // shutdown() closes the listeners before its first await: say "draining" once they are.
+  // After a handover it releases them instead: the new process serves them on.
   const drained = proxy.shutdown();
-  say(`draining (up to ${config.drainTimeoutMs} ms)`);
+  if (why === "takeover") {
+    // The new process binds the admin address once this one lets go of it.
+    adminStop.abort();
+    say(
+      `takeover: the new process serves the listeners; draining (up to ${config.drainTimeoutMs} ms)`,
+    );
+  } else {
+    say(`draining (up to ${config.drainTimeoutMs} ms)`);
+  }
   await drained;
+  adminStop.abort();
   stop.abort();
   await shutdownRelayEngine();
   say("stopped");
@@ -409,6 +512,10 @@ function watchConfig(path: string, onChange: () => void, signal: AbortSignal): v
       timer = setTimeout(onChange, 100);
     }
   })().catch(() => {});
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 if (import.meta.main) Deno.exit(await main());

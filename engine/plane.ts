@@ -70,6 +70,8 @@ import { admitted, firstStages, listenerRules, type Stages } from "./plane_stage
 const NONE_TRIED: number[] = [];
 /** Connections one listener may accept per wake-up before other work gets a turn. */
 const ACCEPTS_PER_TURN = 64;
+/** At most what a full accept queue holds (a backlog of 511) and as much again. */
+const RELEASE_ACCEPTS = 1024;
 /** First epoll token of listeners (`+ slot`); relay tokens stay below 2^31. */
 export const LISTENER_TOKEN = 0x80000000;
 /**
@@ -155,6 +157,9 @@ export class Plane {
       }
       if (listening.registered) this.#unregister(listening);
       this.#listening.delete(slot);
+      if (routes.released.includes(slot) && this.#routes !== null) {
+        this.#acceptRest(listening.route, this.#routes);
+      }
     }
     for (const route of routes.listeners) {
       if (this.#listening.has(route.slot)) continue;
@@ -277,6 +282,33 @@ export class Plane {
       } else {
         this.#accepted(fd, client, route, routes);
       }
+    }
+  }
+
+  /**
+   * Accepts what a released listener (see `Routes.released`) has queued, under the routes it
+   * was accepting with. It is out of this engine's epoll already, so every connection that
+   * arrives from now on wakes a waiter in the process the socket went to; one that arrived
+   * before may have woken only this engine, and is taken here. Bounded: a socket that keeps
+   * filling is the other process's to serve.
+   */
+  #acceptRest(route: ListenerRoute, routes: Routes): void {
+    const symbols = libc();
+    for (let i = 0; i < RELEASE_ACCEPTS; i++) {
+      this.#addrLength[0] = SOCKADDR_MAX;
+      const fd = symbols.accept4(
+        route.fd,
+        this.#addr,
+        this.#addrLength,
+        SOCK_NONBLOCK | SOCK_CLOEXEC,
+      );
+      if (fd < 0) {
+        const code = errno();
+        if (code === EINTR || acceptErrorKind(errnoName(code)) === "transient") continue;
+        // EAGAIN: nothing queued. Anything else (out of fds): what is left is the other's.
+        return;
+      }
+      this.#accepted(fd, formatSockaddr(this.#addr), route, routes);
     }
   }
 

@@ -279,6 +279,12 @@ export interface Routes {
   ipTable: SharedArrayBuffer | null;
   /** Which ended connections get a record: the newest routes' setting applies to every end. */
   accessLog: AccessLog;
+  /**
+   * Slots of listeners these routes remove whose sockets live on in another process (handed
+   * over in a takeover): they are not shut down, so an engine that lets go of one first
+   * accepts what it has queued, which would otherwise wait for the next wake-up elsewhere.
+   */
+  released: number[];
 }
 
 /** Messages from the main thread to an engine (each announced by `OP_MAIL` in the ring). */

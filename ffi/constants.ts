@@ -115,3 +115,14 @@ export const RLIMIT_NOFILE = 7;
 
 /** recv(2): return queued bytes without taking them from the socket. */
 export const MSG_PEEK = 0x2;
+
+/** sendmsg(2): no SIGPIPE when the peer is gone (EPIPE is returned instead). */
+export const MSG_NOSIGNAL = 0x4000;
+/** recvmsg(2): the control data was cut short (more fds were sent than room was made for). */
+export const MSG_CTRUNC = 0x8;
+/** recvmsg(2): fds received with SCM_RIGHTS are close-on-exec from the start. */
+export const MSG_CMSG_CLOEXEC = 0x40000000;
+/** The control message type that carries fds. */
+export const SCM_RIGHTS = 1;
+/** getsockopt(2): the pid, uid and gid of a Unix socket's peer (`struct ucred`). */
+export const SO_PEERCRED = 17;

@@ -251,6 +251,28 @@ const SYMBOLS = {
     ],
     result: "i32", // int
   },
+  sendmsg: {
+    // Hands listening sockets to another process (SCM_RIGHTS) in a takeover; never per
+    // connection.
+    parameters: [
+      "i32", // int sockfd
+      "buffer", // const struct msghdr *msg
+      "i32", // int flags
+    ],
+    result: "isize", // ssize_t
+  },
+  recvmsg: {
+    parameters: [
+      "i32", // int sockfd
+      "buffer", // struct msghdr *msg
+      "i32", // int flags
+    ],
+    result: "isize", // ssize_t
+  },
+  geteuid: {
+    parameters: [],
+    result: "u32", // uid_t
+  },
   __errno_location: {
     parameters: [],
     result: "pointer", // int *

@@ -10,18 +10,24 @@
 import {
   AF_INET,
   AF_INET6,
+  F_GETFL,
+  F_SETFL,
   IPPROTO_IPV6,
   IPPROTO_TCP,
   IPV6_V6ONLY,
+  O_NONBLOCK,
   SHUT_RD,
+  SO_ACCEPTCONN,
   SO_REUSEADDR,
   SO_REUSEPORT,
+  SO_TYPE,
   SOCK_CLOEXEC,
   SOCK_NONBLOCK,
   SOCK_STREAM,
   SOL_SOCKET,
   TCP_INFO,
 } from "./constants.ts";
+import { errnoName } from "./errno.ts";
 import { errno, libc } from "./libc.ts";
 
 /** Bytes of `struct sockaddr_in6`, the larger of the two families; `sockaddr_in` takes 16. */
@@ -164,6 +170,35 @@ export function acceptQueueLength(fd: number): number {
  */
 export function stopListening(fd: number): void {
   libc().shutdown(fd, SHUT_RD);
+}
+
+/**
+ * Why `fd` cannot serve as an engine's listener (not a socket, not TCP over IPv4 or IPv6, not
+ * listening), or `null` when it can; a socket that can is made non-blocking, which it already
+ * is when it came from another engine (the flag belongs to the socket, not to the fd).
+ */
+export function listeningProblem(fd: number): string | null {
+  const symbols = libc();
+  const value = new Int32Array(1);
+  const length = new Uint32Array([4]);
+  const option = (name: number): number | null => {
+    length[0] = 4;
+    return symbols.getsockopt(fd, SOL_SOCKET, name, value, length) === 0 ? value[0] : null;
+  };
+  const type = option(SO_TYPE);
+  if (type === null) return `not a socket (${errnoName(errno())})`;
+  if (type !== SOCK_STREAM) return "not a stream socket";
+  const bytes = new Uint8Array(SOCKADDR_MAX);
+  const size = new Uint32Array([SOCKADDR_MAX]);
+  if (symbols.getsockname(fd, bytes, size) !== 0) return `unnamed (${errnoName(errno())})`;
+  const family = sockaddrFamily(bytes);
+  if (family !== AF_INET && family !== AF_INET6) return "not an IPv4 or IPv6 socket";
+  if (option(SO_ACCEPTCONN) !== 1) return "not listening";
+  const flags = symbols.fcntl(fd, F_GETFL, 0);
+  if (flags < 0 || symbols.fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+    return `not made non-blocking (${errnoName(errno())})`;
+  }
+  return null;
 }
 
 /** The port a bound socket got (what port 0 became); -1 when it cannot be read. */

@@ -1,7 +1,8 @@
 /**
  * The admin endpoint: Prometheus text on `/metrics`, JSON on `/status`, `POST /reload` to
- * reload the config file, and `GET` / `PUT /clusters/{cluster}/backends/{address}` to see and
- * change a backend at run time.
+ * reload the config file, `GET` / `PUT /clusters/{cluster}/backends/{address}` to see and
+ * change a backend at run time, and `POST /takeover` and `/takeover/finish` for a new process
+ * taking over (proxy/takeover.ts).
  *
  * Every request is checked before it reaches a route, because a browser on the same machine is
  * a client too: a page it shows can send simple cross-site POSTs, and after DNS rebinding its
@@ -17,6 +18,7 @@ import { describeHttpEvent, type HttpLimits, type HttpRefusal, serveHttp } from 
 import type { BackendView, ProxyStats } from "./types.ts";
 import { type BackendChange, parseBackendChange } from "./control.ts";
 import { prometheusText } from "./metrics.ts";
+import { TakeoverRefused } from "./takeover.ts";
 import { STATUS_PAGE, STATUS_PAGE_HEADERS } from "./status_page.ts";
 
 /** Why the admin endpoint refused a request: the `reason` label of its refusal counter. */
@@ -143,6 +145,14 @@ export function serveAdmin(
     backend?: (cluster: string, backend: string) => BackendView | null;
     /** `PUT` of the same path: a runtime change; null: no such backend (404). */
     setBackend?: (cluster: string, backend: string, change: BackendChange) => BackendView | null;
+    /**
+     * `POST /takeover`: hands the listening sockets to the Unix socket the body names
+     * (proxy/takeover.ts); throws `TakeoverRefused` with the status to answer. The two routes
+     * exist only when both handlers are given.
+     */
+    takeover?: (body: string) => unknown;
+    /** `POST /takeover/finish`: the new process serves; this one drains and exits. */
+    finishTakeover?: () => unknown;
   },
   signal: AbortSignal,
   options: AdminOptions = {},
@@ -154,7 +164,7 @@ export function serveAdmin(
     "too-large": 0,
     method: 0,
   };
-  const token = tokenFromEnvironment() ?? options.token;
+  const token = adminToken(options.token);
   const tokenCheck = bearerCheck(token);
   if (token === undefined && !envGranted()) {
     // Said once, at start: an operator who exported the variable but did not grant it would
@@ -223,6 +233,21 @@ export function serveAdmin(
       },
     },
   ];
+  const { takeover, finishTakeover } = handlers;
+  if (takeover !== undefined && finishTakeover !== undefined) {
+    routes.push({
+      method: "POST",
+      path: "/takeover",
+      changesState: true,
+      readsBody: true,
+      handle: (_, body) => takeoverAnswer(() => takeover(body)),
+    }, {
+      method: "POST",
+      path: "/takeover/finish",
+      changesState: true,
+      handle: () => takeoverAnswer(finishTakeover),
+    });
+  }
 
   const logged = new Throttle(LOG_INTERVAL_MS);
   const refuse = (
@@ -404,6 +429,21 @@ function crossSiteReason(request: Request, host: string | null): string | undefi
   return origin.toLowerCase() === own ? undefined : `Origin ${JSON.stringify(origin)}`;
 }
 
+/**
+ * The admin token in force: `SPLICE_ADMIN_TOKEN` when it is set, not empty and granted, else
+ * `configured` (see {@linkcode AdminOptions.token}).
+ *
+ * @example
+ * ```ts
+ * import { adminToken } from "./admin.ts";
+ *
+ * console.log(adminToken("from-the-config")); // the variable's value when granted and set
+ * ```
+ */
+export function adminToken(configured: string | undefined): string | undefined {
+  return tokenFromEnvironment() ?? configured;
+}
+
 /** The token from `SPLICE_ADMIN_TOKEN`, or `undefined` when it is unset, empty or not granted. */
 function tokenFromEnvironment(): string | undefined {
   // Deno.env.get() without the grant would prompt (or throw): a token has to be granted
@@ -476,6 +516,16 @@ function safeDecode(part: string): string {
     return decodeURIComponent(part);
   } catch {
     return part;
+  }
+}
+
+/** A takeover step's answer: its JSON, or the status its `TakeoverRefused` carries. */
+function takeoverAnswer(step: () => unknown): Response {
+  try {
+    return Response.json(step());
+  } catch (error) {
+    const status = error instanceof TakeoverRefused ? error.status : 500;
+    return new Response(`${(error as Error).message}\n`, { status });
   }
 }
 

@@ -28,7 +28,7 @@
  * @module
  */
 
-export { TcpProxy } from "./server.ts";
+export { TcpProxy, type TcpProxyOptions } from "./server.ts";
 export { startProxy } from "./start.ts";
 export type {
   AccessLog,

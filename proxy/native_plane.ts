@@ -17,6 +17,7 @@ import { closeFd } from "../ffi/pipe.ts";
 import { errnoDescription } from "../ffi/errno.ts";
 import {
   acceptQueueLength,
+  listeningProblem,
   listenSocket,
   localPort,
   resolveSockaddrs,
@@ -58,10 +59,6 @@ import {
   type PlaneReport,
   type PlaneViews,
   planeViews,
-  POLICY_LEAST_CONNECTIONS,
-  POLICY_RANDOM,
-  POLICY_ROUND_ROBIN,
-  POLICY_SOURCE_HASH,
   PUBLISHED,
   REFUSAL_CODES,
   RELOADING,
@@ -82,8 +79,7 @@ import {
 import { Throttle } from "./faults.ts";
 import { reportable, toConnectionRecord } from "./plane_reports.ts";
 
-/** A stage's deadline (PROXY header, ClientHello) when the spec leaves it out, in ms. */
-const DEFAULT_STAGE_TIMEOUT_MS = 3000;
+import { listenerRoutes, policyOf } from "./plane_routes.ts";
 import type { ConnectionRecord, ListenerSpec, ProxyEvent, ProxySpec, ProxyStats } from "./types.ts";
 
 /** Pending connections a listener queues (as Deno.listen and HAProxy use by default). */
@@ -130,6 +126,12 @@ export class NativePlane {
   #closing = new Map<number, { waiting: Set<number>; fds: number[] }>();
   #spec: ProxySpec;
   #stopped = false;
+  /**
+   * The listening sockets were handed to another process (a takeover): from then on a
+   * listener this plane lets go of is released, never shut down, because shutting down a
+   * socket shuts it down for every process that holds it.
+   */
+  #shared = false;
   #throttle = new Throttle(REPORT_INTERVAL_MS);
   #buffer: SharedArrayBuffer;
 
@@ -154,15 +156,35 @@ export class NativePlane {
   /**
    * Starts the plane: its engines, then its listeners. Returns `null` when no engine can start
    * (the caller serves through Deno conns); throws, with nothing left running, when a listener
-   * cannot listen.
+   * cannot listen. `inherited` are listening sockets taken over from another process, by
+   * listener address: such a listener serves that socket instead of making one (it must be a
+   * listening TCP socket on the listener's port), and this plane owns it from then on; the
+   * caller keeps, and closes, the inherited fds no listener used and all of them on a throw.
    */
-  static start(spec: ProxySpec, hooks: PlaneHooks, engines: number): NativePlane | null {
+  static start(
+    spec: ProxySpec,
+    hooks: PlaneHooks,
+    engines: number,
+    inherited: ReadonlyMap<string, number> = new Map(),
+  ): NativePlane | null {
     const plane = new NativePlane(spec, hooks, Math.min(MAX_ENGINES, Math.max(1, engines)));
     if (plane.#engines.length === 0) return null;
+    if (inherited.size > 0 && !plane.#exclusive) {
+      for (const engine of plane.#engines) engine.stop();
+      throw new Error(
+        "Cannot take the listeners over: SPLICE_LISTEN_MODE=reuseport is set in this process",
+      );
+    }
     try {
-      for (const listener of spec.listeners) plane.#listen(listener);
+      for (const listener of spec.listeners) {
+        plane.#listen(listener, inherited.get(listener.address));
+      }
     } catch (error) {
-      for (const listener of plane.#listeners.values()) listener.fds.forEach(closeFd);
+      // Inherited sockets stay the caller's on a throw.
+      const theirs = new Set(inherited.values());
+      for (const listener of plane.#listeners.values()) {
+        listener.fds.filter((fd) => !theirs.has(fd)).forEach(closeFd);
+      }
       plane.#listeners.clear();
       for (const engine of plane.#engines) engine.stop();
       throw error;
@@ -222,11 +244,13 @@ export class NativePlane {
     const failed: [string, Error][] = [];
     const wanted = new Set(spec.listeners.map((l) => l.address));
     const closing: number[] = [];
+    const released: number[] = [];
     for (const [address, listener] of this.#listeners) {
       if (wanted.has(address)) continue;
       this.#listeners.delete(address);
       // Refused from now on, not from when every engine has let go of it.
-      listener.fds.forEach(stopListening);
+      if (this.#shared) released.push(listener.slot);
+      else listener.fds.forEach(stopListening);
       closing.push(...listener.fds);
       removed.push(address);
     }
@@ -243,8 +267,27 @@ export class NativePlane {
         failed.push([listener.address, error instanceof Error ? error : new Error(String(error))]);
       }
     }
-    this.#publish(closing);
+    this.#publish(closing, released);
     return { added, removed, failed };
+  }
+
+  /**
+   * The listening sockets, one per listener, for another process to serve too (a takeover):
+   * from now on this plane releases listeners rather than shutting them down (see
+   * {@linkcode shutdown}). The fds stay this plane's to close. Throws in SO_REUSEPORT mode,
+   * where a listener is a group of sockets, one per engine, that a process with another
+   * number of engines could not take over without closing some (resetting what they queued).
+   */
+  handOver(): { address: string; port: number; fd: number }[] {
+    if (!this.#exclusive) {
+      throw new Error(
+        "Cannot hand the listeners over: SPLICE_LISTEN_MODE=reuseport gives each engine its " +
+          "own socket; takeover needs the default mode (one socket per listener)",
+      );
+    }
+    if (this.#stopped) throw new Error("Cannot hand the listeners over: the proxy is stopping");
+    this.#shared = true;
+    return [...this.#listeners].map(([address, l]) => ({ address, port: l.port, fd: l.fds[0] }));
   }
 
   /** Resets the passive health of the backends of clusters a reload changed. */
@@ -263,15 +306,18 @@ export class NativePlane {
 
   /**
    * Stops accepting, lets connections finish for up to `drainMs`, ends the rest, and stops the
-   * engines. Resolves when every connection is closed.
+   * engines. Resolves when every connection is closed. After {@linkcode handOver}, the
+   * listening sockets are released instead of shut down: the process they went to keeps
+   * serving them, and nothing they had queued is lost.
    */
   async shutdown(drainMs: number): Promise<void> {
     if (this.#stopped) return;
     this.#stopped = true;
     const fds = [...this.#listeners.values()].flatMap((l) => l.fds);
-    fds.forEach(stopListening);
+    const slots = [...this.#listeners.values()].map((l) => l.slot);
+    if (!this.#shared) fds.forEach(stopListening);
     this.#listeners.clear();
-    this.#publish(fds);
+    this.#publish(fds, this.#shared ? slots : []);
     const deadline = performance.now() + drainMs;
     while (this.#open() > 0 && performance.now() < deadline) await delay(DRAIN_POLL_MS);
     for (const engine of this.#engines) engine.mail({ type: "abort-all" });
@@ -354,12 +400,24 @@ export class NativePlane {
     return total;
   }
 
-  #listen(spec: ListenerSpec): void {
+  #listen(spec: ListenerSpec, inherited?: number): void {
     const refused = netRefusal(spec);
     if (refused !== null) {
       throw new Deno.errors.NotCapable(`Cannot listen on ${spec.address}: ${refused}`);
     }
     const slot = this.#freeListenerSlot();
+    if (inherited !== undefined) {
+      const port = localPort(inherited);
+      const problem = listeningProblem(inherited);
+      if (problem !== null || (spec.port !== 0 && port !== spec.port)) {
+        throw new Error(
+          `Cannot take over ${spec.address}: the socket handed over is ` +
+            (problem ?? `on port ${port}`),
+        );
+      }
+      this.#listeners.set(spec.address, { spec, slot, fds: [inherited], port });
+      return;
+    }
     let address: Uint8Array;
     try {
       address = resolveSockaddrs(spec.hostname, spec.port)[0];
@@ -433,8 +491,11 @@ export class NativePlane {
     return -1; // more than MAX_BACKENDS backends in use at once: left out of the routes
   }
 
-  /** Sends every engine the routes of the current spec; closes `closing` once all applied. */
-  #publish(closing: number[] = []): void {
+  /**
+   * Sends every engine the routes of the current spec; closes `closing` once all applied.
+   * `released` are the slots of removed listeners whose sockets another process also holds.
+   */
+  #publish(closing: number[] = [], released: number[] = []): void {
     const spec = this.#spec;
     const generation = ++this.#generation;
     const clusters: ClusterRoute[] = spec.clusters.map((cluster) => ({
@@ -442,13 +503,7 @@ export class NativePlane {
       slot: this.#clusterSlot(cluster.name),
       sequence: [],
       sendProxy: cluster.sendProxy === "v1" ? 1 : cluster.sendProxy === "v2" ? 2 : 0,
-      policy: cluster.loadBalancing === "least_connections"
-        ? POLICY_LEAST_CONNECTIONS
-        : cluster.loadBalancing === "random"
-        ? POLICY_RANDOM
-        : cluster.loadBalancing === "source_hash"
-        ? POLICY_SOURCE_HASH
-        : POLICY_ROUND_ROBIN,
+      policy: policyOf(cluster.loadBalancing),
       backends: cluster.backends.flatMap((backend) => {
         const slot = this.#backendSlot(`${cluster.name}/${backend.address}`);
         if (slot < 0) return [];
@@ -475,19 +530,7 @@ export class NativePlane {
       }),
     }));
     for (const cluster of clusters) cluster.sequence = roundRobinOrder(cluster);
-    const clusterOf = new Map<string, number>();
-    const namesOf = new Map<string, [string, number][]>();
-    spec.clusters.forEach((cluster, i) => {
-      for (const frontend of cluster.frontends) {
-        if (typeof frontend === "string" || frontend.hostname === undefined) {
-          clusterOf.set(typeof frontend === "string" ? frontend : frontend.address, i);
-          continue;
-        }
-        const names = namesOf.get(frontend.address) ?? [];
-        names.push([frontend.hostname, i]);
-        namesOf.set(frontend.address, names);
-      }
-    });
+    const listenerRoute = listenerRoutes(spec);
     if (spec.listeners.some((l) => (l.maxConnectionsPerIp ?? 0) > 0)) {
       // Made once, the first time a limit is configured, and kept: engines hold on to it.
       this.#ipTable ??= new SharedArrayBuffer(ipTableBytes(fdHardLimit()));
@@ -520,20 +563,9 @@ export class NativePlane {
       const routes: Routes = {
         barrier,
         generation,
-        listeners: [...this.#listeners.values()].map((l) => ({
-          slot: l.slot,
-          address: l.spec.address,
-          fd: this.#exclusive ? l.fds[0] : l.fds[e],
-          cluster: clusterOf.get(l.spec.address) ?? -1,
-          maxConnections: l.spec.maxConnections,
-          maxPerIp: l.spec.maxConnectionsPerIp ?? 0,
-          allow: l.spec.allow ?? [],
-          deny: l.spec.deny ?? [],
-          expectProxy: l.spec.expectProxy ?? false,
-          headerTimeoutMs: l.spec.proxyHeaderTimeoutMs ?? DEFAULT_STAGE_TIMEOUT_MS,
-          names: namesOf.get(l.spec.address) ?? [],
-          sniTimeoutMs: l.spec.sniTimeoutMs ?? DEFAULT_STAGE_TIMEOUT_MS,
-        })),
+        listeners: [...this.#listeners.values()].map((l) =>
+          listenerRoute(l.spec, l.slot, this.#exclusive ? l.fds[0] : l.fds[e])
+        ),
         clusters,
         connectTimeoutMs: spec.connectTimeoutMs,
         idleTimeoutMs: spec.idleTimeoutMs,
@@ -544,6 +576,7 @@ export class NativePlane {
         ejectMs: DEFAULT_EJECT_MS,
         accessLog: spec.accessLog ?? "all",
         ipTable: this.#ipTable,
+        released,
       };
       engine.mail({ type: "routes", routes });
     });

@@ -40,6 +40,18 @@ interface RunningListener {
 /** How often a kind of failure may be reported as a {@linkcode ProxyEvent}. */
 const REPORT_INTERVAL_MS = 1_000;
 
+/** Options of {@linkcode TcpProxy.start}. */
+export interface TcpProxyOptions {
+  /** Receives every {@linkcode ProxyEvent}; it must not throw. */
+  onEvent?: (event: ProxyEvent) => void;
+  /**
+   * Listening sockets taken over from another process, by listener address: those listeners
+   * serve them instead of binding (the native data plane only). Fds no listener uses stay the
+   * caller's, as do all of them when start throws.
+   */
+  listeningSockets?: ReadonlyMap<string, number>;
+}
+
 /**
  * A running TCP proxy. Start it with {@linkcode TcpProxy.start} (or {@linkcode startProxy} from a
  * config); {@linkcode TcpProxy.reload} applies a new spec without touching established
@@ -116,16 +128,17 @@ export class TcpProxy {
    * await proxy.shutdown();
    * ```
    */
-  static start(file: ProxySpec, options?: { onEvent?: (event: ProxyEvent) => void }): TcpProxy {
+  static start(file: ProxySpec, options?: TcpProxyOptions): TcpProxy {
     const proxy = new TcpProxy(file, options?.onEvent ?? (() => {}));
     // The spec as run: the file's, with the runtime weights (none yet at start).
     proxy.#file = file;
     proxy.#discovery.apply(file);
     const spec = proxy.#backends.apply(proxy.#discovery.expand(file));
     proxy.#applyClusters(spec);
+    const inherited = options?.listeningSockets ?? new Map<string, number>();
     if (ffiAvailable()) {
       const engines = spec.engines || usableCpus();
-      proxy.#native = NativePlane.start(spec, proxy.#planeHooks(), engines);
+      proxy.#native = NativePlane.start(spec, proxy.#planeHooks(), engines, inherited);
       if (proxy.#native !== null) {
         for (const [address, port] of Object.entries(proxy.#native.listenerPorts)) {
           proxy.#emit({ type: "listening", address, port });
@@ -134,6 +147,12 @@ export class TcpProxy {
       }
     }
     try {
+      if (inherited.size > 0) {
+        throw new Error(
+          "Cannot take the listeners over: " +
+            (ffiAvailable() ? "the engines could not start" : "it needs --allow-ffi"),
+        );
+      }
       for (const listener of spec.listeners) proxy.#listen(listener);
     } catch (error) {
       for (const running of [...proxy.#listeners.values()]) proxy.#stopListener(running, false);
@@ -324,6 +343,25 @@ export class TcpProxy {
     }
     this.#counters.reloaded();
     return { added, removed, clusters: changed };
+  }
+
+  /**
+   * The listening sockets, by listener address, for a new process to serve too (a takeover,
+   * see proxy/takeover.ts). The fds stay this proxy's; from now on it releases its listeners
+   * rather than shutting them down, so that a later {@linkcode TcpProxy.shutdown} drains
+   * without refusing a connection the new process would have served. Throws on the Deno-conn
+   * path, which has no fds to give.
+   *
+   * @example
+   * ```ts ignore
+   * const sockets = proxy.handOver(); // [{ address: "0.0.0.0:443", port: 443, fd: 12 }]
+   * ```
+   */
+  handOver(): { address: string; port: number; fd: number }[] {
+    if (this.#native === null) {
+      throw new Error("Cannot hand the listeners over: they are Deno listeners (no --allow-ffi)");
+    }
+    return this.#native.handOver();
   }
 
   /**

@@ -5,9 +5,8 @@
  */
 
 import { applyConfig, type Config } from "../config.ts";
-import { TcpProxy } from "./server.ts";
+import { TcpProxy, type TcpProxyOptions } from "./server.ts";
 import { specFromConfig } from "./spec.ts";
-import type { ProxyEvent } from "./types.ts";
 
 /**
  * Starts a proxy from a checked config: {@linkcode applyConfig} (the splice pipe capacity), then
@@ -44,7 +43,7 @@ import type { ProxyEvent } from "./types.ts";
  */
 export function startProxy(
   config: Config,
-  options?: { onEvent?: (event: ProxyEvent) => void },
+  options?: TcpProxyOptions,
 ): TcpProxy {
   applyConfig(config);
   return TcpProxy.start(specFromConfig(config), options);
