@@ -7,6 +7,8 @@
  *
  * Reload: SIGHUP, a change of the config file, or `POST /reload` on the metrics address.
  * SIGTERM or SIGINT stops accepting, drains up to `drain_timeout_ms`, and exits 0.
+ * Upgrade: `--takeover ADMIN` starts a new process on the running one's listening sockets
+ * (proxy/takeover.ts), which then drains and exits.
  *
  * @module
  */
@@ -54,6 +56,7 @@ Options:
 
 Reload: SIGHUP, a change of FILE on disk, or POST /reload on the [metrics] address.
 Stop:   SIGTERM or SIGINT (drains connections up to drain_timeout_ms, exits 0).
+Upgrade: start the new version with --takeover (README: "Upgrades that drop nothing").
 `;
 
 /** The embedded default: a demo backend on a free port, the proxy on 127.0.0.1:8080. */

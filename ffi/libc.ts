@@ -287,7 +287,16 @@ const LIBC_NAMES = ["libc.so.6", "libc.musl-x86_64.so.1", "libc.musl-aarch64.so.
 
 let library: Deno.DynamicLibrary<typeof SYMBOLS> | null = null;
 let probed: boolean | null = null;
-let errnoView: Deno.UnsafePointerView | null = null;
+
+/**
+ * This thread's `errno` as a one-element array over glibc's (or musl's) own thread-local
+ * variable, set when the library is opened (each Worker opens its own). Reading `cell[0]` is an
+ * element load: no function is entered between the failing call and the read, so nothing V8
+ * does at a function's entry (installing code compiled in the background, a GC) can run in
+ * between and leave its own errno. Cold paths that report errno read it this way; `errno()`
+ * reads the same cell.
+ */
+export const ERRNO: { cell: Int32Array } = { cell: new Int32Array(1) };
 
 /**
  * Whether the splice fast path can be used in this process: Linux, `--allow-ffi` granted, and
@@ -319,7 +328,9 @@ function openLibrary(): Deno.DynamicLibrary<typeof SYMBOLS> {
       // of the EPERM that F_SETPIPE_SZ had set), so a lazy lookup would clobber the errno it
       // is about to read.
       const pointer = opened.symbols.__errno_location();
-      errnoView = pointer === null ? null : new Deno.UnsafePointerView(pointer);
+      if (pointer !== null) {
+        ERRNO.cell = new Int32Array(Deno.UnsafePointerView.getArrayBuffer(pointer, 4));
+      }
       library = opened;
       return library;
     } catch (error) {
@@ -344,5 +355,5 @@ export function libc(): Libc {
  */
 export function errno(): number {
   // Opening the library resolves the location; a failing call implies it was opened.
-  return errnoView === null ? 0 : errnoView.getInt32();
+  return ERRNO.cell[0];
 }

@@ -6,7 +6,7 @@
 
 import { F_GETPIPE_SZ, F_SETPIPE_SZ, O_CLOEXEC, O_NONBLOCK } from "./constants.ts";
 import { errnoName } from "./errno.ts";
-import { errno, libc } from "./libc.ts";
+import { ERRNO, errno, libc } from "./libc.ts";
 
 /** Reused output buffer for `pipe2`: the call is synchronous, so one buffer serves all calls. */
 const PIPE_FDS = new Int32Array(2);
@@ -41,7 +41,8 @@ const warned = new Set<string>();
 export function resizePipe(fd: number, requested: number): number {
   const symbols = libc();
   if (symbols.fcntl(fd, F_SETPIPE_SZ, requested) < 0) {
-    const code = errnoName(errno());
+    // Read inline (see ERRNO): this runs on the main thread, often before V8 is warm.
+    const code = errnoName(ERRNO.cell[0]);
     const key = `${requested}:${code}`;
     if (!warned.has(key)) {
       warned.add(key);

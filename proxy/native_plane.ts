@@ -29,7 +29,6 @@ import { pipeCapacityOverride } from "../splice_pipe.ts";
 import { type Engine, startPlaneEngine } from "../engine/engine.ts";
 import { netRefusal } from "../engine/endpoint.ts";
 import {
-  ACCEPT_CODES,
   ACCEPTING,
   BACKEND_ACTIVE,
   BACKEND_FIELDS,
@@ -37,20 +36,9 @@ import {
   type BackendRoute,
   CLUSTER_PICKS,
   type ClusterRoute,
-  ENGINE_ACCEPT_ERRORS,
   ENGINE_BACKENDS,
-  ENGINE_BYTES_IN,
-  ENGINE_BYTES_OUT,
-  ENGINE_CONNECT_FAILURES,
-  ENGINE_COPIED,
-  ENGINE_LOCAL_ERRORS,
   ENGINE_OPEN,
-  ENGINE_OPENED,
-  ENGINE_REFUSED,
-  ENGINE_REJECTED,
-  ENGINE_SPLICED,
   ENGINE_STRIDE,
-  LOCAL_CODES,
   MAX_BACKENDS,
   MAX_CLUSTERS,
   MAX_ENGINES,
@@ -60,7 +48,6 @@ import {
   type PlaneViews,
   planeViews,
   PUBLISHED,
-  REFUSAL_CODES,
   RELOADING,
   type Routes,
   ticketIndex,
@@ -69,15 +56,9 @@ import { MODE_AUTO, MODE_COPY, MODE_SPLICE } from "../engine/wire.ts";
 import { roundRobinOrder } from "../engine/plane_pick.ts";
 import { ipTableBytes } from "../engine/ip_table.ts";
 import { fdHardLimit } from "../ffi/socket_fd.ts";
-import {
-  DEFAULT_EJECT_MS,
-  DEFAULT_FAILURES_TO_EJECT,
-  hashText,
-  OUT_DOWN,
-  tierOf,
-} from "./balancer.ts";
+import { DEFAULT_EJECT_MS, DEFAULT_FAILURES_TO_EJECT, hashText, tierOf } from "./balancer.ts";
 import { Throttle } from "./faults.ts";
-import { reportable, toConnectionRecord } from "./plane_reports.ts";
+import { planeStats, reportable, toConnectionRecord } from "./plane_reports.ts";
 
 import { listenerRoutes, policyOf } from "./plane_routes.ts";
 import type { ConnectionRecord, ListenerSpec, ProxyEvent, ProxySpec, ProxyStats } from "./types.ts";
@@ -341,55 +322,10 @@ export class NativePlane {
 
   /** The counters, summed over the engines, with per-backend health. */
   stats(base: ProxyStats): ProxyStats {
-    const { counters, ints, ejectedUntil } = this.#views;
-    const sum = (field: number): number => {
-      let total = 0;
-      for (let e = 0; e < this.#engines.length; e++) total += counters[e * ENGINE_STRIDE + field];
-      return total;
-    };
-    const named = (codes: readonly string[], first: number): Record<string, number> => {
-      const out: Record<string, number> = {};
-      codes.forEach((code, i) => {
-        const n = sum(first + i);
-        if (n > 0) out[code] = n;
-      });
-      return out;
-    };
-    const now = performance.timeOrigin + performance.now();
     const current = new Set(
       this.#spec.clusters.flatMap((c) => c.backends.map((b) => `${c.name}/${b.address}`)),
     );
-    const backends: ProxyStats["backends"] = {};
-    for (const [key, slot] of this.#backendSlots) {
-      const base = ENGINE_BACKENDS + slot * BACKEND_FIELDS;
-      const entry = {
-        cluster: key.slice(0, key.indexOf("/")),
-        active: Atomics.load(ints, BACKEND_ACTIVE + slot * 2),
-        ejected: ejectedUntil[slot] > now,
-        up: (Atomics.load(ints, BACKEND_STATE + slot) & OUT_DOWN) === 0,
-        connections: sum(base),
-        failures: sum(base + 1),
-        bytesIn: sum(base + 2),
-        bytesOut: sum(base + 3),
-      };
-      if (current.has(key) || entry.connections > 0 || entry.failures > 0) backends[key] = entry;
-    }
-    return {
-      ...base,
-      connectionsOpen: sum(ENGINE_OPEN),
-      connectionsTotal: sum(ENGINE_OPENED),
-      connectionsRejected: sum(ENGINE_REJECTED),
-      connectionsRefused: named(REFUSAL_CODES, ENGINE_REFUSED),
-      bytesIn: sum(ENGINE_BYTES_IN),
-      bytesOut: sum(ENGINE_BYTES_OUT),
-      splicedConnections: sum(ENGINE_SPLICED),
-      copiedConnections: sum(ENGINE_COPIED),
-      connectFailures: sum(ENGINE_CONNECT_FAILURES),
-      acceptErrors: named(ACCEPT_CODES, ENGINE_ACCEPT_ERRORS),
-      localErrors: named(LOCAL_CODES, ENGINE_LOCAL_ERRORS),
-      backends,
-      engines: this.#engines.map((_, e) => counters[e * ENGINE_STRIDE + ENGINE_OPENED]),
-    };
+    return planeStats(this.#views, this.#engines.length, this.#backendSlots, current, base);
   }
 
   #open(): number {
