@@ -7,6 +7,7 @@
 
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
+import { freePortOn } from "./_peers.ts";
 import {
   closeQuietly,
   echoBackend,
@@ -82,8 +83,12 @@ backends = [{ address = "127.0.0.1:${backend}" }]
 }
 
 /** One short connection: 1 KiB out, the same 1 KiB back, then close. */
-async function shortExchange(port: number, payload: Uint8Array): Promise<void> {
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+async function shortExchange(
+  port: number,
+  payload: Uint8Array,
+  hostname = "127.0.0.1",
+): Promise<void> {
+  const conn = await Deno.connect({ hostname, port });
   try {
     conn.setNoDelay(true);
     await conn.write(payload);
@@ -187,9 +192,18 @@ Deno.test({
   const backend = echoBackend();
   const listen = freePort();
   const admin = freePort();
+  const v6 = freePortOn("::1");
   const dir = await Deno.makeTempDir();
   const path = `${dir}/proxy.toml`;
-  await Deno.writeTextFile(path, configText(listen, admin, backend.port));
+  // A second listener on IPv6, for the same cluster: every listener's socket is handed over.
+  const config = configText(listen, admin, backend.port).replace(
+    "frontends = [",
+    `frontends = [{ address = "[::1]:${v6}" }, `,
+  ) + `
+[[listeners]]
+address = "[::1]:${v6}"
+`;
+  await Deno.writeTextFile(path, config);
   const old = spawnProxy(path);
   let next: Proxy | undefined;
   try {
@@ -223,7 +237,13 @@ Deno.test({
     const oldSaid = old.output.lines.join("\n");
     assert.match(oldSaid, /takeover: listening sockets sent to a new process: 127\.0\.0\.1:/);
     assert.match(oldSaid, /takeover: the new process serves the listeners; draining/);
-    assert.match(next.output.lines.join("\n"), /takeover: received the listening sockets of pid/);
+    assert.match(
+      next.output.lines.join("\n"),
+      /takeover: received the listening sockets of pid \d+: 127\.0\.0\.1:\d+, \[::1\]:\d+/,
+    );
+    for (let i = 0; i < 20; i++) {
+      await shortExchange(v6, crypto.getRandomValues(new Uint8Array(1024)), "::1");
+    }
     // The new process serves on the same admin address, and took connections itself.
     assert.ok(await metric(admin, "splice_connections_total") > 0);
     assert.equal(takeoverSocketsLeft(), 0);
