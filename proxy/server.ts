@@ -1,7 +1,9 @@
 /**
- * The L4 TCP proxy's core: listeners, backend choice with retry and passive health, `relay()`
- * per connection, hot reconfiguration and graceful drain; what happens is counted by
- * proxy/stats.ts. The CLI (`proxy.ts`), the config file and the metrics endpoint build on this.
+ * The L4 TCP proxy's core: hot reconfiguration, health checks, DNS discovery, runtime backend
+ * changes and graceful drain, around one of two data planes: the engines
+ * (proxy/native_plane.ts), or without them Deno listeners with a relay() per connection
+ * (proxy/deno_plane.ts). What happens is counted by proxy/stats.ts. The CLI (`proxy.ts`), the
+ * config file and the admin endpoint build on this.
  *
  * @module
  */
@@ -9,33 +11,13 @@
 import { Clusters } from "./clusters.ts";
 import { Discovery } from "./discovery.ts";
 import { type BackendChange, BackendControls } from "./control.ts";
-import type { BackendView, ProxyStatus } from "./types.ts";
-import { acceptLoop, AcceptPauses } from "./accept.ts";
 import { Throttle } from "./faults.ts";
-import { closeQuietly, listenError, relayToCluster } from "./dial.ts";
 import { NativePlane, type PlaneHooks } from "./native_plane.ts";
 import { ffiAvailable } from "../ffi/libc.ts";
 import { usableCpus } from "../ffi/net.ts";
 import { ProxyCounters } from "./stats.ts";
-import { DenoGate, type DenoPass, type DenoRules, denoRules } from "./deno_stages.ts";
-import {
-  type ConnectionRecord,
-  type ListenerSpec,
-  logged,
-  type ProxyEvent,
-  type ProxySpec,
-  type ProxyStats,
-} from "./types.ts";
-
-interface RunningListener {
-  spec: ListenerSpec;
-  /** Its stages (proxy/deno_stages.ts); null when it has none. */
-  rules: DenoRules | null;
-  listener: Deno.TcpListener;
-  open: number;
-  /** Set by the proxy when it closes the listener: the only way its accept loop ends. */
-  closed: boolean;
-}
+import { DenoPlane } from "./deno_plane.ts";
+import type { BackendView, ProxyEvent, ProxySpec, ProxyStats, ProxyStatus } from "./types.ts";
 
 /** How often a kind of failure may be reported as a {@linkcode ProxyEvent}. */
 const REPORT_INTERVAL_MS = 1_000;
@@ -85,15 +67,10 @@ export interface TcpProxyOptions {
  */
 export class TcpProxy {
   #spec: ProxySpec;
-  #listeners = new Map<string, RunningListener>();
   #clusters = new Clusters();
-  #relays = new Set<AbortController>();
-  #settled = new Set<Promise<void>>();
   #onEvent: (event: ProxyEvent) => void;
   #stopping = false;
   #throttle = new Throttle(REPORT_INTERVAL_MS);
-  /** Accept loops paused for want of fds: a closing connection frees some and wakes them. */
-  #pauses = new AcceptPauses();
   #counters = new ProxyCounters();
   /** The spec as the file (or the embedder) gave it, before DNS and runtime changes. */
   #file: ProxySpec;
@@ -104,9 +81,10 @@ export class TcpProxy {
     (cluster, backend, bits) => this.#setOut(cluster, backend, bits),
     (event) => this.#emit(event),
   );
-  #gate = new DenoGate(this.#counters, this.#throttle, (event) => this.#emit(event));
   /** The engines' data plane; null on the Deno-conn path (no FFI, or no engine could start). */
   #native: NativePlane | null = null;
+  /** The Deno-conn path's data plane, when the engines do not run. */
+  #deno: DenoPlane | null = null;
 
   private constructor(spec: ProxySpec, onEvent: (event: ProxyEvent) => void) {
     this.#spec = spec;
@@ -153,9 +131,17 @@ export class TcpProxy {
             (ffiAvailable() ? "the engines could not start" : "it needs --allow-ffi"),
         );
       }
-      for (const listener of spec.listeners) proxy.#listen(listener);
+      proxy.#deno = new DenoPlane({
+        spec: () => proxy.#spec,
+        clusters: proxy.#clusters,
+        counters: proxy.#counters,
+        throttle: proxy.#throttle,
+        stopping: () => proxy.#stopping,
+        emit: (event) => proxy.#emit(event),
+        internalError: (error) => proxy.#internalError(error),
+      });
+      proxy.#deno.start(spec.listeners);
     } catch (error) {
-      for (const running of [...proxy.#listeners.values()]) proxy.#stopListener(running, false);
       void proxy.#backends.stop();
       throw error;
     }
@@ -178,10 +164,7 @@ export class TcpProxy {
    * ```
    */
   get listenerPorts(): Record<string, number> {
-    if (this.#native !== null) return this.#native.listenerPorts;
-    return Object.fromEntries(
-      [...this.#listeners].map(([address, l]) => [address, l.listener.addr.port]),
-    );
+    return (this.#native ?? this.#deno)?.listenerPorts ?? {};
   }
 
   /**
@@ -315,32 +298,9 @@ export class TcpProxy {
     this.#discovery.apply(file);
     const spec = this.#backends.apply(this.#discovery.expand(file));
     if (this.#native !== null) return this.#reloadNative(this.#native, spec);
-    const added: string[] = [];
-    const removed: string[] = [];
-    const wanted = new Set(spec.listeners.map((l) => l.address));
-    for (const [address, running] of this.#listeners) {
-      if (!wanted.has(address)) {
-        this.#stopListener(running);
-        removed.push(address);
-      }
-    }
     this.#spec = spec;
     const changed = this.#applyClusters(spec);
-    for (const listener of spec.listeners) {
-      const running = this.#listeners.get(listener.address);
-      if (running) {
-        running.spec = listener;
-        running.rules = denoRules(listener, spec.clusters);
-        continue;
-      }
-      try {
-        this.#listen(listener);
-        added.push(listener.address);
-      } catch (error) {
-        const message = error instanceof Error ? error.message : String(error);
-        this.#emit({ type: "listen-failed", address: listener.address, error: message });
-      }
-    }
+    const { added, removed } = this.#deno?.reload(spec) ?? { added: [], removed: [] };
     this.#counters.reloaded();
     return { added, removed, clusters: changed };
   }
@@ -392,16 +352,7 @@ export class TcpProxy {
       await Promise.all([stopped, checksStopped]);
       return;
     }
-    for (const running of [...this.#listeners.values()]) this.#stopListener(running);
-    const drained = Promise.all([...this.#settled]);
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const deadline = new Promise<void>((resolve) => {
-      timer = setTimeout(resolve, this.#spec.drainTimeoutMs);
-    });
-    await Promise.race([drained, deadline]);
-    clearTimeout(timer);
-    for (const controller of this.#relays) controller.abort();
-    await Promise.all([...this.#settled, checksStopped]);
+    await Promise.all([this.#deno?.shutdown(this.#spec.drainTimeoutMs), checksStopped]);
   }
 
   #reloadNative(
@@ -470,95 +421,6 @@ export class TcpProxy {
     );
   }
 
-  #listen(spec: ListenerSpec): void {
-    let listener: Deno.TcpListener;
-    try {
-      listener = Deno.listen({ hostname: spec.hostname, port: spec.port });
-    } catch (error) {
-      throw listenError(spec.address, error);
-    }
-    const rules = denoRules(spec, this.#spec.clusters);
-    const running: RunningListener = { spec, rules, listener, open: 0, closed: false };
-    this.#listeners.set(spec.address, running);
-    // The loop takes every error of accept(); anything else is a bug, reported without ending
-    // the proxy.
-    acceptLoop(listener, {
-      closed: () => running.closed,
-      accepted: (client) => this.#accepted(running, client),
-      failed: (code, error, pauseMs) => this.#acceptFailed(running, code, error, pauseMs),
-    }, this.#pauses).catch((error) => this.#internalError(error));
-    this.#emit({ type: "listening", address: spec.address, port: listener.addr.port });
-  }
-
-  #stopListener(running: RunningListener, announce = true): void {
-    if (this.#listeners.get(running.spec.address) === running) {
-      this.#listeners.delete(running.spec.address);
-    }
-    running.closed = true;
-    try {
-      running.listener.close();
-    } catch {
-      // already closed
-    }
-    this.#pauses.wake();
-    if (announce) this.#emit({ type: "listener-closed", address: running.spec.address });
-  }
-
-  /** Takes a connection from `running`'s accept loop (see proxy/accept.ts). */
-  #accepted(running: RunningListener, client: Deno.TcpConn): void {
-    if (this.#stopping) {
-      client.close();
-      return;
-    }
-    if (running.open >= running.spec.maxConnections) {
-      this.#counters.rejected();
-      if (logged(this.#spec.accessLog, "over-limit")) {
-        const record = this.#newRecord(running, client);
-        record.end = "over-limit";
-        this.#emit({ type: "connection", record });
-      }
-      client.close();
-      return;
-    }
-    // With expect_proxy the rules wait for the address the header gives (in #serve).
-    let admitted: { key: string | null } | null = { key: null };
-    if (running.rules !== null && !running.rules.expectProxy) {
-      const { hostname, port } = client.remoteAddr;
-      admitted = this.#gate.admit(running.spec.address, running.rules, { hostname, port });
-      if (admitted === null) {
-        client.close();
-        return;
-      }
-    }
-    // #serve catches every failure of the connection itself; the catch here is the proof that
-    // nothing one connection does (or a throwing onEvent) can reject unhandled and end the
-    // process: a rejection here is a bug, counted and reported, and the proxy runs on.
-    const settled = this.#serve(running, client, admitted.key).catch((error) =>
-      this.#internalError(error)
-    );
-    this.#settled.add(settled);
-    settled.finally(() => this.#settled.delete(settled));
-  }
-
-  /** Counts an accept error; a pause is reported at most once a second per listener and errno. */
-  #acceptFailed(running: RunningListener, code: string, error: unknown, pauseMs: number): void {
-    this.#counters.acceptFailed(code);
-    if (pauseMs === 0) return;
-    const { report, suppressed } = this.#throttle.pass(
-      `accept ${running.spec.address} ${code}`,
-      performance.now(),
-    );
-    if (!report) return;
-    this.#emit({
-      type: "accept-error",
-      address: running.spec.address,
-      code,
-      error: error instanceof Error ? error.message : String(error),
-      pauseMs,
-      suppressed,
-    });
-  }
-
   /** Reports a bug (at most once a second) and counts it; never throws. */
   #internalError(error: unknown): void {
     this.#counters.internalError();
@@ -576,90 +438,5 @@ export class TcpProxy {
       // Reporting an internal error failed too: it is counted already.
       if (event.type !== "internal-error") this.#internalError(error);
     }
-  }
-
-  /** A log record for a connection accepted on `running`, before anything happened to it. */
-  #newRecord(running: RunningListener, client: Deno.TcpConn): ConnectionRecord {
-    return {
-      client: `${client.remoteAddr.hostname}:${client.remoteAddr.port}`,
-      listener: running.spec.address,
-      cluster: this.#clusters.atFrontend(running.spec.address)?.spec.name ?? "",
-      backend: null,
-      bytesIn: 0,
-      bytesOut: 0,
-      durationMs: 0,
-      mode: "none",
-      end: "no-backend",
-    };
-  }
-
-  async #serve(
-    running: RunningListener,
-    client: Deno.TcpConn,
-    counted: string | null,
-  ): Promise<void> {
-    const started = performance.now();
-    let runtime = this.#clusters.atFrontend(running.spec.address);
-    const record = this.#newRecord(running, client);
-    running.open++;
-    this.#counters.opened();
-    // A refusal by the rules is reported by the gate, throttled, not as one record each.
-    let quiet = false;
-    try {
-      let preface: DenoPass | null = null;
-      if (running.rules !== null && running.rules.reads) {
-        const passed = await this.#gate.pass(
-          running.spec.address,
-          running.rules,
-          client,
-          record,
-          (name) => name === null ? runtime : this.#clusters.get(name),
-        );
-        if (passed.kind === "refused") {
-          quiet = passed.quiet;
-          client.close();
-          return;
-        }
-        preface = passed.preface;
-        runtime = passed.target;
-        counted = passed.key ?? counted;
-      }
-      if (runtime === undefined) return void client.close();
-      await relayToCluster(runtime, client, record, preface, {
-        spec: this.#spec,
-        counters: this.#counters,
-        relays: this.#relays,
-        localError: (cluster, backend, code, error) =>
-          this.#localError(cluster, backend, code, error),
-        ejected: (cluster, backend) => this.#emit({ type: "backend-ejected", cluster, backend }),
-      });
-    } catch (error) {
-      // Not a peer's doing (relay() reports those in its result): a bug. The connection is
-      // closed and the proxy goes on.
-      record.end = "internal-error";
-      record.error = error instanceof Error ? error.message : String(error);
-      closeQuietly(client);
-      this.#internalError(error);
-    } finally {
-      running.open--;
-      this.#counters.closed();
-      this.#gate.release(counted);
-      record.durationMs = Math.round(performance.now() - started);
-      if (!quiet && logged(this.#spec.accessLog, record.end)) {
-        this.#emit({ type: "connection", record });
-      }
-      // Its fds are free: a listener paused for want of them may accept again.
-      this.#pauses.wake();
-    }
-  }
-
-  /** Counts a connect that failed for the proxy's own reason, reported at most once a second. */
-  #localError(cluster: string, backend: string, code: string, error: string): void {
-    this.#counters.localError(code);
-    const { report, suppressed } = this.#throttle.pass(
-      `local ${cluster}/${backend} ${code}`,
-      performance.now(),
-    );
-    if (report) this.#emit({ type: "local-error", cluster, backend, code, error, suppressed });
   }
 }
