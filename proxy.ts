@@ -20,7 +20,7 @@ import { startProxy } from "./proxy/start.ts";
 import type { ProxyEvent } from "./proxy/types.ts";
 import { specFromConfig } from "./proxy/spec.ts";
 import { describeHttpEvent, serveHttp } from "./proxy/http.ts";
-import { adminToken, serveAdmin } from "./proxy/admin.ts";
+import { ADMIN_TOKEN_ENV, adminToken, serveAdmin } from "./proxy/admin.ts";
 import {
   finishTakeover,
   receiveListeners,
@@ -36,6 +36,8 @@ const VERSION = denoJson.version;
 /** After a takeover: how often, and how many times, the admin address is tried (10 s). */
 const ADMIN_BIND_RETRY_MS = 50;
 const ADMIN_BIND_ATTEMPTS = 200;
+/** After a takeover: how long the engines may take to put the sockets in their epoll. */
+const SERVING_TIMEOUT_MS = 5_000;
 
 const HELP = `splice proxy ${VERSION}: an L4 TCP proxy that relays with splice(2)
 
@@ -299,15 +301,19 @@ async function main(): Promise<number> {
   });
   // Stop signals are caught before anything listens, so that a stop during start-up drains too.
   let requestStop: (why: "signal" | "takeover") => void = () => {};
+  let stopAsked = false;
   const stopRequested = new Promise<"signal" | "takeover">((resolve) => {
-    requestStop = resolve;
-    const onStop = (): void => resolve("signal");
+    requestStop = (why) => {
+      stopAsked = true;
+      resolve(why);
+    };
+    const onStop = (): void => requestStop("signal");
     Deno.addSignalListener("SIGTERM", onStop);
     Deno.addSignalListener("SIGINT", onStop);
   });
   const log = logger(config.logFormat);
-  /** Whether this process sent its listening sockets to a new one (`POST /takeover`). */
-  let handedOver = false;
+  /** The ids of the handovers this process made (`POST /takeover`), for their finish. */
+  const handovers = new Set<string>();
   let proxy: TcpProxy;
   for (const line of warningsOf(config)) say(`warning: ${line}`);
   const takeover = args.takeover === undefined
@@ -384,22 +390,41 @@ async function main(): Promise<number> {
     return reloading;
   };
 
+  // A takeover's last step: once every engine accepts, the running proxy lets go. Until it
+  // has, the sockets are shared, and stopping this process releases them, never shuts them.
+  let finished = false;
   if (taken !== undefined && takeover !== undefined) {
-    try {
-      const { draining } = await finishTakeover(takeover);
-      say(`takeover: serving; pid ${taken.pid} drains its ${draining} connections and exits`);
-    } catch (error) {
-      say(
-        `takeover: ${(error as Error).message}; this process serves beside pid ${taken.pid}, ` +
-          "which stops with SIGTERM",
+    if (!await proxy.serving(SERVING_TIMEOUT_MS)) {
+      console.error(
+        `Cannot take over: the engines did not all accept within ${SERVING_TIMEOUT_MS} ms; ` +
+          "the running proxy keeps serving",
       );
+      await proxy.shutdown();
+      stop.abort();
+      return 1;
+    }
+    if (stopAsked) {
+      say(`takeover: stopped before it finished; pid ${taken.pid} keeps serving`);
+    } else {
+      try {
+        const { draining } = await finishTakeover(takeover, taken.id);
+        proxy.ownListeners();
+        finished = true;
+        say(`takeover: serving; pid ${taken.pid} drains its ${draining} connections and exits`);
+      } catch (error) {
+        say(
+          `takeover: ${(error as Error).message}; this process serves beside pid ` +
+            `${taken.pid}, and either may be stopped (the other serves on)`,
+        );
+      }
     }
   }
   const adminStop = new AbortController();
-  if (config.metrics) {
+  if (config.metrics && !stopAsked) {
     const metrics = config.metrics;
     // After a takeover the running proxy lets go of the address as it starts to drain.
-    const attempts = taken === undefined ? 1 : ADMIN_BIND_ATTEMPTS;
+    const attempts = finished ? ADMIN_BIND_ATTEMPTS : 1;
+    let serving = false;
     for (let attempt = 1;; attempt++) {
       try {
         serveAdmin(
@@ -420,14 +445,34 @@ async function main(): Promise<number> {
               return view;
             },
             takeover: (body) => {
-              const { addresses } = sendListeners(() => proxy.handOver(), body);
-              handedOver = true;
-              say(`takeover: listening sockets sent to a new process: ${addresses.join(", ")}`);
-              return { listeners: addresses, pid: Deno.pid };
+              // Handing out listening sockets is more than a reload: never on an open endpoint.
+              if (adminToken(metrics.token) === undefined) {
+                throw new TakeoverRefused(
+                  403,
+                  "Cannot take over: the admin endpoint has no token; set [metrics] token " +
+                    `(or ${ADMIN_TOKEN_ENV} with --allow-env) to allow takeovers`,
+                );
+              }
+              const handover = sendListeners((send) => proxy.handOver(send), body);
+              handovers.add(handover.id);
+              say(
+                "takeover: listening sockets sent to a new process: " +
+                  handover.listeners.join(", "),
+              );
+              return handover;
             },
-            finishTakeover: () => {
-              if (!handedOver) {
-                throw new TakeoverRefused(409, "Cannot finish a takeover: no socket was sent");
+            finishTakeover: (body) => {
+              let id: unknown;
+              try {
+                id = (JSON.parse(body) as { id?: unknown })?.id;
+              } catch {
+                id = undefined;
+              }
+              if (typeof id !== "string" || !handovers.has(id)) {
+                throw new TakeoverRefused(
+                  409,
+                  'Cannot finish a takeover: the body must be {"id": ...} of a handover',
+                );
               }
               const draining = proxy.stats().connectionsOpen;
               requestStop("takeover");
@@ -437,6 +482,7 @@ async function main(): Promise<number> {
           adminStop.signal,
           { token: metrics.token, log: say },
         );
+        serving = true;
         break;
       } catch (error) {
         if (error instanceof Deno.errors.AddrInUse && attempt < attempts) {
@@ -451,7 +497,9 @@ async function main(): Promise<number> {
         return 1;
       }
     }
-    say(`metrics on http://${metrics.address.hostname}:${metrics.address.port}/metrics`);
+    if (serving) {
+      say(`metrics on http://${metrics.address.hostname}:${metrics.address.port}/metrics`);
+    }
   }
   if (!args.config) {
     say("Try:  curl http://127.0.0.1:8080/   (Ctrl-C stops)");

@@ -290,11 +290,15 @@ export class Plane {
    * was accepting with. It is out of this engine's epoll already, so every connection that
    * arrives from now on wakes a waiter in the process the socket went to; one that arrived
    * before may have woken only this engine, and is taken here. Bounded: a socket that keeps
-   * filling is the other process's to serve.
+   * filling is the other process's to serve. (What this engine cannot take, at a limit or out
+   * of fds, waits for the other process's next wake-up: the next connection to arrive.)
    */
   #acceptRest(route: ListenerRoute, routes: Routes): void {
     const symbols = libc();
     for (let i = 0; i < RELEASE_ACCEPTS; i++) {
+      // At the listener's limit a connection accepted here would be refused; left queued, the
+      // other process serves it (at the next connection's wake-up at the latest).
+      if (Atomics.load(this.#ints, LISTENER_OPEN + route.slot) >= route.maxConnections) return;
       this.#addrLength[0] = SOCKADDR_MAX;
       const fd = symbols.accept4(
         route.fd,

@@ -201,6 +201,14 @@ export function listeningProblem(fd: number): string | null {
   return null;
 }
 
+/** The `host:port` a bound socket has (formatSockaddr's form); "" when it cannot be read. */
+export function localAddress(fd: number): string {
+  const bytes = new Uint8Array(SOCKADDR_MAX);
+  const length = new Uint32Array([SOCKADDR_MAX]);
+  if (libc().getsockname(fd, bytes, length) !== 0) return "";
+  return formatSockaddr(bytes);
+}
+
 /** The port a bound socket got (what port 0 became); -1 when it cannot be read. */
 export function localPort(fd: number): number {
   const bytes = new Uint8Array(SOCKADDR_MAX);

@@ -5,7 +5,7 @@
  *
  * Abstract names (a `sun_path` starting with a NUL byte) leave nothing in the file system to
  * clean up and need no write permission; anyone in the network namespace may connect to one,
- * so the side that sends fds checks the listener's credentials first ({@linkcode peerUid}).
+ * so each side checks the credentials of the other ({@linkcode peerCredentials}).
  *
  * @module
  */
@@ -52,6 +52,12 @@ const LAYOUT = {
 /** The most fds one message carries (the kernel's SCM_MAX_FD is 253). */
 export const MAX_FDS = 253;
 
+/**
+ * Connections an abstract listener queues: a stranger who connects first must not be able to
+ * fill the queue and keep the expected peer out.
+ */
+const LISTEN_BACKLOG = 64;
+
 /** `struct sockaddr_un`: `sun_family` then 108 bytes of `sun_path`. */
 const SUN_PATH_MAX = 108;
 
@@ -89,7 +95,7 @@ export function listenAbstract(name: string): number | UnixFailure {
   if (typeof fd !== "number") return fd;
   const symbols = libc();
   if (symbols.bind(fd, address, length) !== 0) return failAndClose(fd, "bind");
-  if (symbols.listen(fd, 1) !== 0) return failAndClose(fd, "listen");
+  if (symbols.listen(fd, LISTEN_BACKLOG) !== 0) return failAndClose(fd, "listen");
   return fd;
 }
 
@@ -129,17 +135,17 @@ export function effectiveUid(): number {
 }
 
 /**
- * The uid of the process at the other end of Unix socket `fd`, as the kernel recorded it when
- * that end was made (`SO_PEERCRED`): a connected socket's listener cannot lie about it.
+ * The pid and uid of the process at the other end of Unix socket `fd`, as the kernel recorded
+ * them when that end connected or listened (`SO_PEERCRED`): the peer cannot lie about them.
  */
-export function peerUid(fd: number): number | UnixFailure {
+export function peerCredentials(fd: number): { pid: number; uid: number } | UnixFailure {
   // struct ucred { pid_t pid; uid_t uid; gid_t gid; }: three 32-bit fields on every target.
   const credentials = new Uint32Array(3);
   const length = new Uint32Array([12]);
   if (libc().getsockopt(fd, SOL_SOCKET, SO_PEERCRED, credentials, length) !== 0) {
     return { errno: errno(), syscall: "getsockopt" };
   }
-  return credentials[1];
+  return { pid: credentials[0], uid: credentials[1] };
 }
 
 function pointerValue(buffer: Uint8Array): bigint {

@@ -151,8 +151,11 @@ export function serveAdmin(
      * exist only when both handlers are given.
      */
     takeover?: (body: string) => unknown;
-    /** `POST /takeover/finish`: the new process serves; this one drains and exits. */
-    finishTakeover?: () => unknown;
+    /**
+     * `POST /takeover/finish`: the new process serves; this one drains and exits. Takes the
+     * body (the handover's id); throws `TakeoverRefused` as `takeover` does.
+     */
+    finishTakeover?: (body: string) => unknown;
   },
   signal: AbortSignal,
   options: AdminOptions = {},
@@ -245,7 +248,8 @@ export function serveAdmin(
       method: "POST",
       path: "/takeover/finish",
       changesState: true,
-      handle: () => takeoverAnswer(finishTakeover),
+      readsBody: true,
+      handle: (_, body) => takeoverAnswer(() => finishTakeover(body)),
     });
   }
 

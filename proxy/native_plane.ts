@@ -17,8 +17,10 @@ import { closeFd } from "../ffi/pipe.ts";
 import { errnoDescription } from "../ffi/errno.ts";
 import {
   acceptQueueLength,
+  formatSockaddr,
   listeningProblem,
   listenSocket,
+  localAddress,
   localPort,
   resolveSockaddrs,
   stopListening,
@@ -113,6 +115,8 @@ export class NativePlane {
    * socket shuts it down for every process that holds it.
    */
   #shared = false;
+  /** Per engine, the last generation of routes it said it applied. */
+  #appliedBy: number[] = [];
   #throttle = new Throttle(REPORT_INTERVAL_MS);
   #buffer: SharedArrayBuffer;
 
@@ -156,6 +160,8 @@ export class NativePlane {
         "Cannot take the listeners over: SPLICE_LISTEN_MODE=reuseport is set in this process",
       );
     }
+    // Until ownListeners(), the process the sockets came from may still serve them.
+    plane.#shared = inherited.size > 0;
     try {
       for (const listener of spec.listeners) {
         plane.#listen(listener, inherited.get(listener.address));
@@ -253,13 +259,14 @@ export class NativePlane {
   }
 
   /**
-   * The listening sockets, one per listener, for another process to serve too (a takeover):
-   * from now on this plane releases listeners rather than shutting them down (see
-   * {@linkcode shutdown}). The fds stay this plane's to close. Throws in SO_REUSEPORT mode,
-   * where a listener is a group of sockets, one per engine, that a process with another
-   * number of engines could not take over without closing some (resetting what they queued).
+   * Hands the listening sockets, one per listener, to another process (a takeover): `send`
+   * passes them on and throws when it cannot. Once it returned, this plane releases listeners
+   * rather than shutting them down (see {@linkcode shutdown}); the fds stay this plane's to
+   * close. Throws in SO_REUSEPORT mode, where a listener is a group of sockets, one per engine,
+   * that a process with another number of engines could not take over without closing some
+   * (resetting what they queued).
    */
-  handOver(): { address: string; port: number; fd: number }[] {
+  handOver(send: (sockets: { address: string; port: number; fd: number }[]) => void): void {
     if (!this.#exclusive) {
       throw new Error(
         "Cannot hand the listeners over: SPLICE_LISTEN_MODE=reuseport gives each engine its " +
@@ -267,8 +274,33 @@ export class NativePlane {
       );
     }
     if (this.#stopped) throw new Error("Cannot hand the listeners over: the proxy is stopping");
+    send([...this.#listeners].map(([address, l]) => ({ address, port: l.port, fd: l.fds[0] })));
     this.#shared = true;
-    return [...this.#listeners].map(([address, l]) => ({ address, port: l.port, fd: l.fds[0] }));
+  }
+
+  /**
+   * The sockets taken over at start are this process's alone from now on (the process they
+   * came from has let go of them): listeners are shut down again when removed. Until then they
+   * are released, never shut down, since the other process may still serve them.
+   */
+  ownListeners(): void {
+    this.#shared = false;
+  }
+
+  /**
+   * Resolves once every engine applied the routes published so far (its listeners are in its
+   * epoll), or after `timeoutMs`, with whether they all did.
+   */
+  async applied(timeoutMs: number): Promise<boolean> {
+    const deadline = performance.now() + timeoutMs;
+    const generation = this.#generation;
+    const behind = (): boolean =>
+      this.#engines.some((_, e) => (this.#appliedBy[e] ?? 0) < generation);
+    while (behind()) {
+      if (performance.now() > deadline) return false;
+      await delay(DRAIN_POLL_MS);
+    }
+    return true;
   }
 
   /** Resets the passive health of the backends of clusters a reload changed. */
@@ -342,23 +374,26 @@ export class NativePlane {
       throw new Deno.errors.NotCapable(`Cannot listen on ${spec.address}: ${refused}`);
     }
     const slot = this.#freeListenerSlot();
-    if (inherited !== undefined) {
-      const port = localPort(inherited);
-      const problem = listeningProblem(inherited);
-      if (problem !== null || (spec.port !== 0 && port !== spec.port)) {
-        throw new Error(
-          `Cannot take over ${spec.address}: the socket handed over is ` +
-            (problem ?? `on port ${port}`),
-        );
-      }
-      this.#listeners.set(spec.address, { spec, slot, fds: [inherited], port });
-      return;
-    }
     let address: Uint8Array;
     try {
       address = resolveSockaddrs(spec.hostname, spec.port)[0];
     } catch (error) {
       throw new Error(`Cannot listen on ${spec.address}: ${(error as Error).message}`);
+    }
+    if (inherited !== undefined) {
+      const port = localPort(inherited);
+      // The socket must be bound where this listener would bind: the same address, and the
+      // same port unless port 0 (any) was asked.
+      const problem = listeningProblem(inherited) ??
+        (sameHost(localAddress(inherited), formatSockaddr(address)) &&
+            (spec.port === 0 || port === spec.port)
+          ? null
+          : `bound to ${localAddress(inherited)}`);
+      if (problem !== null) {
+        throw new Error(`Cannot take over ${spec.address}: the socket handed over is ${problem}`);
+      }
+      this.#listeners.set(spec.address, { spec, slot, fds: [inherited], port });
+      return;
     }
     const fds: number[] = [];
     const count = this.#exclusive ? 1 : this.#engines.length;
@@ -528,6 +563,7 @@ export class NativePlane {
 
   #receive(engine: number, report: PlaneReport): void {
     if (report.applied !== undefined) {
+      this.#appliedBy[engine] = Math.max(this.#appliedBy[engine] ?? 0, report.applied);
       for (const [generation, entry] of this.#closing) {
         if (generation > report.applied) continue;
         entry.waiting.delete(engine);
@@ -564,6 +600,11 @@ function listenMode(): "reuseport" | "exclusive" {
     return "exclusive";
   }
   return Deno.env.get(variable) === "reuseport" ? "reuseport" : "exclusive";
+}
+
+/** Whether two `host:port` texts (formatSockaddr's) name the same host. */
+function sameHost(a: string, b: string): boolean {
+  return a.slice(0, a.lastIndexOf(":")) === b.slice(0, b.lastIndexOf(":"));
 }
 
 function delay(ms: number): Promise<void> {

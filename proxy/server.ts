@@ -306,22 +306,52 @@ export class TcpProxy {
   }
 
   /**
-   * The listening sockets, by listener address, for a new process to serve too (a takeover,
-   * see proxy/takeover.ts). The fds stay this proxy's; from now on it releases its listeners
-   * rather than shutting them down, so that a later {@linkcode TcpProxy.shutdown} drains
-   * without refusing a connection the new process would have served. Throws on the Deno-conn
-   * path, which has no fds to give.
+   * Hands the listening sockets to a new process (a takeover, see proxy/takeover.ts): `send`
+   * passes them on (their listener addresses, ports and fds) and throws when it cannot. Once
+   * it returned, this proxy releases its listeners rather than shutting them down, so that a
+   * later {@linkcode TcpProxy.shutdown} drains without refusing a connection the new process
+   * would have served; the fds stay this proxy's. Throws on the Deno-conn path, which has no
+   * fds to give.
    *
    * @example
    * ```ts ignore
-   * const sockets = proxy.handOver(); // [{ address: "0.0.0.0:443", port: 443, fd: 12 }]
+   * proxy.handOver((sockets) => console.log(sockets)); // [{ address, port, fd }]
    * ```
    */
-  handOver(): { address: string; port: number; fd: number }[] {
+  handOver(send: (sockets: { address: string; port: number; fd: number }[]) => void): void {
     if (this.#native === null) {
       throw new Error("Cannot hand the listeners over: they are Deno listeners (no --allow-ffi)");
     }
-    return this.#native.handOver();
+    this.#native.handOver(send);
+  }
+
+  /**
+   * After a takeover (`listeningSockets` at start): waits, up to `timeoutMs`, until every
+   * engine accepts from its listeners, and resolves with whether all do. Then tell the process
+   * the sockets came from to let go of them, and call {@linkcode TcpProxy.ownListeners}.
+   *
+   * @example
+   * ```ts ignore
+   * if (await proxy.serving(5_000)) await finishTakeover(target);
+   * ```
+   */
+  serving(timeoutMs: number): Promise<boolean> {
+    return this.#native?.applied(timeoutMs) ?? Promise.resolve(this.#deno !== null);
+  }
+
+  /**
+   * The sockets taken over at start are this process's alone now: until this is called, a
+   * listener removed (or a shutdown) releases them instead of shutting them down, because the
+   * process they came from may still serve them.
+   *
+   * @example
+   * ```ts ignore
+   * await finishTakeover(target);
+   * proxy.ownListeners();
+   * ```
+   */
+  ownListeners(): void {
+    this.#native?.ownListeners();
   }
 
   /**

@@ -8,6 +8,9 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { freePortOn } from "./_peers.ts";
+import { receiveListeners, sendListeners } from "../proxy/takeover.ts";
+import { closeFd } from "../ffi/pipe.ts";
+import { encodeSockaddr, listenSocket, localAddress, localPort } from "../ffi/net.ts";
 import {
   closeQuietly,
   echoBackend,
@@ -369,7 +372,16 @@ Deno.test({
     assert.match(nobodyThere.text, /Cannot connect to @splice-takeover-1-.*ECONNREFUSED/);
     const early = await adminPost(admin, "/takeover/finish", "{}");
     assert.equal(early.status, 409);
-    assert.match(early.text, /no socket was sent/);
+    assert.match(
+      early.text,
+      /Cannot finish a takeover: the body must be \{"id": \.\.\.\} of a handover/,
+    );
+    const madeUp = await adminPost(
+      admin,
+      "/takeover/finish",
+      JSON.stringify({ id: "0".repeat(32) }),
+    );
+    assert.equal(madeUp.status, 409);
     const noToken = await adminPost(
       admin,
       "/takeover",
@@ -469,6 +481,102 @@ Deno.test("takeover: --takeover needs --config and --allow-ffi", async () => {
     assert.equal(noFfi.code, 1);
     assert.match(noFfi.text, /Cannot take over: --takeover needs --allow-ffi/);
   } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "takeover: an admin endpoint without a token hands nothing over",
+  sanitizeResources: false,
+  sanitizeOps: false,
+}, async () => {
+  const backend = echoBackend();
+  const listen = freePort();
+  const admin = freePort();
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/proxy.toml`;
+  await Deno.writeTextFile(
+    path,
+    configText(listen, admin, backend.port).replace(`token = "${TOKEN}"`, ""),
+  );
+  const old = spawnProxy(path);
+  try {
+    await old.output.line(/^ready$/, "the proxy to be ready");
+    const next = spawnProxy(path, ["--takeover", `127.0.0.1:${admin}`]);
+    assert.equal(await next.child.status.then((s) => s.code), 1);
+    await next.output.done;
+    assert.match(
+      next.output.lines.join("\n"),
+      /POST \/takeover answered 403: Cannot take over: the admin endpoint has no token/,
+    );
+    await shortExchange(listen, crypto.getRandomValues(new Uint8Array(1024)));
+    assert.doesNotMatch(old.output.lines.join("\n"), /sockets sent/);
+  } finally {
+    await old.stop();
+    await backend.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "takeover: the new process takes the sockets only from the pid the admin answer names",
+  sanitizeResources: false,
+  sanitizeOps: false,
+}, async () => {
+  // A stand-in for the running proxy's admin endpoint: before it sends the real message, a
+  // stranger process connects to the new process's socket and sends a fd of its own.
+  const dir = await Deno.makeTempDir();
+  const unix = new URL("../ffi/unix.ts", import.meta.url).href;
+  const script = `${dir}/stranger.ts`;
+  await Deno.writeTextFile(
+    script,
+    `import { connectAbstract, sendWithFds } from "${unix}";
+const fd = connectAbstract(Deno.args[0]);
+if (typeof fd !== "number") throw new Error(JSON.stringify(fd));
+const json = new TextEncoder().encode(JSON.stringify({ version: 1, pid: 1, listeners: [{ address: "127.0.0.1:1", port: 1 }] }));
+const bytes = new Uint8Array(4 + json.length);
+new DataView(bytes.buffer).setUint32(0, json.length);
+bytes.set(json, 4);
+console.log(sendWithFds(fd, bytes, [0]) === bytes.length ? "sent" : "failed");
+await new Promise((resolve) => setTimeout(resolve, 10_000));
+`,
+  );
+  const made = listenSocket(encodeSockaddr("127.0.0.1", 0)!, { reusePort: false, backlog: 8 });
+  assert.ok("fd" in made);
+  const realFd = made.fd;
+  const realPort = localPort(realFd);
+  let stranger: Deno.ChildProcess | undefined;
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    async (request) => {
+      const { socket } = await request.json() as { socket: string };
+      stranger = new Deno.Command(Deno.execPath(), {
+        args: ["run", "--allow-ffi", "--allow-read", script, socket.slice(1)],
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+      const said = outputLines(stranger);
+      await said.line(/^sent$/, "the stranger's message");
+      const handover = sendListeners(
+        (send) => send([{ address: "127.0.0.1:8080", port: realPort, fd: realFd }]),
+        JSON.stringify({ socket }),
+      );
+      return Response.json(handover);
+    },
+  );
+  try {
+    const taken = await receiveListeners({ address: `127.0.0.1:${server.addr.port}` });
+    assert.equal(taken.pid, Deno.pid);
+    assert.deepEqual([...taken.sockets.keys()], ["127.0.0.1:8080"]);
+    const fd = taken.sockets.get("127.0.0.1:8080")!;
+    assert.equal(localAddress(fd), `127.0.0.1:${realPort}`);
+    closeFd(fd);
+  } finally {
+    stranger?.kill("SIGKILL");
+    await stranger?.status;
+    await server.shutdown();
+    closeFd(realFd);
     await Deno.remove(dir, { recursive: true });
   }
 });

@@ -10,7 +10,7 @@ import {
   connectAbstract,
   effectiveUid,
   listenAbstract,
-  peerUid,
+  peerCredentials,
   receiveWithFds,
   sendWithFds,
 } from "../ffi/unix.ts";
@@ -44,7 +44,8 @@ Deno.test({
 }, () => {
   const before = openFdCount();
   const { listener, client, server } = connected();
-  assert.equal(peerUid(client), effectiveUid());
+  assert.deepEqual(peerCredentials(client), { pid: Deno.pid, uid: effectiveUid() });
+  assert.deepEqual(peerCredentials(server), { pid: Deno.pid, uid: effectiveUid() });
   const sent = pipes(3);
   const message = new TextEncoder().encode("three write ends");
   assert.equal(sendWithFds(client, message, sent.map(([, write]) => write)), message.length);
