@@ -7,7 +7,7 @@
 
 import assert from "node:assert/strict";
 import { parseConfig } from "../config.ts";
-import { specFromConfig, TcpProxy } from "../proxy/mod.ts";
+import { type ProxySpec, specFromConfig, TcpProxy } from "../proxy/mod.ts";
 import {
   acceptUnix,
   connectAbstract,
@@ -55,7 +55,7 @@ async function echoes(port: number): Promise<boolean> {
   }
 }
 
-function spec(listen: number, backend: number) {
+function spec(listen: number, backend: number): ProxySpec {
   return specFromConfig(parseConfig(`
 engines = 1
 access_log = "off"
