@@ -213,7 +213,6 @@ export class Plane {
     const listening = this.#listening.get(slot);
     const routes = this.#routes;
     if (!listening || !listening.registered || routes === null) return;
-    const symbols = libc();
     const route = listening.route;
     const accepting = ACCEPTING + this.#engine;
     for (let i = 0; i < limit; i++) {
@@ -227,13 +226,7 @@ export class Plane {
         Atomics.store(this.#ints, accepting, 0);
         return;
       }
-      this.#addrLength[0] = SOCKADDR_MAX;
-      const fd = symbols.accept4(
-        route.fd,
-        this.#addr,
-        this.#addrLength,
-        SOCK_NONBLOCK | SOCK_CLOEXEC,
-      );
+      const fd = this.#acceptOne(route.fd);
       if (fd < 0) {
         Atomics.store(this.#ints, accepting, 0);
         const code = errno();
@@ -285,6 +278,12 @@ export class Plane {
     }
   }
 
+  /** One accept4 on `listener`, its peer's address left in #addr: the fd, or -1 (see errno). */
+  #acceptOne(listener: number): number {
+    this.#addrLength[0] = SOCKADDR_MAX;
+    return libc().accept4(listener, this.#addr, this.#addrLength, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  }
+
   /**
    * Accepts what a released listener (see `Routes.released`) has queued, under the routes it
    * was accepting with. It is out of this engine's epoll already, so every connection that
@@ -294,18 +293,11 @@ export class Plane {
    * of fds, waits for the other process's next wake-up: the next connection to arrive.)
    */
   #acceptRest(route: ListenerRoute, routes: Routes): void {
-    const symbols = libc();
     for (let i = 0; i < RELEASE_ACCEPTS; i++) {
       // At the listener's limit a connection accepted here would be refused; left queued, the
       // other process serves it (at the next connection's wake-up at the latest).
       if (Atomics.load(this.#ints, LISTENER_OPEN + route.slot) >= route.maxConnections) return;
-      this.#addrLength[0] = SOCKADDR_MAX;
-      const fd = symbols.accept4(
-        route.fd,
-        this.#addr,
-        this.#addrLength,
-        SOCK_NONBLOCK | SOCK_CLOEXEC,
-      );
+      const fd = this.#acceptOne(route.fd);
       if (fd < 0) {
         const code = errno();
         if (code === EINTR || acceptErrorKind(errnoName(code)) === "transient") continue;

@@ -187,30 +187,56 @@ function takeoverSocketsLeft(): number {
     .filter((line) => line.includes("@splice-takeover-")).length;
 }
 
+/** A proxy.ts running on a config of its own, with an echo backend, for one test. */
+interface Running {
+  backend: ReturnType<typeof echoBackend>;
+  listen: number;
+  admin: number;
+  dir: string;
+  path: string;
+  old: Proxy;
+}
+
+/**
+ * Runs `body` against a proxy.ts started on `configText` (changed by `edit`) once it is ready;
+ * stops it, the backend and the files however `body` ends.
+ */
+async function withRunningProxy(
+  edit: (text: string, ports: { listen: number; admin: number; backend: number }) => string,
+  body: (running: Running) => Promise<void>,
+): Promise<void> {
+  const backend = echoBackend();
+  const listen = freePort();
+  const admin = freePort();
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/proxy.toml`;
+  const ports = { listen, admin, backend: backend.port };
+  await Deno.writeTextFile(path, edit(configText(listen, admin, backend.port), ports));
+  const old = spawnProxy(path);
+  try {
+    await old.output.line(/^ready$/, "the first proxy to be ready");
+    await body({ backend, listen, admin, dir, path, old });
+  } finally {
+    await old.stop();
+    await backend.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
 Deno.test({
   name: "takeover: under 8-client churn and an open transfer, nothing is refused, reset or lost",
   sanitizeResources: false,
   sanitizeOps: false,
 }, async () => {
-  const backend = echoBackend();
-  const listen = freePort();
-  const admin = freePort();
   const v6 = freePortOn("::1");
-  const dir = await Deno.makeTempDir();
-  const path = `${dir}/proxy.toml`;
   // A second listener on IPv6, for the same cluster: every listener's socket is handed over.
-  const config = configText(listen, admin, backend.port).replace(
-    "frontends = [",
-    `frontends = [{ address = "[::1]:${v6}" }, `,
-  ) + `
+  const withV6 = (text: string): string =>
+    text.replace("frontends = [", `frontends = [{ address = "[::1]:${v6}" }, `) + `
 [[listeners]]
 address = "[::1]:${v6}"
 `;
-  await Deno.writeTextFile(path, config);
-  const old = spawnProxy(path);
   let next: Proxy | undefined;
-  try {
-    await old.output.line(/^ready$/, "the first proxy to be ready");
+  await withRunningProxy(withV6, async ({ listen, admin, path, old }) => {
     // 48 MiB at about 16 MiB/s: open for the whole takeover, and drained by the old process.
     const long = transfer(listen, 48 * 1024 * 1024, 4);
     const load = churn(listen, 8, 40_000);
@@ -251,12 +277,7 @@ address = "[::1]:${v6}"
     assert.ok(await metric(admin, "splice_connections_total") > 0);
     assert.equal(takeoverSocketsLeft(), 0);
     assert.equal(await next.stop("SIGTERM"), 0, next.output.lines.join("\n"));
-  } finally {
-    await old.stop();
-    await next?.stop();
-    await backend.close();
-    await Deno.remove(dir, { recursive: true });
-  }
+  }).finally(() => next?.stop());
 });
 
 async function adminPost(
@@ -278,27 +299,19 @@ Deno.test({
   sanitizeResources: false,
   sanitizeOps: false,
 }, async () => {
-  const backend = echoBackend();
-  const listen = freePort();
-  const admin = freePort();
   const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const dir = await Deno.makeTempDir();
-  const path = `${dir}/proxy.toml`;
-  const badPath = `${dir}/bad.toml`;
-  await Deno.writeTextFile(path, configText(listen, admin, backend.port));
-  // The same proxy with a second listener on a port this test holds: it cannot start.
-  await Deno.writeTextFile(
-    badPath,
-    configText(listen, admin, backend.port) + `
+  const payload = crypto.getRandomValues(new Uint8Array(1024));
+  const failed: Proxy[] = [];
+  await withRunningProxy((text) => text, async ({ backend, listen, admin, dir, path, old }) => {
+    // The same proxy with a second listener on a port this test holds: it cannot start.
+    const badPath = `${dir}/bad.toml`;
+    await Deno.writeTextFile(
+      badPath,
+      configText(listen, admin, backend.port) + `
 [[listeners]]
 address = "127.0.0.1:${taken.addr.port}"
 `,
-  );
-  const payload = crypto.getRandomValues(new Uint8Array(1024));
-  const old = spawnProxy(path);
-  const failed: Proxy[] = [];
-  try {
-    await old.output.line(/^ready$/, "the proxy to be ready");
+    );
 
     // A wrong token: refused before anything is sent.
     const wrongTokenPath = `${dir}/wrong-token.toml`;
@@ -337,13 +350,10 @@ address = "127.0.0.1:${taken.addr.port}"
     for (let i = 0; i < 50; i++) await shortExchange(listen, payload);
     assert.equal(await metric(admin, "splice_connections_total"), 50);
     assert.equal(takeoverSocketsLeft(), 0);
-  } finally {
-    await old.stop();
+  }).finally(async () => {
     for (const proxy of failed) await proxy.stop();
     taken.close();
-    await backend.close();
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test({
@@ -351,17 +361,9 @@ Deno.test({
   sanitizeResources: false,
   sanitizeOps: false,
 }, async () => {
-  const backend = echoBackend();
-  const listen = freePort();
-  const admin = freePort();
-  const dir = await Deno.makeTempDir();
-  await Deno.chmod(dir, 0o777);
-  const path = `${dir}/proxy.toml`;
-  await Deno.writeTextFile(path, configText(listen, admin, backend.port));
-  const old = spawnProxy(path);
   let stranger: Deno.ChildProcess | undefined;
-  try {
-    await old.output.line(/^ready$/, "the proxy to be ready");
+  await withRunningProxy((text) => text, async ({ listen, admin, dir }) => {
+    await Deno.chmod(dir, 0o777);
     const name = `splice-takeover-1-${"ab".repeat(16)}`;
 
     const notAName = await adminPost(admin, "/takeover", '{"socket": "/tmp/x.sock"}');
@@ -443,15 +445,12 @@ await new Promise((resolve) => setTimeout(resolve, 30_000));
     // Still serving, and still the only one.
     await shortExchange(listen, crypto.getRandomValues(new Uint8Array(1024)));
     assert.equal(await metric(admin, "splice_connections_total"), 1);
-  } finally {
+  }).finally(async () => {
     if (stranger) {
       stranger.kill("SIGKILL");
       await stranger.status;
     }
-    await old.stop();
-    await backend.close();
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("takeover: --takeover needs --config and --allow-ffi", async () => {
@@ -490,18 +489,8 @@ Deno.test({
   sanitizeResources: false,
   sanitizeOps: false,
 }, async () => {
-  const backend = echoBackend();
-  const listen = freePort();
-  const admin = freePort();
-  const dir = await Deno.makeTempDir();
-  const path = `${dir}/proxy.toml`;
-  await Deno.writeTextFile(
-    path,
-    configText(listen, admin, backend.port).replace(`token = "${TOKEN}"`, ""),
-  );
-  const old = spawnProxy(path);
-  try {
-    await old.output.line(/^ready$/, "the proxy to be ready");
+  const noToken = (text: string): string => text.replace(`token = "${TOKEN}"`, "");
+  await withRunningProxy(noToken, async ({ listen, admin, path, old }) => {
     const next = spawnProxy(path, ["--takeover", `127.0.0.1:${admin}`]);
     assert.equal(await next.child.status.then((s) => s.code), 1);
     await next.output.done;
@@ -511,11 +500,7 @@ Deno.test({
     );
     await shortExchange(listen, crypto.getRandomValues(new Uint8Array(1024)));
     assert.doesNotMatch(old.output.lines.join("\n"), /sockets sent/);
-  } finally {
-    await old.stop();
-    await backend.close();
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test({
