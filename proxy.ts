@@ -155,7 +155,7 @@ function logger(format: Config["logFormat"]): (event: ProxyEvent) => void {
       accessLog.add(
         `conn ${r.client} -> ${r.listener} -> ${r.cluster}/${r.backend ?? "-"} ` +
           `in=${r.bytesIn} out=${r.bytesOut} ${r.durationMs}ms mode=${r.mode} end=${r.end}` +
-          (r.error ? ` error="${r.error}"` : ""),
+          (r.error ? ` error=${JSON.stringify(r.error)}` : ""),
       );
     } else if (event.type === "dns-change") {
       say(
