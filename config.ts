@@ -181,7 +181,10 @@ export interface Config {
    * and copies elsewhere; `"splice"` and `"copy"` force one way.
    */
   readonly spliceMode: "auto" | "splice" | "copy";
-  /** `log_format`: `"text"` (default; an error is quoted as a JSON string) or `"json"`, one object a line. */
+  /**
+   * `log_format`: `"text"` (default; an error is quoted as a JSON string) or `"json"`, one
+   * object a line.
+   */
   readonly logFormat: "text" | "json";
   /**
    * `access_log`: which connections get an access-log line (a `"connection"` event): `"all"`
