@@ -175,7 +175,10 @@ backends = [{ address = "127.0.0.1:${echo.port}" }]
     await output.line(/refused 127\.0\.0\.1:\d+ \(denied\)/, "the allow list's line");
     await output.line(/^conn 192\.0\.2\.7:40000 -> .* end=done/, "the relayed connection's record");
     await output.line(/end=bad-header error="Cannot read the PROXY header: /, "the bad header");
-    await output.line(/end=no-route error="No frontend for server name \\"other\.org\\""/, "no route");
+    await output.line(
+      /end=no-route error="No frontend for server name \\"other\.org\\""/,
+      "no route",
+    );
     assert.equal(
       output.lines.filter((l) => /^conn .*192\.0\.2\.66/.test(l)).length,
       0,
