@@ -22,6 +22,7 @@ import { specFromConfig } from "./proxy/spec.ts";
 import { describeHttpEvent, serveHttp } from "./proxy/http.ts";
 import { ADMIN_TOKEN_ENV, adminToken, serveAdmin } from "./proxy/admin.ts";
 import {
+  finishedHandover,
   finishTakeover,
   receiveListeners,
   sendListeners,
@@ -462,18 +463,7 @@ async function main(): Promise<number> {
               return handover;
             },
             finishTakeover: (body) => {
-              let id: unknown;
-              try {
-                id = (JSON.parse(body) as { id?: unknown })?.id;
-              } catch {
-                id = undefined;
-              }
-              if (typeof id !== "string" || !handovers.has(id)) {
-                throw new TakeoverRefused(
-                  409,
-                  'Cannot finish a takeover: the body must be {"id": ...} of a handover',
-                );
-              }
+              finishedHandover(body, handovers);
               const draining = proxy.stats().connectionsOpen;
               requestStop("takeover");
               return { draining };

@@ -324,10 +324,8 @@ function openLibrary(): Deno.DynamicLibrary<typeof SYMBOLS> {
   for (const name of LIBC_NAMES) {
     try {
       const opened = Deno.dlopen(name, SYMBOLS);
-      // The errno location is resolved here, once, and never lazily inside errno(): the first
-      // FFI call to a symbol can itself make syscalls (measured: 1 run in 30 read ENOENT instead
-      // of the EPERM that F_SETPIPE_SZ had set), so a lazy lookup would clobber the errno it
-      // is about to read.
+      // Resolved here, once: looked up lazily at the first failure, the lookup's own FFI call
+      // sat between the failing call and the read, and clobbered errno (1 run in 30).
       const pointer = opened.symbols.__errno_location();
       if (pointer !== null) {
         ERRNO.cell = new Int32Array(Deno.UnsafePointerView.getArrayBuffer(pointer, 4));

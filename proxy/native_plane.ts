@@ -143,7 +143,7 @@ export class NativePlane {
    * (the caller serves through Deno conns); throws, with nothing left running, when a listener
    * cannot listen. `inherited` are listening sockets taken over from another process, by
    * listener address: such a listener serves that socket instead of making one (it must be a
-   * listening TCP socket on the listener's port), and this plane owns it from then on; the
+   * listening TCP socket bound to the listener's address), and this plane owns it from then on; the
    * caller keeps, and closes, the inherited fds no listener used and all of them on a throw.
    */
   static start(
@@ -321,7 +321,7 @@ export class NativePlane {
    * Stops accepting, lets connections finish for up to `drainMs`, ends the rest, and stops the
    * engines. Resolves when every connection is closed. After {@linkcode handOver}, the
    * listening sockets are released instead of shut down: the process they went to keeps
-   * serving them, and nothing they had queued is lost.
+   * serving them, and nothing they had queued is reset.
    */
   async shutdown(drainMs: number): Promise<void> {
     if (this.#stopped) return;
@@ -382,13 +382,13 @@ export class NativePlane {
     }
     if (inherited !== undefined) {
       const port = localPort(inherited);
+      const bound = localAddress(inherited);
       // The socket must be bound where this listener would bind: the same address, and the
       // same port unless port 0 (any) was asked.
       const problem = listeningProblem(inherited) ??
-        (sameHost(localAddress(inherited), formatSockaddr(address)) &&
-            (spec.port === 0 || port === spec.port)
+        (sameHost(bound, formatSockaddr(address)) && (spec.port === 0 || port === spec.port)
           ? null
-          : `bound to ${localAddress(inherited)}`);
+          : `bound to ${bound}`);
       if (problem !== null) {
         throw new Error(`Cannot take over ${spec.address}: the socket handed over is ${problem}`);
       }

@@ -114,12 +114,7 @@ export function sendListeners(
   handOver: (send: (sockets: HandedSocket[]) => void) => void,
   body: string,
 ): Handover {
-  let socket: unknown;
-  try {
-    socket = (JSON.parse(body) as { socket?: unknown })?.socket;
-  } catch {
-    socket = undefined;
-  }
+  const socket = bodyField(body, "socket");
   if (typeof socket !== "string" || !SOCKET_NAME.test(socket)) {
     throw new TakeoverRefused(
       400,
@@ -141,6 +136,40 @@ export function sendListeners(
     throw new TakeoverRefused(409, (error as Error).message);
   }
   return { listeners: addresses, pid: Deno.pid, id: randomHex(16) };
+}
+
+/**
+ * The running proxy's check of `POST /takeover/finish`: the id its body names, when it is one
+ * of `handovers`; throws {@linkcode TakeoverRefused} (409) otherwise.
+ *
+ * @example
+ * ```ts
+ * import { finishedHandover } from "./takeover.ts";
+ *
+ * console.log(finishedHandover('{"id": "ab12"}', new Set(["ab12"]))); // "ab12"
+ * ```
+ */
+export function finishedHandover(body: string, handovers: ReadonlySet<string>): string {
+  const id = bodyField(body, "id");
+  if (typeof id !== "string" || !handovers.has(id)) {
+    throw new TakeoverRefused(
+      409,
+      'Cannot finish a takeover: the body must be {"id": ...} of a handover',
+    );
+  }
+  return id;
+}
+
+/** A field of a JSON object body; `undefined` when the body is no JSON object. */
+function bodyField(body: string, name: string): unknown {
+  try {
+    const parsed: unknown = JSON.parse(body);
+    return typeof parsed === "object" && parsed !== null
+      ? (parsed as Record<string, unknown>)[name]
+      : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function sendTo(socket: string, sockets: HandedSocket[]): void {

@@ -183,23 +183,36 @@ export function outputLines(child: Deno.ChildProcess): OutputLines {
   };
 }
 
+/** proxy.ts as a subprocess, its output collected as lines. */
+export interface ProxyProcess {
+  child: Deno.ChildProcess;
+  output: OutputLines;
+  /** Kills it if it still runs, and waits for it and its output to end. */
+  kill(): Promise<void>;
+  /** Sends `signal` if it still runs (SIGKILL by default); resolves with its exit code. */
+  stop(signal?: Deno.Signal): Promise<number>;
+}
+
 /**
- * proxy.ts on `configPath` as a subprocess without --allow-ffi (so on its Deno-conn path), with
- * --allow-net and --allow-read only; its output collected as lines.
+ * proxy.ts on `configPath` as a subprocess with --allow-net and --allow-read, and --allow-ffi
+ * unless `ffi` is false (then on its Deno-conn path); `args` follow `--config FILE`.
  */
-export function spawnProxyWithoutFfi(
+export function spawnProxy(
   configPath: string,
-): { child: Deno.ChildProcess; output: OutputLines; kill(): Promise<void> } {
+  options: { ffi?: boolean; args?: string[] } = {},
+): ProxyProcess {
   const child = new Deno.Command(Deno.execPath(), {
     args: [
       "run",
       "--config",
       new URL("../deno.json", import.meta.url).pathname,
+      ...(options.ffi === false ? [] : ["--allow-ffi"]),
       "--allow-net",
       "--allow-read",
       new URL("../proxy.ts", import.meta.url).pathname,
       "--config",
       configPath,
+      ...(options.args ?? []),
     ],
     stdin: "null",
     stdout: "piped",
@@ -207,20 +220,25 @@ export function spawnProxyWithoutFfi(
     env: { NO_COLOR: "1" },
   }).spawn();
   const output = outputLines(child);
-  return {
-    child,
-    output,
-    /** Kills it if it still runs, and waits for it and its output to end. */
-    async kill(): Promise<void> {
-      try {
-        child.kill("SIGKILL");
-      } catch {
-        // already exited
-      }
-      await child.status;
-      await output.done;
-    },
+  const stop = async (signal: Deno.Signal = "SIGKILL"): Promise<number> => {
+    try {
+      child.kill(signal);
+    } catch {
+      // already exited
+    }
+    const { code } = await child.status;
+    await output.done;
+    return code;
   };
+  return { child, output, stop, kill: async () => void await stop() };
+}
+
+/**
+ * proxy.ts on `configPath` as a subprocess without --allow-ffi (so on its Deno-conn path), with
+ * --allow-net and --allow-read only; its output collected as lines.
+ */
+export function spawnProxyWithoutFfi(configPath: string): ProxyProcess {
+  return spawnProxy(configPath, { ffi: false });
 }
 
 export { fillPattern, receiveAll, sendPattern } from "../demo/payload.ts";

@@ -15,8 +15,9 @@ import {
   closeQuietly,
   echoBackend,
   freePort,
-  type OutputLines,
   outputLines,
+  type ProxyProcess,
+  spawnProxy,
   waitFor,
 } from "./_helpers.ts";
 
@@ -24,48 +25,7 @@ const PROXY = new URL("../proxy.ts", import.meta.url).pathname;
 const CONFIG = new URL("../deno.json", import.meta.url).pathname;
 const TOKEN = "takeover-test-token-0123456789";
 
-interface Proxy {
-  child: Deno.ChildProcess;
-  output: OutputLines;
-  /** Kills it if it still runs; resolves with its exit code. */
-  stop(signal?: Deno.Signal): Promise<number>;
-}
-
-function spawnProxy(configPath: string, extra: string[] = []): Proxy {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--config",
-      CONFIG,
-      "--allow-ffi",
-      "--allow-net",
-      "--allow-read",
-      PROXY,
-      "--config",
-      configPath,
-      ...extra,
-    ],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).spawn();
-  const output = outputLines(child);
-  return {
-    child,
-    output,
-    async stop(signal: Deno.Signal = "SIGKILL"): Promise<number> {
-      try {
-        child.kill(signal);
-      } catch {
-        // already exited
-      }
-      const { code } = await child.status;
-      await output.done;
-      return code;
-    },
-  };
-}
+type Proxy = ProxyProcess;
 
 function configText(listen: number, admin: number, backend: number, extra = ""): string {
   return `
@@ -246,7 +206,7 @@ address = "[::1]:${v6}"
       10_000,
     );
 
-    next = spawnProxy(path, ["--takeover", `127.0.0.1:${admin}`]);
+    next = spawnProxy(path, { args: ["--takeover", `127.0.0.1:${admin}`] });
     await next.output.line(/^ready$/, "the new proxy to be ready", 20_000);
     const atTakeover = load.ok();
     const oldCode = await old.child.status.then((s) => s.code);
@@ -319,7 +279,7 @@ address = "127.0.0.1:${taken.addr.port}"
       wrongTokenPath,
       configText(listen, admin, backend.port).replace(TOKEN, "not-the-token-0123456789"),
     );
-    const wrongToken = spawnProxy(wrongTokenPath, ["--takeover", `127.0.0.1:${admin}`]);
+    const wrongToken = spawnProxy(wrongTokenPath, { args: ["--takeover", `127.0.0.1:${admin}`] });
     failed.push(wrongToken);
     assert.equal(await wrongToken.child.status.then((s) => s.code), 1);
     await wrongToken.output.done;
@@ -329,7 +289,7 @@ address = "127.0.0.1:${taken.addr.port}"
     );
 
     // Sockets received, then a listener of its own fails: it exits, closing its copies.
-    const cannotListen = spawnProxy(badPath, ["--takeover", `127.0.0.1:${admin}`]);
+    const cannotListen = spawnProxy(badPath, { args: ["--takeover", `127.0.0.1:${admin}`] });
     failed.push(cannotListen);
     assert.equal(await cannotListen.child.status.then((s) => s.code), 1);
     await cannotListen.output.done;
@@ -343,7 +303,7 @@ address = "127.0.0.1:${taken.addr.port}"
     assert.equal(await metric(admin, "splice_connections_total"), 50);
 
     // A later takeover with a good config succeeds.
-    const next = spawnProxy(path, ["--takeover", `127.0.0.1:${admin}`]);
+    const next = spawnProxy(path, { args: ["--takeover", `127.0.0.1:${admin}`] });
     failed.push(next);
     await next.output.line(/^ready$/, "the new proxy to be ready", 20_000);
     assert.equal(await old.child.status.then((s) => s.code), 0);
@@ -491,7 +451,7 @@ Deno.test({
 }, async () => {
   const noToken = (text: string): string => text.replace(`token = "${TOKEN}"`, "");
   await withRunningProxy(noToken, async ({ listen, admin, path, old }) => {
-    const next = spawnProxy(path, ["--takeover", `127.0.0.1:${admin}`]);
+    const next = spawnProxy(path, { args: ["--takeover", `127.0.0.1:${admin}`] });
     assert.equal(await next.child.status.then((s) => s.code), 1);
     await next.output.done;
     assert.match(
