@@ -16,7 +16,7 @@
 import denoJson from "./deno.json" with { type: "json" };
 import { type Config, configWarnings, formatAddress, loadConfig, parseConfig } from "./config.ts";
 import type { TcpProxy } from "./proxy/server.ts";
-import { startProxy } from "./proxy/start.ts";
+import { startProxyResolved } from "./proxy/start.ts";
 import type { ProxyEvent } from "./proxy/types.ts";
 import { specFromConfig } from "./proxy/spec.ts";
 import { describeHttpEvent, serveHttp } from "./proxy/http.ts";
@@ -340,8 +340,9 @@ async function main(): Promise<number> {
     );
   }
   try {
-    // Applies the process-wide settings (the splice pipe capacity), then listens.
-    proxy = startProxy(config, { onEvent: log, listeningSockets: taken?.sockets });
+    // Applies the process-wide settings (the splice pipe capacity), waits for the first DNS
+    // answers of backends found through DNS, then listens.
+    proxy = await startProxyResolved(config, { onEvent: log, listeningSockets: taken?.sockets });
   } catch (error) {
     // The message names the listener ("Cannot listen on 127.0.0.1:8080: ...").
     console.error(

@@ -102,6 +102,11 @@ export class Discovery {
     };
   }
 
+  /** Resolves once no lookup round runs (each query is bounded to LOOKUP_TIMEOUT_MS). */
+  async settled(): Promise<void> {
+    await Promise.all([...this.#clusters.values()].map((lookups) => lookups.running));
+  }
+
   /** Stops every lookup; resolves once none runs. */
   async stop(): Promise<void> {
     const running = [...this.#clusters.values()].map((lookups) => {

@@ -29,7 +29,7 @@
  */
 
 export { TcpProxy, type TcpProxyOptions } from "./server.ts";
-export { startProxy } from "./start.ts";
+export { startProxy, startProxyResolved } from "./start.ts";
 export type {
   AccessLog,
   BackendSpec,

@@ -108,44 +108,75 @@ export class TcpProxy {
    */
   static start(file: ProxySpec, options?: TcpProxyOptions): TcpProxy {
     const proxy = new TcpProxy(file, options?.onEvent ?? (() => {}));
-    // The spec as run: the file's, with the runtime weights (none yet at start).
-    proxy.#file = file;
     proxy.#discovery.apply(file);
-    const spec = proxy.#backends.apply(proxy.#discovery.expand(file));
-    proxy.#applyClusters(spec);
+    return proxy.#begin(file, options);
+  }
+
+  /**
+   * Like {@linkcode TcpProxy.start}, but listens only once the first DNS lookups of the
+   * backends found through DNS (`srv`, `host`) have answered or failed (each is bounded to 2
+   * s): a connection accepted earlier would find no backend in such a cluster. Without such
+   * backends it is `start`. proxy.ts starts this way, and so takes over sockets this way.
+   *
+   * @example
+   * ```ts
+   * import { specFromConfig, TcpProxy } from "@zerocopy/splice/proxy";
+   * import { parseConfig } from "@zerocopy/splice/config";
+   *
+   * const spec = specFromConfig(parseConfig('[[listeners]]\naddress = "127.0.0.1:0"'));
+   * const proxy = await TcpProxy.startResolved(spec);
+   * await proxy.shutdown();
+   * ```
+   */
+  static async startResolved(file: ProxySpec, options?: TcpProxyOptions): Promise<TcpProxy> {
+    const proxy = new TcpProxy(file, options?.onEvent ?? (() => {}));
+    proxy.#discovery.apply(file);
+    await proxy.#discovery.settled();
+    return proxy.#begin(file, options);
+  }
+
+  /** Starts the data plane on `file` with what DNS has found so far; see start(). */
+  #begin(file: ProxySpec, options?: TcpProxyOptions): TcpProxy {
+    // The spec as run: the file's, with DNS's backends and the runtime weights (none yet).
+    this.#file = file;
+    const spec = this.#backends.apply(this.#discovery.expand(file));
+    this.#spec = spec;
+    this.#applyClusters(spec);
     const inherited = options?.listeningSockets ?? new Map<string, number>();
-    if (ffiAvailable()) {
-      const engines = spec.engines || usableCpus();
-      proxy.#native = NativePlane.start(spec, proxy.#planeHooks(), engines, inherited);
-      if (proxy.#native !== null) {
-        for (const [address, port] of Object.entries(proxy.#native.listenerPorts)) {
-          proxy.#emit({ type: "listening", address, port });
-        }
-        return proxy;
-      }
-    }
     try {
+      if (ffiAvailable()) {
+        const engines = spec.engines || usableCpus();
+        this.#native = NativePlane.start(spec, this.#planeHooks(), engines, inherited);
+        if (this.#native !== null) {
+          for (const [address, port] of Object.entries(this.#native.listenerPorts)) {
+            this.#emit({ type: "listening", address, port });
+          }
+          return this;
+        }
+      }
       if (inherited.size > 0) {
         throw new Error(
           "Cannot take the listeners over: " +
             (ffiAvailable() ? "the engines could not start" : "it needs --allow-ffi"),
         );
       }
-      proxy.#deno = new DenoPlane({
-        spec: () => proxy.#spec,
-        clusters: proxy.#clusters,
-        counters: proxy.#counters,
-        throttle: proxy.#throttle,
-        stopping: () => proxy.#stopping,
-        emit: (event) => proxy.#emit(event),
-        internalError: (error) => proxy.#internalError(error),
+      this.#deno = new DenoPlane({
+        spec: () => this.#spec,
+        clusters: this.#clusters,
+        counters: this.#counters,
+        throttle: this.#throttle,
+        stopping: () => this.#stopping,
+        emit: (event) => this.#emit(event),
+        internalError: (error) => this.#internalError(error),
       });
-      proxy.#deno.start(spec.listeners);
+      this.#deno.start(spec.listeners);
     } catch (error) {
-      void proxy.#backends.stop();
+      // Nothing of a proxy that did not start keeps running: checks, lookups, their timers.
+      void this.#backends.stop();
+      void this.#discovery.stop();
       throw error;
     }
-    return proxy;
+    return this;
   }
 
   /**

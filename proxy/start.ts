@@ -48,3 +48,24 @@ export function startProxy(
   applyConfig(config);
   return TcpProxy.start(specFromConfig(config), options);
 }
+
+/**
+ * {@linkcode startProxy}, listening only once the first DNS lookups of backends found through
+ * DNS have answered or failed ({@linkcode TcpProxy.startResolved}): what proxy.ts runs.
+ *
+ * @example
+ * ```ts
+ * import { startProxyResolved } from "@zerocopy/splice/proxy";
+ * import { parseConfig } from "@zerocopy/splice/config";
+ *
+ * const proxy = await startProxyResolved(parseConfig('[[listeners]]\naddress = "127.0.0.1:0"'));
+ * await proxy.shutdown();
+ * ```
+ */
+export function startProxyResolved(
+  config: Config,
+  options?: TcpProxyOptions,
+): Promise<TcpProxy> {
+  applyConfig(config);
+  return TcpProxy.startResolved(specFromConfig(config), options);
+}

@@ -11,7 +11,7 @@
 import assert from "node:assert/strict";
 import { shutdownRelayEngine } from "../mod.ts";
 import { parseConfig } from "../config.ts";
-import { startProxy } from "../proxy/mod.ts";
+import { startProxy, startProxyResolved } from "../proxy/mod.ts";
 import type { ProxyEvent } from "../proxy/types.ts";
 import { closeQuietly, freePort, receiveAll, sendPattern, serveEach, waitFor } from "./_helpers.ts";
 
@@ -265,6 +265,45 @@ backends = [{ srv = "_app._tcp.example.internal" }]
       await dns.stop();
       await first.close();
       await second.close();
+      await shutdownRelayEngine();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "DNS discovery: startProxyResolved listens once the first answers are in, so the first connection finds its backend",
+  ignore: missing !== null,
+  async fn(): Promise<void> {
+    const dnsPort = freePort();
+    const dns = dnsServer(dnsPort);
+    const a = named("a", "127.0.0.1");
+    const events: ProxyEvent[] = [];
+    await dns.start(["host-record=first.example.internal,127.0.0.1"]);
+    const proxy = await startProxyResolved(
+      parseConfig(`
+engines = 1
+dns_nameserver = "127.0.0.1:${dnsPort}"
+
+[[listeners]]
+address = "127.0.0.1:0"
+
+[clusters.app]
+frontends = [{ address = "127.0.0.1:0" }]
+backends = [{ host = "first.example.internal", port = ${a.port} }]
+`),
+      { onEvent: (e) => events.push(e) },
+    );
+    try {
+      // No wait for an event: the answer was in before the listener.
+      const listening = events.findIndex((e) => e.type === "listening");
+      const found = events.findIndex((e) => e.type === "dns-change");
+      assert.ok(found >= 0 && found < listening, JSON.stringify(events.map((e) => e.type)));
+      assert.equal(await via(proxy.listenerPorts["127.0.0.1:0"]), "a");
+    } finally {
+      await proxy.shutdown();
+      await dns.stop();
+      await a.close();
       await shutdownRelayEngine();
     }
   },
