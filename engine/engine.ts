@@ -186,6 +186,8 @@ export class Engine {
   }
 
   #send(command: Int32Array): void {
+    // A released engine's eventfd is closed and its number may be another file's by now.
+    if (this.#released) return;
     this.#queue.push(command);
     this.#flush();
   }
@@ -215,6 +217,7 @@ export class Engine {
    * Worker, which reads the ring without its event loop, knows to go and take it.
    */
   mail(message: PlaneMail): void {
+    if (this.#released) return; // a dead engine takes no mail (and its Worker is gone)
     this.#worker.postMessage(message);
     this.#send(Int32Array.of(OP_MAIL));
   }

@@ -80,9 +80,31 @@ export const ACCEPT_BACKOFF_MIN_MS = 5;
 /** The back-off doubles up to this (Go's and HAProxy's bound: about a second). */
 export const ACCEPT_BACKOFF_MAX_MS = 1_000;
 
-/** The next back-off after `previous` ms (0: none yet). */
-export function nextBackoff(previous: number): number {
-  return previous === 0 ? ACCEPT_BACKOFF_MIN_MS : Math.min(previous * 2, ACCEPT_BACKOFF_MAX_MS);
+/** The next back-off after `previous` ms (0: none yet), doubling from `min` up to `max`. */
+export function nextBackoff(
+  previous: number,
+  min = ACCEPT_BACKOFF_MIN_MS,
+  max = ACCEPT_BACKOFF_MAX_MS,
+): number {
+  return previous === 0 ? min : Math.min(previous * 2, max);
+}
+
+/** An engine that dies within this long of its start is restarted after a back-off. */
+export const ENGINE_STABLE_MS = 10_000;
+/** The first and the largest wait before an engine that keeps dying is restarted, in ms. */
+export const ENGINE_RESTART_MIN_MS = 100;
+export const ENGINE_RESTART_MAX_MS = 30_000;
+
+/**
+ * How long to wait before restarting an engine that died after `livedMs`, when the wait before
+ * its last restart was `previous` ms: at once after a life of ENGINE_STABLE_MS or more (a rare
+ * bug), else doubling from ENGINE_RESTART_MIN_MS to ENGINE_RESTART_MAX_MS, so that an engine
+ * killed by what it is given at each start does not take the control plane's thread and the
+ * log with it.
+ */
+export function engineRestartDelay(previous: number, livedMs: number): number {
+  if (livedMs >= ENGINE_STABLE_MS) return 0;
+  return nextBackoff(previous, ENGINE_RESTART_MIN_MS, ENGINE_RESTART_MAX_MS);
 }
 
 /**

@@ -14,18 +14,7 @@
  */
 
 import { closeFd } from "../ffi/pipe.ts";
-import { errnoDescription } from "../ffi/errno.ts";
-import {
-  acceptQueueLength,
-  formatSockaddr,
-  listeningProblem,
-  listenSocket,
-  localAddress,
-  localPort,
-  resolveSockaddrs,
-  stopListening,
-} from "../ffi/net.ts";
-import { SyscallError } from "../errors.ts";
+import { acceptQueueLength, resolveSockaddrs, stopListening } from "../ffi/net.ts";
 import { RELAY_PIPE_CAPACITY } from "../relay.ts";
 import { pipeCapacityOverride } from "../splice_pipe.ts";
 import { type Engine, startPlaneEngine } from "../engine/engine.ts";
@@ -59,14 +48,13 @@ import { roundRobinOrder } from "../engine/plane_pick.ts";
 import { ipTableBytes } from "../engine/ip_table.ts";
 import { fdHardLimit } from "../ffi/socket_fd.ts";
 import { DEFAULT_EJECT_MS, DEFAULT_FAILURES_TO_EJECT, hashText, tierOf } from "./balancer.ts";
-import { Throttle } from "./faults.ts";
+import { engineRestartDelay, Throttle } from "./faults.ts";
 import { planeStats, reportable, toConnectionRecord } from "./plane_reports.ts";
 
 import { listenerRoutes, policyOf } from "./plane_routes.ts";
+import { listenerSockets, listenMode } from "./plane_listen.ts";
 import type { ConnectionRecord, ListenerSpec, ProxyEvent, ProxySpec, ProxyStats } from "./types.ts";
 
-/** Pending connections a listener queues (as Deno.listen and HAProxy use by default). */
-const BACKLOG = 511;
 /** How long a reload waits for an engine to finish the accept it is in (a dead one never does). */
 const RELOAD_WAIT_MS = 50;
 /** How long a shutdown waits for aborted relays to end. */
@@ -117,6 +105,10 @@ export class NativePlane {
   #shared = false;
   /** Per engine, the last generation of routes it said it applied. */
   #appliedBy: number[] = [];
+  /** Per engine, when it (re)started, and the wait before its last restart (ms). */
+  #startedAt: number[] = [];
+  #restartWait: number[] = [];
+  #restartTimers = new Set<ReturnType<typeof setTimeout>>();
   #throttle = new Throttle(REPORT_INTERVAL_MS);
   #buffer: SharedArrayBuffer;
 
@@ -129,6 +121,7 @@ export class NativePlane {
     this.#buffer = buffer;
     for (let i = 0; i < engines; i++) {
       const engine = this.#startEngine(i);
+      this.#startedAt[i] = performance.now();
       if (engine === null) {
         for (const started of this.#engines) started.stop();
         this.#engines = [];
@@ -191,20 +184,45 @@ export class NativePlane {
   /**
    * An engine died (a bug): it closed its sockets and gave back its shares of the limits on
    * the way out. Its listening sockets would queue connections nobody accepts, so another
-   * engine takes its place at once with the same routes.
+   * engine takes its place with the same routes: at once, or after a back-off when it died
+   * soon after its own start (see engineRestartDelay).
    */
   #engineDied(index: number, message: string): void {
-    this.#hooks.fatal(`engine ${index}: ${message}`);
     // It may have died inside an accept: a reload must not wait for that flag.
     Atomics.store(this.#views.ints, ACCEPTING + index, 0);
-    if (this.#stopped) return;
+    if (this.#stopped) {
+      this.#hooks.fatal(`engine ${index}: ${message}`);
+      return;
+    }
     for (const entry of this.#closing.values()) entry.waiting.delete(index);
+    const lived = performance.now() - (this.#startedAt[index] ?? 0);
+    const wait = engineRestartDelay(this.#restartWait[index] ?? 0, lived);
+    this.#restartWait[index] = wait;
+    if (wait === 0) {
+      this.#hooks.fatal(`engine ${index}: ${message}`);
+      this.#restart(index);
+      return;
+    }
+    this.#hooks.fatal(
+      `engine ${index}: ${message}; it died ${Math.round(lived)} ms after its start, so it is ` +
+        `restarted in ${wait} ms`,
+    );
+    const timer = setTimeout(() => {
+      this.#restartTimers.delete(timer);
+      this.#restart(index);
+    }, wait);
+    this.#restartTimers.add(timer);
+  }
+
+  #restart(index: number): void {
+    if (this.#stopped) return;
     const engine = this.#startEngine(index);
     if (engine === null) {
       this.#hooks.fatal(`engine ${index} could not be restarted: its listening sockets wait`);
       return;
     }
     this.#engines[index] = engine;
+    this.#startedAt[index] = performance.now();
     this.#publish();
   }
 
@@ -326,6 +344,8 @@ export class NativePlane {
   async shutdown(drainMs: number): Promise<void> {
     if (this.#stopped) return;
     this.#stopped = true;
+    for (const timer of this.#restartTimers) clearTimeout(timer);
+    this.#restartTimers.clear();
     const fds = [...this.#listeners.values()].flatMap((l) => l.fds);
     const slots = [...this.#listeners.values()].map((l) => l.slot);
     if (!this.#shared) fds.forEach(stopListening);
@@ -369,46 +389,9 @@ export class NativePlane {
   }
 
   #listen(spec: ListenerSpec, inherited?: number): void {
-    const refused = netRefusal(spec);
-    if (refused !== null) {
-      throw new Deno.errors.NotCapable(`Cannot listen on ${spec.address}: ${refused}`);
-    }
     const slot = this.#freeListenerSlot();
-    let address: Uint8Array;
-    try {
-      address = resolveSockaddrs(spec.hostname, spec.port)[0];
-    } catch (error) {
-      throw new Error(`Cannot listen on ${spec.address}: ${(error as Error).message}`);
-    }
-    if (inherited !== undefined) {
-      const port = localPort(inherited);
-      const bound = localAddress(inherited);
-      // The socket must be bound where this listener would bind: the same address, and the
-      // same port unless port 0 (any) was asked.
-      const problem = listeningProblem(inherited) ??
-        (sameHost(bound, formatSockaddr(address)) && (spec.port === 0 || port === spec.port)
-          ? null
-          : `bound to ${bound}`);
-      if (problem !== null) {
-        throw new Error(`Cannot take over ${spec.address}: the socket handed over is ${problem}`);
-      }
-      this.#listeners.set(spec.address, { spec, slot, fds: [inherited], port });
-      return;
-    }
-    const fds: number[] = [];
     const count = this.#exclusive ? 1 : this.#engines.length;
-    let port = spec.port;
-    for (let i = 0; i < count; i++) {
-      // Port 0 picks a port for the first socket; the others of the group join it.
-      if (i === 1) new DataView(address.buffer).setUint16(2, port, false);
-      const made = listenSocket(address, { reusePort: !this.#exclusive, backlog: BACKLOG });
-      if ("errno" in made) {
-        fds.forEach(closeFd);
-        throw listenFailure(spec.address, made.errno, made.syscall);
-      }
-      fds.push(made.fd);
-      if (i === 0) port = localPort(made.fd);
-    }
+    const { fds, port } = listenerSockets(spec, count, inherited);
     this.#listeners.set(spec.address, { spec, slot, fds, port });
   }
 
@@ -578,33 +561,6 @@ export class NativePlane {
     }
     for (const record of report.records) this.#hooks.record(toConnectionRecord(record, this.#spec));
   }
-}
-
-/** The error of a listener that cannot listen, of the class Deno.listen would throw. */
-function listenFailure(address: string, errno: number, syscall: string): Error {
-  const message = `Cannot listen on ${address}: ${errnoDescription(errno)} (os error ${errno})`;
-  const cause = new SyscallError(syscall, errno);
-  if (errno === 98) return new Deno.errors.AddrInUse(message, { cause });
-  if (errno === 99) return new Deno.errors.AddrNotAvailable(message, { cause });
-  if (errno === 13 || errno === 1) return new Deno.errors.PermissionDenied(message, { cause });
-  return new Error(message, { cause });
-}
-
-/**
- * One socket per listener shared with EPOLLEXCLUSIVE, unless `SPLICE_LISTEN_MODE=reuseport` is
- * set and readable (README, "Engines", says why and what was measured).
- */
-function listenMode(): "reuseport" | "exclusive" {
-  const variable = "SPLICE_LISTEN_MODE";
-  if (Deno.permissions.querySync({ name: "env", variable }).state !== "granted") {
-    return "exclusive";
-  }
-  return Deno.env.get(variable) === "reuseport" ? "reuseport" : "exclusive";
-}
-
-/** Whether two `host:port` texts (formatSockaddr's) name the same host. */
-function sameHost(a: string, b: string): boolean {
-  return a.slice(0, a.lastIndexOf(":")) === b.slice(0, b.lastIndexOf(":"));
 }
 
 function delay(ms: number): Promise<void> {

@@ -14,7 +14,8 @@ import { shutdownRelayEngine } from "../mod.ts";
 import { parseConfig } from "../config.ts";
 import { prometheusText } from "../proxy/metrics.ts";
 import { specFromConfig, startProxy, TcpProxy } from "../proxy/mod.ts";
-import type { ProxyStats } from "../proxy/types.ts";
+import type { ProxyEvent, ProxyStats } from "../proxy/types.ts";
+import { libc } from "../ffi/libc.ts";
 import {
   closeQuietly,
   echoBackend,
@@ -533,5 +534,89 @@ Deno.test("proxy.ts without --allow-ffi: relays through Deno conns byte-exact an
     await proxyProcess.kill();
     await backend.close();
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** The fd of this process's socket listening on 127.0.0.1:`port` (from /proc/net/tcp). */
+function listeningFd(port: number): number {
+  const hexPort = port.toString(16).toUpperCase().padStart(4, "0");
+  const inode = Deno.readTextFileSync("/proc/net/tcp").split("\n").map((l) => l.trim().split(/\s+/))
+    .find((f) => f[1] === `0100007F:${hexPort}` && f[3] === "0A")?.[9];
+  for (const entry of Deno.readDirSync("/proc/self/fd")) {
+    try {
+      if (Deno.readLinkSync(`/proc/self/fd/${entry.name}`) === `socket:[${inode}]`) {
+        return Number(entry.name);
+      }
+    } catch {
+      // closed while listed (readDirSync's own fd)
+    }
+  }
+  throw new Error(`no fd listens on port ${port}`);
+}
+
+/** The epoll fds of this process that watch `fd` (from /proc/self/fdinfo). */
+function epollsWatching(fd: number): number[] {
+  const found: number[] = [];
+  for (const entry of Deno.readDirSync("/proc/self/fd")) {
+    try {
+      if (Deno.readLinkSync(`/proc/self/fd/${entry.name}`) !== "anon_inode:[eventpoll]") continue;
+      const info = Deno.readTextFileSync(`/proc/self/fdinfo/${entry.name}`);
+      if (new RegExp(`^tfd:\\s+${fd}\\s`, "m").test(info)) found.push(Number(entry.name));
+    } catch {
+      // closed while listed
+    }
+  }
+  return found;
+}
+
+Deno.test("TcpProxy (engines = 1): an engine whose epoll fd is closed under it dies, is restarted, and one that dies again soon is restarted after a back-off", async () => {
+  const backend = echoBackend();
+  const events: ProxyEvent[] = [];
+  const proxy = startProxy(
+    parseConfig(proxyToml({
+      engines: 1,
+      listeners: ["127.0.0.1:0"],
+      backends: [`127.0.0.1:${backend.port}`],
+    })),
+    { onEvent: (event) => events.push(event) },
+  );
+  const port = proxy.listenerPorts["127.0.0.1:0"];
+  const died = (): string[] =>
+    events.flatMap((e) =>
+      e.type === "internal-error" && /^Error: engine 0: /.test(e.error) ? [e.error] : []
+    );
+  /** Closes the engine's epoll fd (bad luck, or a bug elsewhere in the process). */
+  const kill = async (): Promise<void> => {
+    const listener = listeningFd(port);
+    let engineEpoll: number[] = [];
+    await waitFor(
+      () => (engineEpoll = epollsWatching(listener)).length === 1,
+      "the engine's epoll",
+    );
+    libc().close(engineEpoll[0]);
+    // An engine asleep in epoll_wait keeps the instance alive until it wakes: a connection
+    // wakes it, and its next epoll_wait fails. (Served or not, it is not what is checked.)
+    await echoThrough("127.0.0.1", port, 16).catch(() => false);
+  };
+  try {
+    assert.ok(await echoThrough("127.0.0.1", port, 4096));
+    await kill();
+    await waitFor(() => died().length === 1, "the engine's death to be reported", 10_000);
+    // It died less than 10 s after its start: restarted after 100 ms, and it serves again.
+    assert.match(died()[0], /restarted in 100 ms/);
+    await waitFor(() => echoThrough("127.0.0.1", port, 4096), "the restarted engine to serve");
+    // Internal errors are reported at most once a second (counted always): the second death
+    // must fall in the next second for its report to carry its own text.
+    const firstAt = performance.now();
+    await waitFor(() => performance.now() - firstAt > 1_100, "the report interval to pass");
+    await kill();
+    await waitFor(() => died().length === 2, "the second death to be reported", 10_000);
+    assert.match(died()[1], /restarted in 200 ms/);
+    await waitFor(() => echoThrough("127.0.0.1", port, 4096), "the engine to serve again");
+    assert.ok(proxy.stats().internalErrors >= 2);
+  } finally {
+    await proxy.shutdown();
+    await backend.close();
+    await shutdownRelayEngine();
   }
 });

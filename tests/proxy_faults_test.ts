@@ -12,6 +12,7 @@ import { TcpProxy } from "../proxy/server.ts";
 import type { ProxyEvent, ProxySpec } from "../proxy/types.ts";
 import { acceptEach, echoBackend, openFdCount, receiveAll, runDeno, waitFor } from "./_helpers.ts";
 import { within } from "./_relay_helpers.ts";
+import { ENGINE_STABLE_MS, engineRestartDelay, nextBackoff } from "../proxy/faults.ts";
 import { blackhole, connectAndReset, resetAndClose } from "./_sockets.ts";
 
 function spec(backendPort: number, extra?: Partial<ProxySpec>): ProxySpec {
@@ -229,4 +230,29 @@ Deno.test("TcpProxy: out of fds on its own connect, the proxy blames itself, not
   assert.equal(report.failures, 0);
   assert.equal(report.backend.failures, 0);
   assert.equal(report.backend.ejected, false);
+});
+
+Deno.test("engineRestartDelay: at once after a long life; doubling from 100 ms to 30 s after short ones", () => {
+  assert.equal(engineRestartDelay(0, ENGINE_STABLE_MS), 0);
+  assert.equal(engineRestartDelay(6_400, ENGINE_STABLE_MS + 1), 0);
+  const waits: number[] = [];
+  let wait = 0;
+  for (let i = 0; i < 12; i++) waits.push(wait = engineRestartDelay(wait, 50));
+  assert.deepEqual(waits, [
+    100,
+    200,
+    400,
+    800,
+    1600,
+    3200,
+    6400,
+    12800,
+    25600,
+    30000,
+    30000,
+    30000,
+  ]);
+  // The accept loop's back-off keeps its own bounds.
+  assert.equal(nextBackoff(0), 5);
+  assert.equal(nextBackoff(800), 1000);
 });
