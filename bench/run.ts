@@ -43,7 +43,6 @@ import { encodeProxyHeader } from "../mod.ts";
 import {
   ANCHORS,
   BENCH_SERVER_NAME,
-  clientHello,
   cpuSeconds,
   ENGINE_IMPLS,
   ensureTools,
@@ -64,6 +63,7 @@ import {
   withProxy,
 } from "./peers.ts";
 import { straced, type SyscallCounts, totalCalls } from "./syscalls.ts";
+import { clientHello } from "../demo/client_hello.ts";
 
 function arg(name: string, fallback: string): string {
   const i = Deno.args.indexOf(name);

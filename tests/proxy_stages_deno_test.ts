@@ -9,7 +9,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { encodeProxyHeader, parseProxyHeader, PROXY_V2_MAX_BYTES } from "../mod.ts";
-import { clientHello } from "../bench/peers.ts";
+import { clientHello } from "../demo/client_hello.ts";
 import {
   closeQuietly,
   echoBackend,
