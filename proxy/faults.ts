@@ -117,12 +117,14 @@ export class Throttle {
 
   /**
    * Whether to report an occurrence of `key` now; `suppressed` is how many were held back since
-   * the last report of that key. Keys are dropped once quiet, so the map stays small.
+   * the last report of that key. `weight` is how many occurrences this one stands for (a report
+   * that another throttle already thinned carries its own count). Keys are dropped once quiet,
+   * so the map stays small.
    */
-  pass(key: string, now: number): { report: boolean; suppressed: number } {
+  pass(key: string, now: number, weight = 1): { report: boolean; suppressed: number } {
     const last = this.#last.get(key);
     if (last !== undefined && now - last.at < this.intervalMs) {
-      last.suppressed++;
+      last.suppressed += weight;
       return { report: false, suppressed: 0 };
     }
     if (this.#last.size > 1_000) {

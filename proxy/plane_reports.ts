@@ -74,10 +74,12 @@ export function toConnectionRecord(record: PlaneRecord, spec: ProxySpec): Connec
 export function reportable(event: PlaneEvent, throttle: Throttle): ProxyEvent | null {
   if (event.type === "backend-ejected") return event;
   if (event.type === "refused") {
-    // Each engine reports a key at most once a second; the proxy, once for all of them.
+    // Each engine reports a key at most once a second; the proxy, once for all of them. A
+    // report held back here stands for itself and for what its engine held back.
     const { report, suppressed } = throttle.pass(
       `refused ${event.reason} ${event.listener} ${event.client.replace(/:\d+$/, "")}`,
       performance.now(),
+      1 + event.suppressed,
     );
     if (!report) return null;
     const { listener, client, reason } = event;

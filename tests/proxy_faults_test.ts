@@ -12,7 +12,9 @@ import { TcpProxy } from "../proxy/server.ts";
 import type { ProxyEvent, ProxySpec } from "../proxy/types.ts";
 import { acceptEach, echoBackend, openFdCount, receiveAll, runDeno, waitFor } from "./_helpers.ts";
 import { within } from "./_relay_helpers.ts";
-import { ENGINE_STABLE_MS, engineRestartDelay, nextBackoff } from "../proxy/faults.ts";
+import { ENGINE_STABLE_MS, engineRestartDelay, nextBackoff, Throttle } from "../proxy/faults.ts";
+import { reportable } from "../proxy/plane_reports.ts";
+import type { PlaneEvent } from "../engine/plane_layout.ts";
 import { blackhole, connectAndReset, resetAndClose } from "./_sockets.ts";
 
 function spec(backendPort: number, extra?: Partial<ProxySpec>): ProxySpec {
@@ -255,4 +257,24 @@ Deno.test("engineRestartDelay: at once after a long life; doubling from 100 ms t
   // The accept loop's back-off keeps its own bounds.
   assert.equal(nextBackoff(0), 5);
   assert.equal(nextBackoff(800), 1000);
+});
+
+Deno.test("reportable: a refusal held back by the proxy's throttle keeps the count its engine held back", async () => {
+  const throttle = new Throttle(30);
+  const refused = (suppressed: number): PlaneEvent => ({
+    type: "refused",
+    listener: "127.0.0.1:8080",
+    client: "127.0.0.2:40000",
+    reason: "denied",
+    suppressed,
+  });
+  const count = (event: ProxyEvent | null): number | null =>
+    event?.type === "connection-refused" ? event.suppressed : null;
+  // Two engines report the same client, each having held back 5: the proxy reports the first.
+  assert.equal(count(reportable(refused(5), throttle)), 5);
+  const at = performance.now();
+  assert.equal(reportable(refused(5), throttle), null);
+  // The next report carries the 6 the held-back one stood for, and its own 2.
+  await waitFor(() => performance.now() - at > 40, "the throttle's interval to pass");
+  assert.equal(count(reportable(refused(2), throttle)), 8);
 });
