@@ -328,10 +328,12 @@ export class TcpProxy {
     this.#file = file;
     this.#discovery.apply(file);
     const spec = this.#backends.apply(this.#discovery.expand(file));
-    if (this.#native !== null) return this.#reloadNative(this.#native, spec);
     this.#spec = spec;
     const changed = this.#applyClusters(spec);
-    const { added, removed } = this.#deno?.reload(spec) ?? { added: [], removed: [] };
+    const native = this.#native;
+    const { added, removed } = native === null
+      ? this.#deno?.reload(spec) ?? { added: [], removed: [] }
+      : this.#reloadNative(native, spec, changed);
     this.#counters.reloaded();
     return { added, removed, clusters: changed };
   }
@@ -416,12 +418,12 @@ export class TcpProxy {
     await Promise.all([this.#deno?.shutdown(this.#spec.drainTimeoutMs), checksStopped]);
   }
 
+  /** The engines' side of a reload: listeners, health of changed clusters, events. */
   #reloadNative(
     native: NativePlane,
     spec: ProxySpec,
-  ): { added: string[]; removed: string[]; clusters: string[] } {
-    this.#spec = spec;
-    const changed = this.#applyClusters(spec);
+    changed: string[],
+  ): { added: string[]; removed: string[] } {
     const { added, removed, failed } = native.reload(spec);
     native.forgetHealth(changed);
     this.#refreshOut(spec);
@@ -431,8 +433,7 @@ export class TcpProxy {
     for (const [address, error] of failed) {
       this.#emit({ type: "listen-failed", address, error: error.message });
     }
-    this.#counters.reloaded();
-    return { added, removed, clusters: changed };
+    return { added, removed };
   }
 
   /**
