@@ -293,9 +293,10 @@ let probed: boolean | null = null;
  * variable, set when the library is opened (each Worker opens its own). Reading `cell[0]` is an
  * element load: no function is entered between the failing call and the read, so nothing V8
  * does at a function's entry (installing code compiled in the background, a GC) can run in
- * between and leave its own errno. `resizePipe` reads it so: it runs on a cold main thread, and
- * CI saw it read ENOENT for the EPERM that F_SETPIPE_SZ had set. `errno()` reads the same cell
- * after one function entry, which has not been seen to interfere.
+ * between and leave its own errno. CI saw a cold main thread read ENOENT for the EPERM that
+ * F_SETPIPE_SZ had set, when a function call sat in between. Everything in ffi/ reads the cell
+ * so, at the call site; `errno()` reads the same cell after one function entry, for the
+ * engines' loops, which are hot (and inlined) by the time anything fails.
  */
 export const ERRNO: { cell: Int32Array } = { cell: new Int32Array(1) };
 

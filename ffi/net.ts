@@ -28,7 +28,7 @@ import {
   TCP_INFO,
 } from "./constants.ts";
 import { errnoName } from "./errno.ts";
-import { errno, libc } from "./libc.ts";
+import { ERRNO, libc } from "./libc.ts";
 
 /** Bytes of `struct sockaddr_in6`, the larger of the two families; `sockaddr_in` takes 16. */
 export const SOCKADDR_MAX = 28;
@@ -130,22 +130,24 @@ export function listenSocket(
   const symbols = libc();
   const family = sockaddrFamily(address);
   const fd = symbols.socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return { errno: errno(), syscall: "socket" };
-  const fail = (syscall: string): { errno: number; syscall: string } => {
-    const code = errno();
+  if (fd < 0) return { errno: ERRNO.cell[0], syscall: "socket" };
+  // errno is read at each call site, as the argument, before fail() is entered (see ERRNO).
+  const fail = (syscall: string, code: number): { errno: number; syscall: string } => {
     symbols.close(fd);
     return { errno: code, syscall };
   };
   // As Deno.listen: a restarted proxy rebinds a port whose old connections are in TIME_WAIT.
-  if (symbols.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, ONE, 4) !== 0) return fail("setsockopt");
+  if (symbols.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, ONE, 4) !== 0) {
+    return fail("setsockopt", ERRNO.cell[0]);
+  }
   if (options.reusePort && symbols.setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, ONE, 4) !== 0) {
-    return fail("setsockopt");
+    return fail("setsockopt", ERRNO.cell[0]);
   }
   if (family === AF_INET6 && symbols.setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, ONE, 4) !== 0) {
-    return fail("setsockopt");
+    return fail("setsockopt", ERRNO.cell[0]);
   }
-  if (symbols.bind(fd, address, address.byteLength) !== 0) return fail("bind");
-  if (symbols.listen(fd, options.backlog) !== 0) return fail("listen");
+  if (symbols.bind(fd, address, address.byteLength) !== 0) return fail("bind", ERRNO.cell[0]);
+  if (symbols.listen(fd, options.backlog) !== 0) return fail("listen", ERRNO.cell[0]);
   return { fd };
 }
 
@@ -186,17 +188,17 @@ export function listeningProblem(fd: number): string | null {
     return symbols.getsockopt(fd, SOL_SOCKET, name, value, length) === 0 ? value[0] : null;
   };
   const type = option(SO_TYPE);
-  if (type === null) return `not a socket (${errnoName(errno())})`;
+  if (type === null) return `not a socket (${errnoName(ERRNO.cell[0])})`;
   if (type !== SOCK_STREAM) return "not a stream socket";
   const bytes = new Uint8Array(SOCKADDR_MAX);
   const size = new Uint32Array([SOCKADDR_MAX]);
-  if (symbols.getsockname(fd, bytes, size) !== 0) return `unnamed (${errnoName(errno())})`;
+  if (symbols.getsockname(fd, bytes, size) !== 0) return `unnamed (${errnoName(ERRNO.cell[0])})`;
   const family = sockaddrFamily(bytes);
   if (family !== AF_INET && family !== AF_INET6) return "not an IPv4 or IPv6 socket";
   if (option(SO_ACCEPTCONN) !== 1) return "not listening";
   const flags = symbols.fcntl(fd, F_GETFL, 0);
   if (flags < 0 || symbols.fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
-    return `not made non-blocking (${errnoName(errno())})`;
+    return `not made non-blocking (${errnoName(ERRNO.cell[0])})`;
   }
   return null;
 }

@@ -6,7 +6,7 @@
 
 import { F_GETPIPE_SZ, F_SETPIPE_SZ, O_CLOEXEC, O_NONBLOCK } from "./constants.ts";
 import { errnoName } from "./errno.ts";
-import { ERRNO, errno, libc } from "./libc.ts";
+import { ERRNO, libc } from "./libc.ts";
 
 /** Reused output buffer for `pipe2`: the call is synchronous, so one buffer serves all calls. */
 const PIPE_FDS = new Int32Array(2);
@@ -18,7 +18,7 @@ const PIPE_FDS = new Int32Array(2);
  * @returns `[readEnd, writeEnd]`, or the errno (a number) when the kernel refused
  */
 export function openPipe(): [readEnd: number, writeEnd: number] | number {
-  if (libc().pipe2(PIPE_FDS, O_NONBLOCK | O_CLOEXEC) !== 0) return errno();
+  if (libc().pipe2(PIPE_FDS, O_NONBLOCK | O_CLOEXEC) !== 0) return ERRNO.cell[0];
   return [PIPE_FDS[0], PIPE_FDS[1]];
 }
 

@@ -28,7 +28,7 @@ import {
   SOL_SOCKET,
 } from "./constants.ts";
 import { ENOTCONN } from "./errno.ts";
-import { errno, libc } from "./libc.ts";
+import { ERRNO, libc } from "./libc.ts";
 
 /**
  * A socket the module can splice: a raw fd or a Deno stream connection.
@@ -223,7 +223,7 @@ function check(
   let result: typeof MATCH | typeof PEER_GONE = MATCH;
   SOCKLEN[0] = SOCKADDR.byteLength;
   if (symbols.getpeername(fd, SOCKADDR, SOCKLEN) !== 0) {
-    if (errno() !== ENOTCONN || intOption(fd, SO_ACCEPTCONN) !== 0) return NO_MATCH;
+    if (ERRNO.cell[0] !== ENOTCONN || intOption(fd, SO_ACCEPTCONN) !== 0) return NO_MATCH;
     result = PEER_GONE;
   } else if (!addrEquals(remote, SOCKLEN[0])) {
     return NO_MATCH;

@@ -6,7 +6,7 @@
  */
 
 import { AF_UNSPEC, SIOCOUTQ, SO_ERROR, SOL_SOCKET } from "./constants.ts";
-import { errno, libc } from "./libc.ts";
+import { ERRNO, libc } from "./libc.ts";
 
 const queued = new Int32Array(1);
 const errorValue = new Int32Array(1);
@@ -19,7 +19,7 @@ const errorLength = new Uint32Array(1);
 export function socketError(fd: number): number {
   errorLength[0] = 4;
   const ok = libc().getsockopt(fd, SOL_SOCKET, SO_ERROR, errorValue, errorLength) === 0;
-  return ok ? errorValue[0] : errno();
+  return ok ? errorValue[0] : ERRNO.cell[0];
 }
 
 /**

@@ -22,7 +22,7 @@ import {
   SOCK_STREAM,
   SOL_SOCKET,
 } from "./constants.ts";
-import { errno, libc } from "./libc.ts";
+import { ERRNO, libc } from "./libc.ts";
 
 /** A step that failed: its errno and the syscall's name. */
 export interface UnixFailure {
@@ -82,7 +82,7 @@ function abstractAddress(name: string): [Uint8Array, number] {
 
 function unixSocket(): number | UnixFailure {
   const fd = libc().socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  return fd < 0 ? { errno: errno(), syscall: "socket" } : fd;
+  return fd < 0 ? { errno: ERRNO.cell[0], syscall: "socket" } : fd;
 }
 
 /**
@@ -94,8 +94,8 @@ export function listenAbstract(name: string): number | UnixFailure {
   const fd = unixSocket();
   if (typeof fd !== "number") return fd;
   const symbols = libc();
-  if (symbols.bind(fd, address, length) !== 0) return failAndClose(fd, "bind");
-  if (symbols.listen(fd, LISTEN_BACKLOG) !== 0) return failAndClose(fd, "listen");
+  if (symbols.bind(fd, address, length) !== 0) return failAndClose(fd, "bind", ERRNO.cell[0]);
+  if (symbols.listen(fd, LISTEN_BACKLOG) !== 0) return failAndClose(fd, "listen", ERRNO.cell[0]);
   return fd;
 }
 
@@ -108,7 +108,7 @@ export function connectAbstract(name: string): number | UnixFailure {
   const [address, length] = abstractAddress(name);
   const fd = unixSocket();
   if (typeof fd !== "number") return fd;
-  if (libc().connect(fd, address, length) !== 0) return failAndClose(fd, "connect");
+  if (libc().connect(fd, address, length) !== 0) return failAndClose(fd, "connect", ERRNO.cell[0]);
   return fd;
 }
 
@@ -120,11 +120,11 @@ export function acceptUnix(fd: number): number | UnixFailure {
   const address = new Uint8Array(2 + SUN_PATH_MAX);
   const length = new Uint32Array([address.length]);
   const accepted = libc().accept4(fd, address, length, SOCK_NONBLOCK | SOCK_CLOEXEC);
-  return accepted < 0 ? { errno: errno(), syscall: "accept4" } : accepted;
+  return accepted < 0 ? { errno: ERRNO.cell[0], syscall: "accept4" } : accepted;
 }
 
-function failAndClose(fd: number, syscall: string): UnixFailure {
-  const code = errno();
+/** Closes `fd` after a failed step; `code` was read at the call site, before this was entered. */
+function failAndClose(fd: number, syscall: string, code: number): UnixFailure {
   libc().close(fd);
   return { errno: code, syscall };
 }
@@ -143,7 +143,7 @@ export function peerCredentials(fd: number): { pid: number; uid: number } | Unix
   const credentials = new Uint32Array(3);
   const length = new Uint32Array([12]);
   if (libc().getsockopt(fd, SOL_SOCKET, SO_PEERCRED, credentials, length) !== 0) {
-    return { errno: errno(), syscall: "getsockopt" };
+    return { errno: ERRNO.cell[0], syscall: "getsockopt" };
   }
   return { pid: credentials[0], uid: credentials[1] };
 }
@@ -190,7 +190,7 @@ export function sendWithFds(
     view.setBigUint64(LAYOUT.msgControlLength, BigInt(control.length), true);
   }
   const sent = libc().sendmsg(fd, header, MSG_NOSIGNAL);
-  if (sent < 0n) return { errno: errno(), syscall: "sendmsg" };
+  if (sent < 0n) return { errno: ERRNO.cell[0], syscall: "sendmsg" };
   return Number(sent);
 }
 
@@ -227,7 +227,7 @@ export function receiveWithFds(
   view.setBigUint64(LAYOUT.msgControl, pointerValue(control), true);
   view.setBigUint64(LAYOUT.msgControlLength, BigInt(control.length), true);
   const got = libc().recvmsg(fd, header, MSG_CMSG_CLOEXEC);
-  if (got < 0n) return { errno: errno(), syscall: "recvmsg" };
+  if (got < 0n) return { errno: ERRNO.cell[0], syscall: "recvmsg" };
   const fds: number[] = [];
   const controlLength = Number(view.getBigUint64(LAYOUT.msgControlLength, true));
   const controlView = new DataView(control.buffer);
