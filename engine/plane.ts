@@ -24,10 +24,8 @@ import {
   EPOLL_DATA_OFFSET,
   EPOLLEXCLUSIVE,
   EPOLLIN,
-  IPPROTO_TCP,
   SOCK_CLOEXEC,
   SOCK_NONBLOCK,
-  TCP_NODELAY,
 } from "../ffi/constants.ts";
 import { EAGAIN, EINTR, errnoName } from "../ffi/errno.ts";
 
@@ -107,7 +105,6 @@ export class Plane {
   #report = new ReportQueue();
   #addr = new Uint8Array(SOCKADDR_MAX);
   #addrLength = new Uint32Array(1);
-  #one = new Int32Array([1]);
   #control = new Uint8Array(16);
   #gate: Gate;
   #connector: Connector;
@@ -382,8 +379,8 @@ export class Plane {
       reason: "",
       stages,
     };
+    // No TCP_NODELAY here: the socket has it from its listener (ffi/net.ts, setNoDelay).
     this.#host.relays.set(id, relay);
-    libc().setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, this.#one, 4);
     const code = this.#host.register(fd, id * 2);
     if (code !== 0) {
       relay.proxied.errno = code;

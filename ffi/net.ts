@@ -26,6 +26,7 @@ import {
   SOCK_STREAM,
   SOL_SOCKET,
   TCP_INFO,
+  TCP_NODELAY,
 } from "./constants.ts";
 import { errnoName } from "./errno.ts";
 import { ERRNO, libc } from "./libc.ts";
@@ -146,9 +147,20 @@ export function listenSocket(
   if (family === AF_INET6 && symbols.setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, ONE, 4) !== 0) {
     return fail("setsockopt", ERRNO.cell[0]);
   }
+  const noDelay = setNoDelay(fd);
+  if (noDelay !== 0) return fail("setsockopt", noDelay);
   if (symbols.bind(fd, address, address.byteLength) !== 0) return fail("bind", ERRNO.cell[0]);
   if (symbols.listen(fd, options.backlog) !== 0) return fail("listen", ERRNO.cell[0]);
   return { fd };
+}
+
+/**
+ * Sets TCP_NODELAY on `fd`; 0, or the errno. On a listening socket this is set once for all its
+ * connections: Linux makes an accepted socket as a copy of its listener's, TCP_NODELAY included,
+ * so the engines set nothing per accepted connection.
+ */
+export function setNoDelay(fd: number): number {
+  return libc().setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, ONE, 4) === 0 ? 0 : ERRNO.cell[0];
 }
 
 const TCP_INFO_SIZE = 232;

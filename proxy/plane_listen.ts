@@ -14,6 +14,7 @@ import {
   localAddress,
   localPort,
   resolveSockaddrs,
+  setNoDelay,
 } from "../ffi/net.ts";
 import { SyscallError } from "../errors.ts";
 import { netRefusal } from "../engine/endpoint.ts";
@@ -52,6 +53,14 @@ export function listenerSockets(
         : `bound to ${bound}`);
     if (problem !== null) {
       throw new Error(`Cannot take over ${spec.address}: the socket handed over is ${problem}`);
+    }
+    // Set here too, whatever the process before did: the engines rely on it (setNoDelay).
+    const noDelay = setNoDelay(inherited);
+    if (noDelay !== 0) {
+      throw new Error(
+        `Cannot take over ${spec.address}: cannot set TCP_NODELAY: ${errnoDescription(noDelay)}`,
+        { cause: new SyscallError("setsockopt", noDelay) },
+      );
     }
     return { fds: [inherited], port };
   }
