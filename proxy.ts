@@ -375,7 +375,7 @@ async function main(): Promise<number> {
       if (!args.config) return "the embedded demo config cannot be reloaded";
       try {
         const next = await loadConfig(args.config);
-        const changed = proxy.reload(specFromConfig(next));
+        const changed = await proxy.reloadResolved(specFromConfig(next));
         config = next;
         for (const line of warningsOf(next)) say(`reload (${why}): warning: ${line}`);
         say(

@@ -14,7 +14,7 @@
  * @module
  */
 
-import type { AccessLog } from "../proxy/types.ts";
+import type { AccessLog, ConnectionRecord } from "../proxy/types.ts";
 import type { CidrList } from "../protocol/cidr.ts";
 import type { ServerNameRoutes } from "../protocol/client_hello.ts";
 import { RESOURCE_CODES, TRANSIENT_ACCEPT_CODES } from "../proxy/faults.ts";
@@ -292,38 +292,27 @@ export type PlaneMail =
   | { type: "routes"; routes: Routes }
   | { type: "abort-all" };
 
-/** How a proxied connection ended, as an engine reports it. */
-export interface PlaneRecord {
-  client: string;
-  listener: string;
-  cluster: string;
-  backend: string | null;
-  bytesIn: number;
-  bytesOut: number;
-  durationMs: number;
-  /** "splice", "copy" or "none" (never relayed). */
-  mode: "splice" | "copy" | "none";
-  end:
-    | "done"
-    | "reset"
-    | "idle-timeout"
-    | "aborted"
-    | "error"
-    | "no-backend"
-    | "local-error"
-    | "over-limit"
-    | "bad-header"
-    | "header-timeout"
-    | "no-route";
-  /** The backend last tried, for a connection that never relayed (its error names it). */
-  attempted?: string;
-  /** Why the last connect could not be made, when no errno says it. */
-  reason?: string;
-  /** errno and syscall of the failure, or of the last connect that failed. */
-  errno?: number;
-  syscall?: string;
-  side?: "a" | "b";
-}
+/**
+ * How a proxied connection ended, as an engine reports it: the fields of the proxy's
+ * `ConnectionRecord` (type-only, so no import at run time) without its error text, which the main
+ * thread writes from the errno and syscall here (proxy/plane_reports.ts).
+ */
+export type PlaneRecord =
+  & Omit<ConnectionRecord, "mode" | "end" | "error">
+  & {
+    /** An engine splices or copies; "fallback" is relay()'s copy loop, never an engine's. */
+    mode: Exclude<ConnectionRecord["mode"], "fallback">;
+    /** "internal-error" is the main thread's own. */
+    end: Exclude<ConnectionRecord["end"], "internal-error">;
+    /** The backend last tried, for a connection that never relayed (its error names it). */
+    attempted?: string;
+    /** Why the last connect could not be made, when no errno says it. */
+    reason?: string;
+    /** errno and syscall of the failure, or of the last connect that failed. */
+    errno?: number;
+    syscall?: string;
+    side?: "a" | "b";
+  };
 
 /**
  * How a proxied connection ends: as recorded, or `"refused"` by its listener's rules, which is

@@ -14,7 +14,7 @@
  */
 
 import { closeFd } from "../ffi/pipe.ts";
-import { acceptQueueLength, resolveSockaddrs, stopListening } from "../ffi/net.ts";
+import { acceptQueueLength, stopListening } from "../ffi/net.ts";
 import { RELAY_PIPE_CAPACITY } from "../relay.ts";
 import { pipeCapacityOverride } from "../splice_pipe.ts";
 import { type Engine, startPlaneEngine } from "../engine/engine.ts";
@@ -53,6 +53,7 @@ import { planeStats, reportable, toConnectionRecord } from "./plane_reports.ts";
 
 import { listenerRoutes, policyOf } from "./plane_routes.ts";
 import { listenerSockets, listenMode } from "./plane_listen.ts";
+import type { BackendNames } from "./backend_names.ts";
 import type { ConnectionRecord, ListenerSpec, ProxyEvent, ProxySpec, ProxyStats } from "./types.ts";
 
 /** How long a reload waits for an engine to finish the accept it is in (a dead one never does). */
@@ -111,10 +112,13 @@ export class NativePlane {
   #restartTimers = new Set<ReturnType<typeof setTimeout>>();
   #throttle = new Throttle(REPORT_INTERVAL_MS);
   #buffer: SharedArrayBuffer;
+  /** Backend names and what they resolved to: applying a spec looks up nothing itself. */
+  #names: BackendNames;
 
-  private constructor(spec: ProxySpec, hooks: PlaneHooks, engines: number) {
+  private constructor(spec: ProxySpec, hooks: PlaneHooks, engines: number, names: BackendNames) {
     this.#spec = spec;
     this.#hooks = hooks;
+    this.#names = names;
     this.#exclusive = listenMode() === "exclusive";
     const buffer = new SharedArrayBuffer(planeBytes(engines));
     this.#views = planeViews(buffer);
@@ -138,14 +142,16 @@ export class NativePlane {
    * listener address: such a listener serves that socket instead of making one (it must be a
    * listening TCP socket bound to the listener's address), and this plane owns it from then on; the
    * caller keeps, and closes, the inherited fds no listener used and all of them on a throw.
+   * Backend names are taken from `names`, which the caller refreshes before a reload.
    */
   static start(
     spec: ProxySpec,
     hooks: PlaneHooks,
     engines: number,
+    names: BackendNames,
     inherited: ReadonlyMap<string, number> = new Map(),
   ): NativePlane | null {
-    const plane = new NativePlane(spec, hooks, Math.min(MAX_ENGINES, Math.max(1, engines)));
+    const plane = new NativePlane(spec, hooks, Math.min(MAX_ENGINES, Math.max(1, engines)), names);
     if (plane.#engines.length === 0) return null;
     if (inherited.size > 0 && !plane.#exclusive) {
       for (const engine of plane.#engines) engine.stop();
@@ -170,6 +176,10 @@ export class NativePlane {
       throw error;
     }
     plane.#publish();
+    // A name whose answer came after its reload was applied: the routes take it now.
+    names.onChange(() => {
+      if (!plane.#stopped) plane.#publish();
+    });
     return plane;
   }
 
@@ -476,13 +486,14 @@ export class NativePlane {
           return [route];
         }
         try {
-          route.sockaddr = resolveSockaddrs(backend.hostname, backend.port)[0];
+          route.sockaddr = this.#names.sockaddr(backend.hostname, backend.port);
         } catch (error) {
           route.refusal = { reason: (error as Error).message, local: false };
         }
         return [route];
       }),
     }));
+    this.#names.keepOnly(spec);
     for (const cluster of clusters) cluster.sequence = roundRobinOrder(cluster);
     const listenerRoute = listenerRoutes(spec);
     if (spec.listeners.some((l) => (l.maxConnectionsPerIp ?? 0) > 0)) {

@@ -13,6 +13,7 @@ import { Discovery } from "./discovery.ts";
 import { type BackendChange, BackendControls } from "./control.ts";
 import { Throttle } from "./faults.ts";
 import { NativePlane, type PlaneHooks } from "./native_plane.ts";
+import { BackendNames } from "./backend_names.ts";
 import { ffiAvailable } from "../ffi/libc.ts";
 import { usableCpus } from "../ffi/net.ts";
 import { ProxyCounters } from "./stats.ts";
@@ -21,6 +22,8 @@ import type { BackendView, ProxyEvent, ProxySpec, ProxyStats, ProxyStatus } from
 
 /** How often a kind of failure may be reported as a {@linkcode ProxyEvent}. */
 const REPORT_INTERVAL_MS = 1_000;
+/** How long a start or reload waits for backend names to resolve (one lookup, as DNS discovery's). */
+const NAME_WAIT_MS = 2_000;
 
 /** Options of {@linkcode TcpProxy.start}. */
 export interface TcpProxyOptions {
@@ -81,6 +84,8 @@ export class TcpProxy {
     (cluster, backend, bits) => this.#setOut(cluster, backend, bits),
     (event) => this.#emit(event),
   );
+  /** Backend host names as last resolved, for the engines (the Deno path resolves per connect). */
+  #names = new BackendNames();
   /** The engines' data plane; null on the Deno-conn path (no FFI, or no engine could start). */
   #native: NativePlane | null = null;
   /** The Deno-conn path's data plane, when the engines do not run. */
@@ -115,8 +120,9 @@ export class TcpProxy {
   /**
    * Like {@linkcode TcpProxy.start}, but listens only once the first DNS lookups of the
    * backends found through DNS (`srv`, `host`) have answered or failed (each is bounded to 2
-   * s): a connection accepted earlier would find no backend in such a cluster. Without such
-   * backends it is `start`. proxy.ts starts this way, and so takes over sockets this way.
+   * s): a connection accepted earlier would find no backend in such a cluster. Backends given
+   * by host name are looked up in the same wait, off the main thread (`start` looks them up in
+   * line). proxy.ts starts this way, and so takes over sockets this way.
    *
    * @example
    * ```ts
@@ -131,7 +137,10 @@ export class TcpProxy {
   static async startResolved(file: ProxySpec, options?: TcpProxyOptions): Promise<TcpProxy> {
     const proxy = new TcpProxy(file, options?.onEvent ?? (() => {}));
     proxy.#discovery.apply(file);
-    await proxy.#discovery.settled();
+    await Promise.all([
+      proxy.#discovery.settled(),
+      ffiAvailable() ? proxy.#names.refresh(file, NAME_WAIT_MS) : undefined,
+    ]);
     return proxy.#begin(file, options);
   }
 
@@ -146,7 +155,13 @@ export class TcpProxy {
     try {
       if (ffiAvailable()) {
         const engines = spec.engines || usableCpus();
-        this.#native = NativePlane.start(spec, this.#planeHooks(), engines, inherited);
+        this.#native = NativePlane.start(
+          spec,
+          this.#planeHooks(),
+          engines,
+          this.#names,
+          inherited,
+        );
         if (this.#native !== null) {
           for (const [address, port] of Object.entries(this.#native.listenerPorts)) {
             this.#emit({ type: "listening", address, port });
@@ -336,6 +351,38 @@ export class TcpProxy {
       : this.#reloadNative(native, spec, changed);
     this.#counters.reloaded();
     return { added, removed, clusters: changed };
+  }
+
+  /**
+   * {@linkcode TcpProxy.reload}, once the backends given by host name have been looked up
+   * again off the main thread (at most 2 s; a name with no answer by then keeps its last
+   * address, and takes its answer when it comes). `reload` itself looks up in line only names
+   * it has never seen, which blocks for as long as the resolver waits. proxy.ts reloads this way.
+   *
+   * @example
+   * ```ts
+   * import { specFromConfig, startProxy } from "@zerocopy/splice/proxy";
+   * import { parseConfig } from "@zerocopy/splice/config";
+   *
+   * const proxy = startProxy(parseConfig('[[listeners]]\naddress = "127.0.0.1:0"'));
+   * const next = parseConfig(`
+   * [[listeners]]
+   * address = "127.0.0.1:0"
+   *
+   * [clusters.app]
+   * frontends = [{ address = "127.0.0.1:0" }]
+   * backends = [{ address = "localhost:9000" }]
+   * `);
+   * const { clusters } = await proxy.reloadResolved(specFromConfig(next));
+   * console.log(clusters); // ["app"]
+   * await proxy.shutdown();
+   * ```
+   */
+  async reloadResolved(
+    file: ProxySpec,
+  ): Promise<{ added: string[]; removed: string[]; clusters: string[] }> {
+    if (this.#native !== null) await this.#names.refresh(file, NAME_WAIT_MS);
+    return this.reload(file);
   }
 
   /**

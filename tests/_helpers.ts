@@ -195,14 +195,17 @@ export interface ProxyProcess {
 
 /**
  * proxy.ts on `configPath` as a subprocess with --allow-net and --allow-read, and --allow-ffi
- * unless `ffi` is false (then on its Deno-conn path); `args` follow `--config FILE`.
+ * unless `ffi` is false (then on its Deno-conn path); `args` follow `--config FILE`. With
+ * `wrap`, that command runs deno (its arguments follow), and must exec it.
  */
 export function spawnProxy(
   configPath: string,
-  options: { ffi?: boolean; args?: string[] } = {},
+  options: { ffi?: boolean; args?: string[]; wrap?: string[] } = {},
 ): ProxyProcess {
-  const child = new Deno.Command(Deno.execPath(), {
+  const [program, ...prefix] = [...(options.wrap ?? []), Deno.execPath()];
+  const child = new Deno.Command(program, {
     args: [
+      ...prefix,
       "run",
       "--config",
       new URL("../deno.json", import.meta.url).pathname,
