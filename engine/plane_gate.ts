@@ -12,6 +12,7 @@ import { formatSockaddr, SOCKADDR_MAX } from "../ffi/net.ts";
 import { CLIENT_HELLO_MAX_BYTES } from "../protocol/client_hello.ts";
 import { parseIp } from "../protocol/ip.ts";
 import { formatAddress } from "../proxy/config_address.ts";
+import { REFUSAL_REPORT_KEYS, Throttle } from "../proxy/faults.ts";
 import { ACQUIRED, IpTable } from "./ip_table.ts";
 import { ENGINE_REFUSED, type PlaneEnd, REFUSAL_CODES } from "./plane_layout.ts";
 import type { ReportQueue } from "./plane_report.ts";
@@ -29,8 +30,6 @@ import { syscallNumber } from "./wire.ts";
 
 /** A refusal by the rules is reported at most this often per listener, address and reason. */
 const REFUSAL_REPORT_MS = 1000;
-/** Refusal keys remembered before the stale ones are dropped. */
-const MAX_REFUSAL_KEYS = 4096;
 const WRITE = syscallNumber("write");
 /** I/O error: a PROXY header that could not be made or written whole. */
 const EIO = 5;
@@ -50,7 +49,7 @@ export class Gate {
   #report: ReportQueue;
   #ipTable: IpTable | null = null;
   /** Per refusal key, when it was last reported and how many were not since. */
-  #refusals = new Map<string, { at: number; suppressed: number }>();
+  #refusals = new Throttle(REFUSAL_REPORT_MS, REFUSAL_REPORT_KEYS);
   /** Where first bytes are looked at; made on first use, so a proxy without stages pays none. */
   #peekBuffer: Uint8Array | null = null;
   #addr = new Uint8Array(SOCKADDR_MAX);
@@ -160,24 +159,14 @@ export class Gate {
   ): void {
     this.#counters[ENGINE_REFUSED + REFUSAL_CODES.indexOf(reason)]++;
     const key = `${reason} ${listener} ${ip.join(".")}`;
-    const now = this.#host.now();
-    const seen = this.#refusals.get(key);
-    if (seen !== undefined && now - seen.at < REFUSAL_REPORT_MS) {
-      seen.suppressed++;
-      return;
-    }
-    if (this.#refusals.size >= MAX_REFUSAL_KEYS) {
-      for (const [k, v] of this.#refusals) {
-        if (now - v.at >= REFUSAL_REPORT_MS) this.#refusals.delete(k);
-      }
-    }
-    this.#refusals.set(key, { at: now, suppressed: 0 });
+    const { report, suppressed } = this.#refusals.pass(key, this.#host.now());
+    if (!report) return;
     this.#report.event({
       type: "refused",
       listener,
       client,
       reason,
-      suppressed: seen?.suppressed ?? 0,
+      suppressed,
     });
   }
 

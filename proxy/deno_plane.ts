@@ -55,7 +55,7 @@ export class DenoPlane {
 
   constructor(host: DenoPlaneHost) {
     this.#host = host;
-    this.#gate = new DenoGate(host.counters, host.throttle, (event) => host.emit(event));
+    this.#gate = new DenoGate(host.counters, (event) => host.emit(event));
   }
 
   /** Listens on every listener; throws if one cannot, with the ones started closed again. */

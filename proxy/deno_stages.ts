@@ -21,7 +21,10 @@ import {
   type ProxyAddress,
 } from "../protocol/proxy_header.ts";
 import { formatAddress } from "./config_address.ts";
-import type { Throttle } from "./faults.ts";
+import { REFUSAL_REPORT_KEYS, Throttle } from "./faults.ts";
+
+/** A refusal is reported at most this often per listener, address and reason. */
+const REFUSAL_REPORT_INTERVAL_MS = 1_000;
 import type { ProxyCounters } from "./stats.ts";
 import type { ClusterSpec, ConnectionRecord, ListenerSpec, ProxyEvent } from "./types.ts";
 
@@ -109,9 +112,14 @@ export type DenoPreface =
 /**
  * Reads `conn`'s PROXY header and/or ClientHello as `rules` ask, each bounded by its size and
  * deadline (past it, a refusal: the caller's close of the conn ends the read still pending).
- * Never throws: a client that fails or goes away is a refusal.
+ * `admit` judges the header's client before anything more is read (as the engines do): false
+ * gives `"denied"`. Never throws: a client that fails or goes away is a refusal.
  */
-export async function readDenoPreface(conn: Deno.TcpConn, rules: DenoRules): Promise<DenoPreface> {
+export async function readDenoPreface(
+  conn: Deno.TcpConn,
+  rules: DenoRules,
+  admit: (client: ProxyAddress) => boolean = () => true,
+): Promise<DenoPreface | { kind: "denied" }> {
   const remote = conn.remoteAddr;
   const local = conn.localAddr;
   let client: ProxyAddress = { hostname: remote.hostname, port: remote.port };
@@ -150,6 +158,7 @@ export async function readDenoPreface(conn: Deno.TcpConn, rules: DenoRules): Pro
           client = source;
           destination = to;
         }
+        if (!admit(client)) return { kind: "denied" };
         break;
       }
       if (parsed.status === "invalid") {
@@ -265,14 +274,14 @@ export function firstBytes(
  */
 export class DenoGate {
   #counters: ProxyCounters;
-  #throttle: Throttle;
+  /** Its own: a flood of refusals must not hold back the proxy's reports of errors. */
+  #throttle = new Throttle(REFUSAL_REPORT_INTERVAL_MS, REFUSAL_REPORT_KEYS);
   #report: (event: ProxyEvent) => void;
   /** Open connections per `listener address`, of listeners with `max_connections_per_ip`. */
   #open = new Map<string, number>();
 
-  constructor(counters: ProxyCounters, throttle: Throttle, report: (event: ProxyEvent) => void) {
+  constructor(counters: ProxyCounters, report: (event: ProxyEvent) => void) {
     this.#counters = counters;
-    this.#throttle = throttle;
     this.#report = report;
   }
 
@@ -327,20 +336,23 @@ export class DenoGate {
     | { kind: "passed"; preface: DenoPass; target: T | undefined; key: string | null }
     | { kind: "refused"; quiet: boolean }
   > {
-    const read = await readDenoPreface(conn, rules);
+    // The header's client is judged before its ClientHello is read (a denied client is closed
+    // at once, not kept until the SNI deadline).
+    let key: string | null = null;
+    const read = await readDenoPreface(conn, rules, (client) => {
+      const admitted = this.admit(listener, rules, client);
+      key = admitted?.key ?? null;
+      return admitted !== null;
+    });
+    if (read.kind === "denied") return { kind: "refused", quiet: true };
     if (read.kind === "refuse") {
+      this.release(key);
       this.#counters.refused(read.code);
       record.end = read.end;
       record.error = read.error;
       return { kind: "refused", quiet: false };
     }
     record.client = formatAddress(read.client);
-    let key: string | null = null;
-    if (rules.expectProxy) {
-      const admitted = this.admit(listener, rules, read.client);
-      if (admitted === null) return { kind: "refused", quiet: true };
-      key = admitted.key;
-    }
     const target = route(read.cluster);
     if (rules.names !== null) {
       if (target === undefined) {

@@ -163,12 +163,16 @@ export async function relayToCluster(
       mode: context.spec.spliceMode,
       ...(toB === null ? {} : { initialData: { toB } }),
     });
-    record.bytesIn = result.aToB;
+    // The client's bytes read before the relay (past its PROXY header, its ClientHello) went as
+    // initialData, which relay() does not count: counted here, as the engines count them.
+    const read = preface?.rest.length ?? 0;
+    const relayed = read === 0 ? result : { ...result, aToB: result.aToB + read };
+    record.bytesIn = relayed.aToB;
     record.bytesOut = result.bToA;
     record.mode = result.mode;
     record.end = result.end;
     if (result.error) record.error = result.error.message;
-    context.counters.relayed(runtime.spec.name, spec.address, result);
+    context.counters.relayed(runtime.spec.name, spec.address, relayed);
   } finally {
     context.relays.delete(controller);
     runtime.balancer.released(spec.address);

@@ -107,30 +107,56 @@ export function engineRestartDelay(previous: number, livedMs: number): number {
   return nextBackoff(previous, ENGINE_RESTART_MIN_MS, ENGINE_RESTART_MAX_MS);
 }
 
+/** Keys a {@linkcode Throttle} tracks by default. */
+const THROTTLE_MAX_KEYS = 1024;
+/**
+ * Sources whose refusals (allow/deny, per-address limit) are reported one by one in a second;
+ * past them, one report a second stands for the rest (each still counted on /metrics).
+ */
+export const REFUSAL_REPORT_KEYS = 256;
+
 /**
  * At most one report per key per interval: the first occurrence is reported at once, the
  * following ones within the interval are counted, and the next report carries their count.
+ *
+ * At most `maxKeys` keys are tracked. Quiet keys are swept out when the table is full, at most
+ * once an interval, so each occurrence costs O(1) however many keys arrive. While the table is
+ * full of keys seen within the interval (a flood from many sources), new keys share one overflow
+ * key: the flood is reported once an interval in all, not once per key, and none is lost from
+ * the counts.
  */
 export class Throttle {
   #last = new Map<string, { at: number; suppressed: number }>();
-  constructor(readonly intervalMs: number) {}
+  #overflow = { at: -Infinity, suppressed: 0 };
+  #swept = -Infinity;
+  constructor(readonly intervalMs: number, readonly maxKeys: number = THROTTLE_MAX_KEYS) {}
 
   /**
    * Whether to report an occurrence of `key` now; `suppressed` is how many were held back since
-   * the last report of that key. `weight` is how many occurrences this one stands for (a report
-   * that another throttle already thinned carries its own count). Keys are dropped once quiet,
-   * so the map stays small.
+   * the last report of that key (of any overflowing key, when the table is full). `weight` is how
+   * many occurrences this one stands for (a report that another throttle already thinned
+   * carries its own count).
    */
   pass(key: string, now: number, weight = 1): { report: boolean; suppressed: number } {
-    const last = this.#last.get(key);
+    let last = this.#last.get(key);
+    if (last === undefined && this.#last.size >= this.maxKeys) {
+      if (now - this.#swept >= this.intervalMs) {
+        this.#swept = now;
+        for (const [k, v] of this.#last) if (now - v.at >= this.intervalMs) this.#last.delete(k);
+      }
+      if (this.#last.size >= this.maxKeys) last = this.#overflow;
+    }
     if (last !== undefined && now - last.at < this.intervalMs) {
       last.suppressed += weight;
       return { report: false, suppressed: 0 };
     }
-    if (this.#last.size > 1_000) {
-      for (const [k, v] of this.#last) if (now - v.at >= this.intervalMs) this.#last.delete(k);
+    const suppressed = last?.suppressed ?? 0;
+    if (last === undefined) {
+      this.#last.set(key, { at: now, suppressed: 0 });
+    } else {
+      last.at = now;
+      last.suppressed = 0;
     }
-    this.#last.set(key, { at: now, suppressed: 0 });
-    return { report: true, suppressed: last?.suppressed ?? 0 };
+    return { report: true, suppressed };
   }
 }

@@ -48,7 +48,7 @@ import { roundRobinOrder } from "../engine/plane_pick.ts";
 import { ipTableBytes } from "../engine/ip_table.ts";
 import { fdHardLimit } from "../ffi/socket_fd.ts";
 import { DEFAULT_EJECT_MS, DEFAULT_FAILURES_TO_EJECT, hashText, tierOf } from "./balancer.ts";
-import { engineRestartDelay, Throttle } from "./faults.ts";
+import { engineRestartDelay, REFUSAL_REPORT_KEYS, Throttle } from "./faults.ts";
 import { planeStats, reportable, toConnectionRecord } from "./plane_reports.ts";
 
 import { listenerRoutes, policyOf } from "./plane_routes.ts";
@@ -111,6 +111,8 @@ export class NativePlane {
   #restartWait: number[] = [];
   #restartTimers = new Set<ReturnType<typeof setTimeout>>();
   #throttle = new Throttle(REPORT_INTERVAL_MS);
+  /** Refusals have their own: a flood of them must not hold back the reports of errors. */
+  #refusals = new Throttle(REPORT_INTERVAL_MS, REFUSAL_REPORT_KEYS);
   #buffer: SharedArrayBuffer;
   /** Backend names and what they resolved to: applying a spec looks up nothing itself. */
   #names: BackendNames;
@@ -567,7 +569,10 @@ export class NativePlane {
       }
     }
     for (const event of report.events) {
-      const reported = reportable(event, this.#throttle);
+      const reported = reportable(
+        event,
+        event.type === "refused" ? this.#refusals : this.#throttle,
+      );
       if (reported !== null) this.#hooks.event(reported);
     }
     for (const record of report.records) this.#hooks.record(toConnectionRecord(record, this.#spec));

@@ -278,3 +278,30 @@ Deno.test("reportable: a refusal held back by the proxy's throttle keeps the cou
   await waitFor(() => performance.now() - at > 40, "the throttle's interval to pass");
   assert.equal(count(reportable(refused(2), throttle)), 8);
 });
+
+Deno.test("Throttle: a flood of new keys is reported maxKeys + 1 times an interval, each occurrence counted once", () => {
+  const throttle = new Throttle(1_000, 8);
+  const flood = (from: number, count: number, now: number): { reports: number; held: number } => {
+    let reports = 0;
+    let held = 0;
+    for (let i = from; i < from + count; i++) {
+      const { report, suppressed } = throttle.pass(`source ${i}`, now);
+      if (report) reports++;
+      held += suppressed;
+    }
+    return { reports, held };
+  };
+  // 50,000 sources within one interval: the first 8 each, then one for all the others.
+  assert.deepEqual(flood(0, 50_000, 0), { reports: 9, held: 0 });
+  // A key still tracked is throttled on its own, as before.
+  assert.deepEqual(throttle.pass("source 3", 500), { report: false, suppressed: 0 });
+  assert.deepEqual(throttle.pass("source 3", 1_000), { report: true, suppressed: 1 });
+  // The next interval: the 7 quiet keys are swept, once ("source 3" was just reported, so it
+  // stays); 7 new sources take their places, and the overflow's report carries the 49,991 it
+  // held back before.
+  const next = flood(100_000, 50_000, 1_001);
+  assert.equal(next.reports, 8);
+  assert.equal(next.held, 49_991);
+  // An existing key gets no share of the overflow's count.
+  assert.deepEqual(throttle.pass("source 3", 1_500), { report: false, suppressed: 0 });
+});

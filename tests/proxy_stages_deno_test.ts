@@ -95,7 +95,7 @@ function sha256(bytes: Uint8Array): string {
 Deno.test("proxy.ts without --allow-ffi: expect_proxy, deny, max_connections_per_ip, send_proxy, SNI routing and allow work on the Deno-conn path", async () => {
   const echo = echoBackend();
   const reader = headerReader();
-  const [pp, sp, sni, only2] = [freePort(), freePort(), freePort(), freePort()];
+  const [pp, sp, sni, only2, ppSni] = [freePort(), freePort(), freePort(), freePort(), freePort()];
   const dir = await Deno.makeTempDir();
   const path = `${dir}/proxy.toml`;
   await Deno.writeTextFile(
@@ -119,6 +119,12 @@ address = "127.0.0.1:${sni}"
 address = "127.0.0.1:${only2}"
 allow = ["127.0.0.2"]
 
+[[listeners]]
+address = "127.0.0.1:${ppSni}"
+expect_proxy = true
+deny = ["192.0.2.66"]
+sni_timeout_ms = 30000
+
 [clusters.pp]
 frontends = [{ address = "127.0.0.1:${pp}" }, { address = "127.0.0.1:${only2}" }]
 backends = [{ address = "127.0.0.1:${echo.port}" }]
@@ -129,7 +135,10 @@ frontends = [{ address = "127.0.0.1:${sp}" }]
 backends = [{ address = "127.0.0.1:${reader.port}" }]
 
 [clusters.named]
-frontends = [{ address = "127.0.0.1:${sni}", hostname = "*.example.com" }]
+frontends = [
+  { address = "127.0.0.1:${sni}", hostname = "*.example.com" },
+  { address = "127.0.0.1:${ppSni}", hostname = "*.example.com" },
+]
 backends = [{ address = "127.0.0.1:${echo.port}" }]
 `,
   );
@@ -167,12 +176,33 @@ backends = [{ address = "127.0.0.1:${echo.port}" }]
     assert.equal(routed.length, hello.length + payload.length);
     assert.equal(sha256(routed.subarray(hello.length)), sha256(payload));
     assert.equal((await exchange(sni, clientHello("other.org"), payload)).length, 0);
+    // A denied header on a listener that routes by SNI: closed at once, not once the (30 s)
+    // wait for its ClientHello is over.
+    const denied = await Deno.connect({ hostname: "127.0.0.1", port: ppSni });
+    try {
+      await denied.write(
+        encodeProxyHeader(1, { hostname: "192.0.2.66", port: 3 }, {
+          hostname: "127.0.0.1",
+          port: ppSni,
+        }),
+      );
+      const closed = denied.read(new Uint8Array(1)).catch(() => null);
+      assert.equal(await within(closed, 10_000, "the denied client to be closed"), null);
+    } finally {
+      closeQuietly(denied);
+    }
     // allow = ["127.0.0.2"]: 127.0.0.1 is refused.
     assert.equal((await exchange(only2, new Uint8Array(0), payload)).length, 0);
 
     await output.line(/refused 192\.0\.2\.66:1 \(denied\)/, "the denial's line");
     await output.line(/refused 192\.0\.2\.8:2 \(per_ip_limit\)/, "the limit's line");
     await output.line(/refused 127\.0\.0\.1:\d+ \(denied\)/, "the allow list's line");
+    await output.line(/refused 192\.0\.2\.66:3 \(denied\)/, "the denial before a ClientHello");
+    // The bytes read before the relay (the whole ClientHello) are counted in, as the engines do.
+    await output.line(
+      new RegExp(`-> 127\\.0\\.0\\.1:${sni} -> named/\\S+ in=${hello.length + payload.length} `),
+      "the SNI connection's record, its ClientHello counted",
+    );
     await output.line(/^conn 192\.0\.2\.7:40000 -> .* end=done/, "the relayed connection's record");
     await output.line(/end=bad-header error="Cannot read the PROXY header: /, "the bad header");
     await output.line(
