@@ -150,22 +150,48 @@ Deno.test("proxy stages: deny wins over allow; a denied client never reaches a b
 Deno.test("proxy stages: max_connections_per_ip = 2 holds across two engines, per address, and frees with each close", async () => {
   const echo = echoBackend();
   const events: ProxyEvent[] = [];
+  // SO_REUSEPORT spreads connections by their ports, so both engines can be made to hold one
+  // (one shared socket may wake the same engine every time); the table of counts is shared
+  // the same way in both modes.
+  Deno.env.set("SPLICE_LISTEN_MODE", "reuseport");
   const { proxy, port } = proxyWith("max_connections_per_ip = 2", echo.port, events, 2);
+  Deno.env.delete("SPLICE_LISTEN_MODE");
   const held: net.Socket[] = [];
+  /** A held connection from 127.0.0.1, once relayed; the engine that accepted it. */
+  const hold = async (): Promise<{ socket: net.Socket; engine: number }> => {
+    const before = proxy.stats().engines;
+    const { socket } = await connectFrom("127.0.0.1", port);
+    socket.write(Uint8Array.of(1));
+    await within(new Promise((resolve) => socket.once("data", resolve)), 10_000, "an echo");
+    const after = proxy.stats().engines;
+    return { socket, engine: after.findIndex((n, e) => n > before[e]) };
+  };
   try {
-    for (let i = 0; i < 2; i++) {
-      const { socket } = await connectFrom("127.0.0.1", port);
-      held.push(socket);
+    const first = await hold();
+    held.push(first.socket);
+    // The second held connection must be in the other engine: a per-engine count would then
+    // let both engines take 2 more.
+    for (let attempt = 0;; attempt++) {
+      assert.ok(attempt < 64, "no connection landed in the other engine in 64 tries");
+      const second = await hold();
+      if (second.engine !== first.engine) {
+        held.push(second.socket);
+        break;
+      }
+      const open = proxy.stats().connectionsOpen;
+      second.socket.destroy();
+      await waitFor(() => proxy.stats().connectionsOpen === open - 1, "a retry to close");
     }
+    assert.deepEqual(proxy.stats().engines.map((n) => n > 0), [true, true]);
     await waitFor(() => proxy.stats().connectionsOpen === 2, "the two held connections");
-    await waitFor(() => echo.accepted() === 2, "both relayed to the backend");
-    for (let i = 0; i < 4; i++) {
+    const accepted = echo.accepted();
+    for (let i = 0; i < 8; i++) {
       const { socket } = await connectFrom("127.0.0.1", port);
       assert.equal(await exchange(socket, pattern(10, i)), null, `extra ${i} closed`);
       socket.destroy();
     }
-    assert.equal(proxy.stats().connectionsRefused.per_ip_limit, 4);
-    assert.equal(echo.accepted(), 2, "no extra connection reached the backend");
+    assert.equal(proxy.stats().connectionsRefused.per_ip_limit, 8);
+    assert.equal(echo.accepted(), accepted, "no extra connection reached the backend");
     // Another address has its own count.
     assert.ok(await echoedFrom("127.0.0.2", port), "127.0.0.2 is served");
     held.pop()!.destroy();
@@ -328,6 +354,21 @@ Deno.test("proxy stages: with expect_proxy the rules see the header's address, n
     assert.equal(await send("203.0.113.5"), 2, "another address is served");
     assert.equal(proxy.stats().connectionsRefused.denied, 1);
     assert.equal(echo.accepted(), 1);
+    // max_connections_per_ip = 1 counts the header's address: with one held for 203.0.113.5,
+    // all from 127.0.0.1, another header address is served and the same one is refused.
+    const held = await Deno.connect({ hostname: "127.0.0.1", port });
+    try {
+      await held.write(
+        encodeProxyHeader(1, { hostname: "203.0.113.5", port: 1 }, { hostname: "127.0.0.1", port }),
+      );
+      await held.write(Uint8Array.of(1));
+      assert.equal(await held.read(new Uint8Array(1)), 1, "the held connection is relayed");
+      assert.equal(await send("203.0.113.6"), 2, "another header address is served");
+      assert.equal(await send("203.0.113.5"), 0, "the held header address is at its limit");
+      assert.equal(proxy.stats().connectionsRefused.per_ip_limit, 1);
+    } finally {
+      closeQuietly(held);
+    }
   } finally {
     await proxy.shutdown();
     await echo.close();
