@@ -18,7 +18,13 @@
 /** Int32s per entry: listener slot + 1 (0: empty), the address as four words, the count. */
 const FIELDS = 6;
 const LOCK = 0;
-/** Int32s before the first entry (the lock, padded). */
+/**
+ * A random word the hash starts from, drawn when the table is made: with a fixed hash, a client
+ * that chooses its addresses (IPv6 gives it plenty) could put them all in one run of entries and
+ * make every probe under the shared lock walk it.
+ */
+const SEED = 1;
+/** Int32s before the first entry (the lock and the seed). */
 const HEADER = 2;
 
 /** What {@linkcode IpTable.acquire} says. */
@@ -36,6 +42,13 @@ export function ipTableBytes(connections: number): number {
   let entries = 1024;
   while (entries < connections * 2 && entries < 1 << 17) entries *= 2;
   return (HEADER + entries * FIELDS) * 4;
+}
+
+/** A new, empty table for {@linkcode ipTableBytes}`(connections)`, with its own seed. */
+export function newIpTable(connections: number): SharedArrayBuffer {
+  const buffer = new SharedArrayBuffer(ipTableBytes(connections));
+  crypto.getRandomValues(new Int32Array(buffer, SEED * 4, 1));
+  return buffer;
 }
 
 /** One engine's view of the shared table. */
@@ -144,7 +157,7 @@ export class IpTable {
   }
 
   #hash(slot: number, words: Int32Array, offset: number): number {
-    let h = Math.imul(slot + 1, 0x9e3779b1);
+    let h = Math.imul((slot + 1) ^ this.#ints[SEED], 0x9e3779b1);
     for (let w = 0; w < 4; w++) h = Math.imul(h ^ words[offset + w], 0x85ebca6b) ^ (h >>> 13);
     return (h ^ (h >>> 16)) & this.#mask;
   }

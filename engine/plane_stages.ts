@@ -50,6 +50,12 @@ export interface Stages {
   ip: Uint8Array;
   /** Where the client connected to, per its PROXY header; null: the listening socket's. */
   destination: ProxyAddress | null;
+  /**
+   * The fewest bytes its ClientHello can take whole, as the last look at it found: it is not
+   * parsed again before that many are queued, so one sent a byte at a time is not parsed once
+   * per byte (each parse reads it from the start).
+   */
+  helloLength: number;
 }
 
 /** The rules of `route`, or null when it has no stage (the fast path). */
@@ -83,6 +89,7 @@ export function firstStages(rules: ListenerRules, ip: Uint8Array): Stages {
     counted: null,
     ip,
     destination: null,
+    helloLength: 0,
   };
 }
 
@@ -191,8 +198,11 @@ export function readPreface(
     stages.pending &= ~STAGE_PROXY;
     return { kind: "header", header: parsed.header };
   }
+  // Fewer bytes than the ClientHello needs: nothing to learn yet, unless no more will come.
+  if (n < stages.helloLength && n > 0 && n < CLIENT_HELLO_MAX_BYTES && !hangUp) return WAIT;
   const parsed = serverNameFromClientHello(bytes);
   if (parsed.status === "incomplete") {
+    stages.helloLength = parsed.minimumLength;
     if (n === 0 || hangUp) {
       return refusal(
         "bad-header",

@@ -21,7 +21,10 @@ export const CLIENT_HELLO_MAX_BYTES = 16384;
 /**
  * What {@linkcode serverNameFromClientHello} found in the first bytes of a stream:
  * - `incomplete`: a valid prefix; wait for more bytes (the caller bounds the wait by
- *   {@linkcode CLIENT_HELLO_MAX_BYTES} and a timeout);
+ *   {@linkcode CLIENT_HELLO_MAX_BYTES} and a timeout). `minimumLength` is the fewest bytes, from
+ *   the start, that the whole ClientHello can take: a caller may wait for that many before it
+ *   asks again, so that a client sending a byte at a time is not parsed once per byte (its
+ *   ClientHello may then be found invalid later than it could have been);
  * - `found`: the host name, lowercase, without a trailing dot;
  * - `none`: a complete, well-formed ClientHello without a `server_name` extension, or whose
  *   extension has no `host_name` entry;
@@ -36,13 +39,14 @@ export const CLIENT_HELLO_MAX_BYTES = 16384;
  * ```
  */
 export type ServerNameParse =
-  | { readonly status: "incomplete" }
+  | { readonly status: "incomplete"; readonly minimumLength: number }
   | { readonly status: "found"; readonly serverName: string }
   | { readonly status: "none" }
   | { readonly status: "invalid"; readonly reason: string };
 
-// Shared, frozen: the two answers without data cost no allocation on the hot path.
-const INCOMPLETE: ServerNameParse = Object.freeze({ status: "incomplete" as const });
+// Shared, frozen: the answer without data costs no allocation on the hot path. The walk's
+// INCOMPLETE is its own marker, given its minimumLength by serverNameFromClientHello.
+const INCOMPLETE = Object.freeze({ status: "incomplete" as const, minimumLength: 0 });
 const NONE: ServerNameParse = Object.freeze({ status: "none" as const });
 
 const RECORD_HEADER = 5;
@@ -92,15 +96,34 @@ function invalid(reason: string): ServerNameParse {
  * ```
  */
 export function serverNameFromClientHello(bytes: Uint8Array): ServerNameParse {
+  const parsed = walk(bytes, SPAN);
+  if (parsed !== INCOMPLETE) return parsed;
+  // Every handshake byte not yet here comes after the last byte here: a lower bound.
+  const minimumLength = SPAN[0] < 0 ? bytes.length + 1 : bytes.length + SPAN[0] - SPAN[1];
+  return { status: "incomplete", minimumLength };
+}
+
+/**
+ * The walk's handshake message length (header included; -1 until its header is here) and the
+ * handshake bytes present, as the last walk left them: read right after it returns.
+ */
+const SPAN = new Int32Array(2);
+
+function walk(bytes: Uint8Array, span: Int32Array): ServerNameParse {
   const length = bytes.length;
   let pos = 0; // stream offset of the record header being read
   let records = 0;
   let have = 0; // handshake bytes present in `bytes`, over the records walked
   let needed = -1; // handshake header + body length, once its 4 header bytes are present
   let bodyLength = 0;
+  const pending = (): ServerNameParse => {
+    span[0] = needed;
+    span[1] = have;
+    return INCOMPLETE;
+  };
   // Walks the record headers until the handshake message is covered or the bytes run out.
   while (needed < 0 || have < needed) {
-    if (pos >= length) return INCOMPLETE;
+    if (pos >= length) return pending();
     if (bytes[pos] !== CONTENT_HANDSHAKE) {
       return invalid(
         records === 0 ? "not a tls handshake" : "non-handshake record in client hello",
@@ -110,7 +133,7 @@ export function serverNameFromClientHello(bytes: Uint8Array): ServerNameParse {
       return invalid(records === 0 ? "not a tls handshake" : "bad record version");
     }
     if (pos + 2 < length && bytes[pos + 2] > 4) return invalid("bad record version");
-    if (pos + RECORD_HEADER > length) return INCOMPLETE;
+    if (pos + RECORD_HEADER > length) return pending();
     const recordLength = (bytes[pos + 3] << 8) | bytes[pos + 4];
     if (recordLength > MAX_RECORD) return invalid("record over 16384 bytes");
     // RFC 8446 5.1: no zero-length handshake fragments.
@@ -119,7 +142,7 @@ export function serverNameFromClientHello(bytes: Uint8Array): ServerNameParse {
     const data = pos + RECORD_HEADER;
     const haveBefore = have;
     for (let i = 0; haveBefore + i < HANDSHAKE_HEADER && i < recordLength; i++) {
-      if (data + i >= length) return INCOMPLETE;
+      if (data + i >= length) return pending();
       const at = haveBefore + i;
       const byte = bytes[data + i];
       if (at === 0) {
@@ -140,13 +163,13 @@ export function serverNameFromClientHello(bytes: Uint8Array): ServerNameParse {
     if (present < take) break;
     pos = data + recordLength;
   }
-  if (needed < 0) return INCOMPLETE;
-  if (records === 1) {
-    // In place: the body starts after the two headers.
-    const start = RECORD_HEADER + HANDSHAKE_HEADER;
-    return parseClientHello(bytes, start, start + bodyLength, RECORD_HEADER + have);
-  }
-  return parseClientHello(reassemble(bytes, have), HANDSHAKE_HEADER, needed, have);
+  if (needed < 0) return pending();
+  // In place when in one record: the body starts after the two headers.
+  const start = RECORD_HEADER + HANDSHAKE_HEADER;
+  const parsed = records === 1
+    ? parseClientHello(bytes, start, start + bodyLength, RECORD_HEADER + have)
+    : parseClientHello(reassemble(bytes, have), HANDSHAKE_HEADER, needed, have);
+  return parsed === INCOMPLETE ? pending() : parsed;
 }
 
 /** Copies the first `have` handshake bytes out of the records; their headers are valid. */

@@ -187,8 +187,13 @@ export async function readDenoPreface(
   }
   if (rules.names !== null) {
     const deadline = performance.now() + rules.sniTimeoutMs;
+    // Parsed again only once as many bytes are here as it can take whole (see minimumLength).
+    let wanted = 0;
     for (;;) {
-      const parsed = serverNameFromClientHello(buffer.subarray(start, filled));
+      const parsed = filled - start < wanted
+        ? { status: "incomplete" as const, minimumLength: wanted }
+        : serverNameFromClientHello(buffer.subarray(start, filled));
+      if (parsed.status === "incomplete") wanted = parsed.minimumLength;
       if (parsed.status === "invalid") {
         return refusal(
           "bad-header",

@@ -45,7 +45,7 @@ import {
 } from "../engine/plane_layout.ts";
 import { MODE_AUTO, MODE_COPY, MODE_SPLICE } from "../engine/wire.ts";
 import { roundRobinOrder } from "../engine/plane_pick.ts";
-import { ipTableBytes } from "../engine/ip_table.ts";
+import { newIpTable } from "../engine/ip_table.ts";
 import { fdHardLimit } from "../ffi/socket_fd.ts";
 import { DEFAULT_EJECT_MS, DEFAULT_FAILURES_TO_EJECT, hashText, tierOf } from "./balancer.ts";
 import { engineRestartDelay, REFUSAL_REPORT_KEYS, Throttle } from "./faults.ts";
@@ -500,7 +500,7 @@ export class NativePlane {
     const listenerRoute = listenerRoutes(spec);
     if (spec.listeners.some((l) => (l.maxConnectionsPerIp ?? 0) > 0)) {
       // Made once, the first time a limit is configured, and kept: engines hold on to it.
-      this.#ipTable ??= new SharedArrayBuffer(ipTableBytes(fdHardLimit()));
+      this.#ipTable ??= newIpTable(fdHardLimit());
     }
     const mode = spec.spliceMode === "splice"
       ? MODE_SPLICE

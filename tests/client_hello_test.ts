@@ -124,15 +124,26 @@ Deno.test("serverNameFromClientHello: a hello without a host name is none", () =
   assert.deepEqual(serverNameFromClientHello(inRecords(helloMessage([both]))), FOUND_EXAMPLE);
 });
 
-Deno.test("serverNameFromClientHello: every prefix of a valid hello is incomplete", () => {
+Deno.test("serverNameFromClientHello: every prefix of a valid hello is incomplete, its minimumLength a bound past it and within the hello", () => {
   const message = helloMessage([...TYPICAL_EXTENSIONS, sniExtension("a.example.com")]);
   for (const hello of [inRecords(message), inRecords(message, 100), inRecords(message, 1)]) {
     for (let length = 0; length < hello.length; length++) {
       const parse = serverNameFromClientHello(hello.subarray(0, length));
-      assert.deepEqual(parse, { status: "incomplete" }, `prefix of ${length} bytes`);
+      assert.equal(parse.status, "incomplete", `prefix of ${length} bytes`);
+      const { minimumLength } = parse as { minimumLength: number };
+      assert.ok(
+        minimumLength > length && minimumLength <= hello.length,
+        `prefix of ${length} bytes: minimumLength ${minimumLength} of ${hello.length}`,
+      );
     }
     assert.deepEqual(serverNameFromClientHello(hello), FOUND_EXAMPLE);
   }
+  // In one record, it is exact once the handshake header is in (before it, one byte more).
+  const whole = inRecords(message);
+  assert.deepEqual(serverNameFromClientHello(whole.subarray(0, 9)), {
+    status: "incomplete",
+    minimumLength: whole.length,
+  });
   const none = inRecords(helloMessage(null));
   for (let length = 0; length < none.length; length++) {
     assert.equal(serverNameFromClientHello(none.subarray(0, length)).status, "incomplete");
@@ -481,4 +492,22 @@ Deno.test("matchServerName: returns the pattern as given", () => {
   assert.equal(matchServerName("example.com", patterns), null);
   assert.equal(matchServerName("example.net", patterns), null);
   assert.equal(matchServerName("a.example.com", []), null);
+});
+
+Deno.test("serverNameFromClientHello: a reader that waits for minimumLength parses a hello sent a byte at a time a few times, not once per byte", () => {
+  const message = helloMessage([...TYPICAL_EXTENSIONS, sniExtension("a.example.com")]);
+  for (const [hello, most] of [[inRecords(message), 10], [inRecords(message, 1), 80]] as const) {
+    let parses = 0;
+    let wanted = 0;
+    let result = null;
+    for (let length = 1; length <= hello.length && result === null; length++) {
+      if (length < wanted) continue;
+      parses++;
+      const parse = serverNameFromClientHello(hello.subarray(0, length));
+      if (parse.status === "incomplete") wanted = parse.minimumLength;
+      else result = parse;
+    }
+    assert.deepEqual(result, FOUND_EXAMPLE);
+    assert.ok(parses <= most, `${parses} parses of a ${hello.length}-byte hello`);
+  }
 });

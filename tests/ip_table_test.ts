@@ -6,7 +6,14 @@
  */
 
 import assert from "node:assert/strict";
-import { ACQUIRED, AT_LIMIT, IpTable, ipTableBytes, TABLE_FULL } from "../engine/ip_table.ts";
+import {
+  ACQUIRED,
+  AT_LIMIT,
+  IpTable,
+  ipTableBytes,
+  newIpTable,
+  TABLE_FULL,
+} from "../engine/ip_table.ts";
 
 /** A seeded generator (xorshift32): the same run every time. */
 function random(seed: number): () => number {
@@ -24,7 +31,7 @@ function ipv4(n: number): Uint8Array {
 }
 
 Deno.test("IpTable: 200,000 random acquires and releases in a 1,024-entry table agree with a Map, limit included", () => {
-  const table = new IpTable(new SharedArrayBuffer(ipTableBytes(1)));
+  const table = new IpTable(newIpTable(1));
   const model = new Map<string, number>();
   const next = random(12345);
   const limit = 3;
@@ -79,4 +86,17 @@ Deno.test("IpTable: a full table refuses (TABLE_FULL) instead of looping, and ta
   for (let n = 0; n < 1024; n++) assert.equal(table.count(0, ipv4(n)), n === 17 ? 0 : 1);
   assert.equal(table.acquire(0, ipv4(5000), 1), ACQUIRED);
   assert.equal(table.count(0, ipv4(5000)), 1);
+});
+
+Deno.test("IpTable: each table has its own random seed, which every engine's view of it shares", () => {
+  const seeds = new Set(
+    Array.from({ length: 4 }, () => new Int32Array(newIpTable(1))[1]),
+  );
+  assert.equal(seeds.size, 4, "four tables, four seeds");
+  const buffer = newIpTable(1);
+  const [one, two] = [new IpTable(buffer), new IpTable(buffer)];
+  for (let n = 0; n < 300; n++) assert.equal(one.acquire(0, ipv4(n), 1), ACQUIRED);
+  for (let n = 0; n < 300; n++) assert.equal(two.acquire(0, ipv4(n), 1), AT_LIMIT);
+  for (let n = 0; n < 300; n++) two.release(0, ipv4(n));
+  for (let n = 0; n < 300; n++) assert.equal(one.acquire(0, ipv4(n), 1), ACQUIRED);
 });
