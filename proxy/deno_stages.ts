@@ -20,6 +20,7 @@ import {
   PROXY_V2_MAX_BYTES,
   type ProxyAddress,
 } from "../protocol/proxy_header.ts";
+import { formatIp, parseIp } from "../protocol/ip.ts";
 import { formatAddress } from "./config_address.ts";
 import { REFUSAL_REPORT_KEYS, Throttle } from "./faults.ts";
 
@@ -77,6 +78,15 @@ export function denoRules(listener: ListenerSpec, clusters: ClusterSpec[]): Deno
 export function admittedText(rules: DenoRules, ip: string): boolean {
   if (rules.deny !== null && rules.deny.includes(ip)) return false;
   return rules.allow === null || rules.allow.includes(ip);
+}
+
+/** An address's text in one form per address: IPv4-mapped IPv6 as IPv4, IPv6 as RFC 5952. */
+function addressKey(hostname: string): string {
+  const bytes = parseIp(hostname);
+  if (bytes === null) return hostname;
+  const mapped = bytes.length === 16 && bytes.subarray(0, 10).every((b) => b === 0) &&
+    bytes[10] === 255 && bytes[11] === 255;
+  return formatIp(mapped ? bytes.subarray(12) : bytes);
 }
 
 /** A connection that passed its reading stages. */
@@ -300,21 +310,21 @@ export class DenoGate {
     rules: DenoRules,
     client: ProxyAddress,
   ): { key: string | null } | null {
+    // One key per address, whatever its text: 192.0.2.1 and ::ffff:192.0.2.1 are one client.
+    const key = `${listener} ${addressKey(client.hostname)}`;
     const reason = !admittedText(rules, client.hostname)
       ? "denied"
-      : rules.maxPerIp > 0 && (this.#open.get(`${listener} ${client.hostname}`) ?? 0) >=
-          rules.maxPerIp
+      : rules.maxPerIp > 0 && (this.#open.get(key) ?? 0) >= rules.maxPerIp
       ? "per_ip_limit"
       : null;
     if (reason === null) {
       if (rules.maxPerIp === 0) return { key: null };
-      const key = `${listener} ${client.hostname}`;
       this.#open.set(key, (this.#open.get(key) ?? 0) + 1);
       return { key };
     }
     this.#counters.refused(reason);
     const { report, suppressed } = this.#throttle.pass(
-      `refused ${reason} ${listener} ${client.hostname}`,
+      `refused ${reason} ${key}`,
       performance.now(),
     );
     if (report) {

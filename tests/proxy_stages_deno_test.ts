@@ -161,6 +161,8 @@ backends = [{ address = "127.0.0.1:${echo.port}" }]
     const one = new Uint8Array(1);
     assert.equal(await held.read(one), 1, "the held connection is relayed");
     assert.equal((await exchange(pp, header("192.0.2.8", 2), payload)).length, 0);
+    // The same address in its IPv4-mapped IPv6 form is the same client.
+    assert.equal((await exchange(pp, header("::ffff:192.0.2.8", 4), payload)).length, 0);
     closeQuietly(held);
     // A bad header: closed.
     assert.equal(
