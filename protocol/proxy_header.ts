@@ -201,8 +201,9 @@ export function parseProxyHeader(bytes: Uint8Array): ProxyHeaderParse {
 /**
  * Encodes a PROXY header (PROXY command, TCP) that announces a connection from `source` to
  * `destination`. Both IPv4: v1 `TCP4` / v2 family 0x11; both IPv6: `TCP6` / 0x21; mixed, the
- * IPv4 end is written as IPv4-mapped IPv6 (`::ffff:a.b.c.d`) under `TCP6` / 0x21. v2 headers
- * carry no TLVs. Addresses are written in canonical form.
+ * IPv4 end is written as IPv4-mapped IPv6 (`::ffff:a.b.c.d`) under `TCP6` / 0x21. An
+ * IPv4-mapped address counts as IPv4 (a dual-stack listener's IPv4 client gets `TCP4`). v2
+ * headers carry no TLVs. Addresses are written in canonical form.
  *
  * @param version 1 for the text line, 2 for the binary form
  * @param source the original client; `hostname` is an IP address, IPv6 without brackets
@@ -233,8 +234,9 @@ export function encodeProxyHeader(
   source: ProxyAddress,
   destination: ProxyAddress,
 ): Uint8Array {
-  let sourceIp = encodableIp(source);
-  let destinationIp = encodableIp(destination);
+  // An IPv4-mapped address is an IPv4 client seen through a dual-stack socket: written as IPv4.
+  let sourceIp = unmapIpv4(encodableIp(source));
+  let destinationIp = unmapIpv4(encodableIp(destination));
   if (sourceIp.length !== destinationIp.length) {
     if (sourceIp.length === 4) sourceIp = mapIpv4(sourceIp);
     else destinationIp = mapIpv4(destinationIp);
@@ -466,6 +468,13 @@ function encodableIp(address: ProxyAddress): Uint8Array {
 }
 
 /** `::ffff:a.b.c.d`, the IPv6 form of an IPv4 address. */
+/** `ip` as 4 bytes when it is IPv4-mapped IPv6 (`::ffff:a.b.c.d`), else as it is. */
+function unmapIpv4(ip: Uint8Array): Uint8Array {
+  if (ip.length !== 16 || ip[10] !== 0xff || ip[11] !== 0xff) return ip;
+  for (let i = 0; i < 10; i++) if (ip[i] !== 0) return ip;
+  return ip.slice(12);
+}
+
 function mapIpv4(ipv4: Uint8Array): Uint8Array {
   const ipv6 = new Uint8Array(16);
   ipv6[10] = 0xff;

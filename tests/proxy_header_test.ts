@@ -407,6 +407,9 @@ Deno.test("encodeProxyHeader: parse round trip for v1 and v2, IPv4, IPv6 and mix
     ["2001:db8::1", "127.0.0.1", "2001:db8::1", "::ffff:127.0.0.1"],
     ["::ffff:10.0.0.1", "::", "::ffff:10.0.0.1", "::"],
     ["FE80:0:0:0:0:0:0:1", "0.0.0.0", "fe80::1", "::ffff:0.0.0.0"],
+    // A dual-stack listener's IPv4 client: both ends IPv4-mapped, written as IPv4 (TCP4).
+    ["::ffff:192.0.2.1", "::ffff:198.51.100.7", "192.0.2.1", "198.51.100.7"],
+    ["::ffff:192.0.2.1", "198.51.100.7", "192.0.2.1", "198.51.100.7"],
   ];
   for (const version of [1, 2] as const) {
     for (const [source, destination, sourceOut, destinationOut] of cases) {
@@ -427,6 +430,17 @@ Deno.test("encodeProxyHeader: parse round trip for v1 and v2, IPv4, IPv6 and mix
       });
     }
   }
+});
+
+Deno.test("encodeProxyHeader: IPv4-mapped ends are written as TCP4 (v1) and family 0x11 (v2)", () => {
+  const source = { hostname: "::ffff:192.0.2.1", port: 1 };
+  const destination = { hostname: "::ffff:198.51.100.7", port: 2 };
+  assert.equal(
+    new TextDecoder().decode(encodeProxyHeader(1, source, destination)),
+    "PROXY TCP4 192.0.2.1 198.51.100.7 1 2\r\n",
+  );
+  const v2 = encodeProxyHeader(2, source, destination);
+  assert.deepEqual([v2[13], v2.length], [0x11, 28]);
 });
 
 Deno.test("encodeProxyHeader: rejects bad hostnames, ports and versions", () => {
