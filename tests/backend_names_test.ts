@@ -98,6 +98,7 @@ backends = [{ address = "silent.splice-test:9" }, { address = "127.0.0.1:${backe
   try {
     await proxy.output.line(/^splice proxy .*engine/, "the start");
     const startMs = performance.now() - started;
+    await proxy.output.line(/^metrics on http:/, "the admin endpoint");
     assert.ok(dns.queries() > 0, "the name was looked up through the silent server");
     assert.ok(
       startMs < RESOLVER_TIMEOUT_S * 1000 / 2,
@@ -115,6 +116,7 @@ backends = [{ address = "silent.splice-test:9" }, { address = "127.0.0.1:${backe
         body: await r.json(),
       })),
     );
+    reload.catch(() => {}); // awaited below; not an unhandled rejection meanwhile
     await waitFor(() => dns.queries() > asked, "the reload's lookup", 5_000);
     const metrics = await timed(
       fetch(`http://127.0.0.1:${admin}/metrics`, { headers }).then(async (r) => {
