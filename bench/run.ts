@@ -199,7 +199,7 @@ async function pingpong(
  * Short connections (1 KiB each way) for 3 s from `clients` clients, each one at a time, after
  * 1 s of the same that is not counted: every proxy is measured in its steady state, not in the
  * first second after its start (a JIT runtime compiles its hot paths then, and its process is
- * still loading; measured here, proxy.ts's first 3 s ran 2-4% below the next 3 s, HAProxy's 1-2%).
+ * still loading; measured here, proxy.ts's first 3 s ran 4-6% below the next 3 s, HAProxy's 1-4%).
  * `prefix`: benchtool's arguments for what each connection sends first (see stagePrefix).
  */
 async function churn(
