@@ -295,3 +295,61 @@ export async function runDeno(
     await Deno.remove(file);
   }
 }
+
+/** Resolves like `promise`, or rejects after `ms` naming `what`: no wait in the tests is open. */
+export async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`Timed out after ${ms} ms: ${what}`)), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** The bytes of `parts`, one after another. */
+export function concat(...parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.length;
+  }
+  return out;
+}
+
+/**
+ * One connection to 127.0.0.1:`port`: sends `first` then `payload`, half-closes, and returns
+ * everything that came back until the other end closed (empty when it closed or reset at once).
+ */
+export async function exchangeBytes(
+  port: number,
+  first: Uint8Array,
+  payload: Uint8Array = new Uint8Array(0),
+): Promise<Uint8Array> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    if (first.length > 0) await conn.write(first);
+    const chunks: Uint8Array[] = [];
+    const reading = (async () => {
+      const buffer = new Uint8Array(64 * 1024);
+      try {
+        for (let n; (n = await conn.read(buffer)) !== null;) chunks.push(buffer.slice(0, n));
+      } catch {
+        // reset: what came is kept
+      }
+    })();
+    try {
+      for (let off = 0; off < payload.length;) off += await conn.write(payload.subarray(off));
+      await conn.closeWrite();
+    } catch {
+      // closed by the other end
+    }
+    await within(reading, 10_000, "the answer to end");
+    return concat(...chunks);
+  } finally {
+    closeQuietly(conn);
+  }
+}

@@ -7,20 +7,9 @@
 
 import assert from "node:assert/strict";
 import { relay, shutdownRelayEngine } from "../mod.ts";
-import { openFdCount, tcpPair, waitFor } from "./_helpers.ts";
+import { openFdCount, tcpPair, waitFor, within } from "./_helpers.ts";
 
-/** Resolves like `promise`, or rejects after `ms` naming `what`: no wait in the tests is open. */
-export async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`Timed out after ${ms} ms: ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
+export { within };
 
 /**
  * Worker threads alive in this process. Deno names them `worker-N`, and a terminated Worker's

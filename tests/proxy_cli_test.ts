@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { acceptEach, freePort, receiveAll, sendPattern, waitFor } from "./_helpers.ts";
+import { acceptEach, concat, freePort, receiveAll, sendPattern, waitFor } from "./_helpers.ts";
 
 const PROXY = new URL("../proxy.ts", import.meta.url).pathname;
 const CONFIG = new URL("../deno.json", import.meta.url).pathname;
@@ -271,13 +271,7 @@ async function readAll(conn: Deno.TcpConn): Promise<Uint8Array> {
     if (n === null) break;
     chunks.push(buffer.slice(0, n));
   }
-  const out = new Uint8Array(chunks.reduce((sum, c) => sum + c.length, 0));
-  let offset = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, offset);
-    offset += chunk.length;
-  }
-  return out;
+  return concat(...chunks);
 }
 
 /** The bytes `sendPattern(_, size, seed)` writes. */

@@ -13,7 +13,15 @@ import { shutdownRelayEngine } from "../mod.ts";
 import { parseConfig } from "../config.ts";
 import { startProxy, startProxyResolved } from "../proxy/mod.ts";
 import type { ProxyEvent } from "../proxy/types.ts";
-import { closeQuietly, freePort, receiveAll, sendPattern, serveEach, waitFor } from "./_helpers.ts";
+import {
+  closeQuietly,
+  concat,
+  freePort,
+  receiveAll,
+  sendPattern,
+  serveEach,
+  waitFor,
+} from "./_helpers.ts";
 
 const DNSMASQ = "/usr/sbin/dnsmasq";
 
@@ -141,13 +149,7 @@ async function receiveAllBytes(conn: Deno.Conn): Promise<Uint8Array> {
   const chunks: Uint8Array[] = [];
   const buffer = new Uint8Array(4096);
   for (let n; (n = await conn.read(buffer)) !== null;) chunks.push(buffer.slice(0, n));
-  const out = new Uint8Array(chunks.reduce((sum, c) => sum + c.length, 0));
-  let off = 0;
-  for (const c of chunks) {
-    out.set(c, off);
-    off += c.length;
-  }
-  return out;
+  return concat(...chunks);
 }
 
 Deno.test({

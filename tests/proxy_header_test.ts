@@ -8,6 +8,7 @@ import {
   type ProxyHeaderParse,
 } from "../protocol/proxy_header.ts";
 import { formatIp, parseIp } from "../protocol/ip.ts";
+import { concat } from "./_helpers.ts";
 
 const SIGNATURE_V2 = "0d 0a 0d 0a 00 0d 0a 51 55 49 54 0a";
 
@@ -24,16 +25,6 @@ function hex(text: string): Uint8Array {
 
 function ascii(text: string): Uint8Array {
   return new TextEncoder().encode(text);
-}
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const bytes = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    bytes.set(part, offset);
-    offset += part.length;
-  }
-  return bytes;
 }
 
 /** A v2 header: fixed part for `versionCommand` and `family`, then `block` as the rest. */

@@ -20,6 +20,7 @@ import { startProxy } from "../proxy/mod.ts";
 import type { ConnectionRecord, ProxyEvent } from "../proxy/types.ts";
 import {
   closeQuietly,
+  concat,
   echoBackend,
   receiveAll,
   sendPattern,
@@ -176,7 +177,7 @@ function recorder(): { port: number; received: Uint8Array[]; close(): Promise<vo
     } catch {
       // reset: what came is kept
     } finally {
-      received.push(concat(parts));
+      received.push(concat(...parts));
       closeQuietly(conn);
     }
   });
@@ -228,16 +229,6 @@ function tlsBackend(
     accepted: served.accepted,
     close: served.close,
   };
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const bytes = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    bytes.set(part, offset);
-    offset += part.length;
-  }
-  return bytes;
 }
 
 function sha256(bytes: Uint8Array): string {

@@ -12,7 +12,15 @@ import { parseConfig } from "../config.ts";
 import { startProxy } from "../proxy/mod.ts";
 import type { ConnectionRecord, ProxyEvent } from "../proxy/types.ts";
 import { clientHello } from "../demo/client_hello.ts";
-import { closeQuietly, echoBackend, freePort, receiveAll, waitFor } from "./_helpers.ts";
+import {
+  closeQuietly,
+  concat,
+  echoBackend,
+  exchangeBytes,
+  freePort,
+  receiveAll,
+  waitFor,
+} from "./_helpers.ts";
 import { within } from "./_relay_helpers.ts";
 
 /** `hello` (one record) re-framed as records of at most `size` handshake bytes each. */
@@ -24,36 +32,6 @@ function inRecords(hello: Uint8Array, size: number): Uint8Array {
     out.push(22, 3, 1, part.length >> 8, part.length & 255, ...part);
   }
   return Uint8Array.from(out);
-}
-
-/** Sends `bytes` and half-closes; what came back until the proxy's end (nothing if refused). */
-async function exchange(port: number, bytes: Uint8Array): Promise<Uint8Array> {
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  try {
-    const chunks: Uint8Array[] = [];
-    const reading = (async () => {
-      const buffer = new Uint8Array(64 * 1024);
-      try {
-        for (let n; (n = await conn.read(buffer)) !== null;) chunks.push(buffer.slice(0, n));
-      } catch {
-        // reset: what came is kept
-      }
-    })();
-    await conn.write(bytes);
-    await conn.closeWrite().catch(() => {});
-    await within(reading, 10_000, "the answer to end");
-    const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-    chunks.reduce((at, c) => (out.set(c, at), at + c.length), 0);
-    return out;
-  } finally {
-    closeQuietly(conn);
-  }
-}
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  parts.reduce((at, p) => (out.set(p, at), at + p.length), 0);
-  return out;
 }
 
 Deno.test({
@@ -94,7 +72,7 @@ backends = [{ address = "127.0.0.1:${echo.port}" }]
     const hello = clientHello("a.example.com");
     for (const size of [7, 1]) {
       const sent = concat(inRecords(hello, size), payload);
-      const back = await exchange(sni, sent);
+      const back = await exchangeBytes(sni, sent);
       assert.deepEqual(back, sent, `records of ${size} bytes`);
     }
     // Not whole within sni_timeout_ms: closed once it is over, counted.
@@ -110,7 +88,7 @@ backends = [{ address = "127.0.0.1:${echo.port}" }]
     }
     // A handshake of 20,000 bytes cannot be whole within 16 KiB: closed as soon as it says so.
     const huge = Uint8Array.of(22, 3, 1, 0x3e, 0x80, 1, 0, 0x4e, 0x20, 3, 3);
-    assert.equal((await exchange(sni, huge)).length, 0);
+    assert.equal((await exchangeBytes(sni, huge)).length, 0);
     await waitFor(
       () => proxy.stats().connectionsRefused.client_hello_invalid === 1,
       "the oversized ClientHello counted",
@@ -130,7 +108,7 @@ backends = [{ address = "127.0.0.1:${echo.port}" }]
       port: both,
     });
     const routed = concat(clientHello("b.example.com"), payload);
-    assert.deepEqual(await exchange(both, concat(header, routed)), routed);
+    assert.deepEqual(await exchangeBytes(both, concat(header, routed)), routed);
     await waitFor(() => records().length === 5, "its record");
     const last = records()[4];
     assert.deepEqual(

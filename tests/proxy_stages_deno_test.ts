@@ -13,6 +13,7 @@ import { clientHello } from "../demo/client_hello.ts";
 import {
   closeQuietly,
   echoBackend,
+  exchangeBytes,
   freePort,
   serveEach,
   spawnProxyWithoutFfi,
@@ -53,39 +54,6 @@ function headerReader(): { port: number; close(): Promise<void> } {
     }
   });
   return { port: listener.addr.port, close: served.close };
-}
-
-/** Sends `first` then `payload`, half-closes, and returns what came back (empty if closed). */
-async function exchange(port: number, first: Uint8Array, payload: Uint8Array): Promise<Uint8Array> {
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  try {
-    if (first.length > 0) await conn.write(first);
-    const chunks: Uint8Array[] = [];
-    const reading = (async () => {
-      const buffer = new Uint8Array(64 * 1024);
-      try {
-        for (let n; (n = await conn.read(buffer)) !== null;) chunks.push(buffer.slice(0, n));
-      } catch {
-        // reset: what came is kept
-      }
-    })();
-    try {
-      for (let off = 0; off < payload.length;) off += await conn.write(payload.subarray(off));
-      await conn.closeWrite();
-    } catch {
-      // closed by the proxy
-    }
-    await within(reading, 10_000, "the answer to end");
-    const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-    let off = 0;
-    for (const c of chunks) {
-      out.set(c, off);
-      off += c.length;
-    }
-    return out;
-  } finally {
-    closeQuietly(conn);
-  }
 }
 
 function sha256(bytes: Uint8Array): string {
@@ -150,34 +118,36 @@ backends = [{ address = "127.0.0.1:${echo.port}" }]
   try {
     await output.line(/^ready$/, "the proxy to start");
     // expect_proxy: the header is taken off, the rest relayed intact, the header's client logged.
-    const back = await exchange(pp, header("192.0.2.7", 40000), payload);
+    const back = await exchangeBytes(pp, header("192.0.2.7", 40000), payload);
     assert.equal(sha256(back), sha256(payload));
     // deny, on the header's address.
-    assert.equal((await exchange(pp, header("192.0.2.66", 1), payload)).length, 0);
+    assert.equal((await exchangeBytes(pp, header("192.0.2.66", 1), payload)).length, 0);
     // max_connections_per_ip = 1: one held, the next from the same address refused.
     const held = await Deno.connect({ hostname: "127.0.0.1", port: pp });
     await held.write(header("192.0.2.8", 1));
     await held.write(Uint8Array.of(1));
     const one = new Uint8Array(1);
     assert.equal(await held.read(one), 1, "the held connection is relayed");
-    assert.equal((await exchange(pp, header("192.0.2.8", 2), payload)).length, 0);
+    assert.equal((await exchangeBytes(pp, header("192.0.2.8", 2), payload)).length, 0);
     // The same address in its IPv4-mapped IPv6 form is the same client.
-    assert.equal((await exchange(pp, header("::ffff:192.0.2.8", 4), payload)).length, 0);
+    assert.equal((await exchangeBytes(pp, header("::ffff:192.0.2.8", 4), payload)).length, 0);
     closeQuietly(held);
     // A bad header: closed.
     assert.equal(
-      (await exchange(pp, new TextEncoder().encode("GET / HTTP/1.0\r\n"), payload)).length,
+      (await exchangeBytes(pp, new TextEncoder().encode("GET / HTTP/1.0\r\n"), payload)).length,
       0,
     );
     // send_proxy v1: the backend learns the client's address and the listener's.
-    const told = new TextDecoder().decode(await exchange(sp, new Uint8Array(0), Uint8Array.of(9)));
+    const told = new TextDecoder().decode(
+      await exchangeBytes(sp, new Uint8Array(0), Uint8Array.of(9)),
+    );
     assert.match(told, new RegExp(`^127\\.0\\.0\\.1:\\d+ 127\\.0\\.0\\.1:${sp}\\n\\x09$`));
     // SNI: a name under the wildcard is relayed, ClientHello included; another is closed.
     const hello = clientHello("a.example.com");
-    const routed = await exchange(sni, hello, payload);
+    const routed = await exchangeBytes(sni, hello, payload);
     assert.equal(routed.length, hello.length + payload.length);
     assert.equal(sha256(routed.subarray(hello.length)), sha256(payload));
-    assert.equal((await exchange(sni, clientHello("other.org"), payload)).length, 0);
+    assert.equal((await exchangeBytes(sni, clientHello("other.org"), payload)).length, 0);
     // A denied header on a listener that routes by SNI: closed at once, not once the (30 s)
     // wait for its ClientHello is over.
     const denied = await Deno.connect({ hostname: "127.0.0.1", port: ppSni });
@@ -194,7 +164,7 @@ backends = [{ address = "127.0.0.1:${echo.port}" }]
       closeQuietly(denied);
     }
     // allow = ["127.0.0.2"]: 127.0.0.1 is refused.
-    assert.equal((await exchange(only2, new Uint8Array(0), payload)).length, 0);
+    assert.equal((await exchangeBytes(only2, new Uint8Array(0), payload)).length, 0);
 
     await output.line(/refused 192\.0\.2\.66:1 \(denied\)/, "the denial's line");
     await output.line(/refused 192\.0\.2\.8:2 \(per_ip_limit\)/, "the limit's line");
