@@ -353,3 +353,30 @@ export async function exchangeBytes(
     closeQuietly(conn);
   }
 }
+
+/**
+ * One connection to 127.0.0.1:`port` that sends 3 bytes: whether the same 3 came back (false
+ * when it was refused, reset or ended first).
+ */
+export async function echoes(port: number): Promise<boolean> {
+  let conn: Deno.TcpConn;
+  try {
+    conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  } catch {
+    return false; // refused
+  }
+  try {
+    await conn.write(new Uint8Array([7, 8, 9]));
+    const back = new Uint8Array(3);
+    for (let got = 0; got < 3;) {
+      const n = await conn.read(back.subarray(got));
+      if (n === null) return false;
+      got += n;
+    }
+    return back.join() === "7,8,9";
+  } catch {
+    return false; // reset
+  } finally {
+    closeQuietly(conn);
+  }
+}

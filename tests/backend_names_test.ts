@@ -7,7 +7,7 @@
 
 import assert from "node:assert/strict";
 import { createSocket } from "node:dgram";
-import { closeQuietly, echoBackend, freePort, spawnProxy, waitFor } from "./_helpers.ts";
+import { echoBackend, echoes, freePort, spawnProxy, waitFor } from "./_helpers.ts";
 
 /** A loopback address nothing else here uses, for the silent DNS server. */
 const RESOLVER = "127.0.0.77";
@@ -26,23 +26,6 @@ async function silentDns(): Promise<{ queries(): number; close(): void }> {
     socket.bind(53, RESOLVER, () => resolve());
   });
   return { queries: () => count, close: () => socket.close() };
-}
-
-/** One connection through `port`: 3 bytes out, whether the same 3 came back. */
-async function echoes(port: number): Promise<boolean> {
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  try {
-    await conn.write(new Uint8Array([4, 5, 6]));
-    const back = new Uint8Array(3);
-    for (let got = 0; got < 3;) {
-      const n = await conn.read(back.subarray(got));
-      if (n === null) return false;
-      got += n;
-    }
-    return back.join() === "4,5,6";
-  } finally {
-    closeQuietly(conn);
-  }
 }
 
 async function timed<T>(work: Promise<T>): Promise<{ value: T; ms: number }> {
@@ -104,7 +87,7 @@ backends = [{ address = "silent.splice-test:9" }, { address = "127.0.0.1:${backe
       startMs < RESOLVER_TIMEOUT_S * 1000 / 2,
       `started in ${Math.round(startMs)} ms, while the lookup waits ${RESOLVER_TIMEOUT_S} s`,
     );
-    await waitFor(async () => await echoes(port).catch(() => false), "the first echo", 5_000);
+    await waitFor(() => echoes(port), "the first echo", 5_000);
     // Round robin takes the unresolved backend in turn; each such connection goes on to the next.
     for (let i = 0; i < 6; i++) assert.ok(await echoes(port), `echo ${i}`);
 

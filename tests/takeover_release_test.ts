@@ -16,7 +16,7 @@ import {
   sendWithFds,
 } from "../ffi/unix.ts";
 import { closeFd } from "../ffi/pipe.ts";
-import { closeQuietly, echoBackend, freePort } from "./_helpers.ts";
+import { echoBackend, echoes, freePort } from "./_helpers.ts";
 
 /** New fds for `fds`, as another process would get them (SCM_RIGHTS over a socket pair). */
 function passed(fds: number[]): number[] {
@@ -31,27 +31,6 @@ function passed(fds: number[]): number[] {
     return got.fds;
   } finally {
     [listener, client, server].forEach(closeFd);
-  }
-}
-
-async function echoes(port: number): Promise<boolean> {
-  try {
-    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-    try {
-      await conn.write(new Uint8Array([7, 8, 9]));
-      const back = new Uint8Array(3);
-      let got = 0;
-      while (got < 3) {
-        const n = await conn.read(back.subarray(got));
-        if (n === null) return false;
-        got += n;
-      }
-      return back.join() === "7,8,9";
-    } finally {
-      closeQuietly(conn);
-    }
-  } catch {
-    return false; // refused
   }
 }
 
