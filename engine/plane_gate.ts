@@ -12,7 +12,7 @@ import { formatSockaddr, SOCKADDR_MAX } from "../ffi/net.ts";
 import { CLIENT_HELLO_MAX_BYTES } from "../protocol/client_hello.ts";
 import { parseIp } from "../protocol/ip.ts";
 import { formatAddress } from "../proxy/config_address.ts";
-import { REFUSAL_REPORT_KEYS, Throttle } from "../proxy/faults.ts";
+import { REFUSAL_REPORT_KEYS, REFUSAL_REPORT_MS, Throttle } from "../proxy/faults.ts";
 import { ACQUIRED, IpTable } from "./ip_table.ts";
 import { ENGINE_REFUSED, type PlaneEnd, REFUSAL_CODES } from "./plane_layout.ts";
 import type { ReportQueue } from "./plane_report.ts";
@@ -28,8 +28,6 @@ import {
 import { failRead, type Relay } from "./pump.ts";
 import { syscallNumber } from "./wire.ts";
 
-/** A refusal by the rules is reported at most this often per listener, address and reason. */
-const REFUSAL_REPORT_MS = 1000;
 const WRITE = syscallNumber("write");
 /** I/O error: a PROXY header that could not be made or written whole. */
 const EIO = 5;

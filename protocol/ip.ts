@@ -101,6 +101,15 @@ function isIpv4Mapped(bytes: Uint8Array): boolean {
   return bytes[10] === 0xff && bytes[11] === 0xff;
 }
 
+/**
+ * `bytes` as its 4 IPv4 bytes when it is IPv4-mapped IPv6 (`::ffff:a.b.c.d`, an IPv4 client seen
+ * through a dual-stack socket), else `bytes` itself. For the proxy's own use: one form per
+ * address.
+ */
+export function unmapIpv4(bytes: Uint8Array): Uint8Array {
+  return bytes.length === 16 && isIpv4Mapped(bytes) ? bytes.subarray(12) : bytes;
+}
+
 /** Writes the dotted quad text[start, end) to bytes[offset..offset+4); false if malformed. */
 function readIpv4(
   text: string,

@@ -10,7 +10,7 @@
  * @module
  */
 
-import { formatIp, parseIp } from "./ip.ts";
+import { formatIp, parseIp, unmapIpv4 } from "./ip.ts";
 
 /**
  * An endpoint in a PROXY header.
@@ -468,12 +468,6 @@ function encodableIp(address: ProxyAddress): Uint8Array {
 }
 
 /** `::ffff:a.b.c.d`, the IPv6 form of an IPv4 address. */
-/** `ip` as 4 bytes when it is IPv4-mapped IPv6 (`::ffff:a.b.c.d`), else as it is. */
-function unmapIpv4(ip: Uint8Array): Uint8Array {
-  if (ip.length !== 16 || ip[10] !== 0xff || ip[11] !== 0xff) return ip;
-  for (let i = 0; i < 10; i++) if (ip[i] !== 0) return ip;
-  return ip.slice(12);
-}
 
 function mapIpv4(ipv4: Uint8Array): Uint8Array {
   const ipv6 = new Uint8Array(16);

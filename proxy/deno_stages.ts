@@ -20,12 +20,9 @@ import {
   PROXY_V2_MAX_BYTES,
   type ProxyAddress,
 } from "../protocol/proxy_header.ts";
-import { formatIp, parseIp } from "../protocol/ip.ts";
+import { formatIp, parseIp, unmapIpv4 } from "../protocol/ip.ts";
 import { formatAddress } from "./config_address.ts";
-import { REFUSAL_REPORT_KEYS, Throttle } from "./faults.ts";
-
-/** A refusal is reported at most this often per listener, address and reason. */
-const REFUSAL_REPORT_INTERVAL_MS = 1_000;
+import { REFUSAL_REPORT_KEYS, REFUSAL_REPORT_MS, Throttle } from "./faults.ts";
 import type { ProxyCounters } from "./stats.ts";
 import type { ClusterSpec, ConnectionRecord, ListenerSpec, ProxyEvent } from "./types.ts";
 
@@ -83,10 +80,7 @@ export function admittedText(rules: DenoRules, ip: string): boolean {
 /** An address's text in one form per address: IPv4-mapped IPv6 as IPv4, IPv6 as RFC 5952. */
 function addressKey(hostname: string): string {
   const bytes = parseIp(hostname);
-  if (bytes === null) return hostname;
-  const mapped = bytes.length === 16 && bytes.subarray(0, 10).every((b) => b === 0) &&
-    bytes[10] === 255 && bytes[11] === 255;
-  return formatIp(mapped ? bytes.subarray(12) : bytes);
+  return bytes === null ? hostname : formatIp(unmapIpv4(bytes));
 }
 
 /** A connection that passed its reading stages. */
@@ -290,7 +284,7 @@ export function firstBytes(
 export class DenoGate {
   #counters: ProxyCounters;
   /** Its own: a flood of refusals must not hold back the proxy's reports of errors. */
-  #throttle = new Throttle(REFUSAL_REPORT_INTERVAL_MS, REFUSAL_REPORT_KEYS);
+  #throttle = new Throttle(REFUSAL_REPORT_MS, REFUSAL_REPORT_KEYS);
   #report: (event: ProxyEvent) => void;
   /** Open connections per `listener address`, of listeners with `max_connections_per_ip`. */
   #open = new Map<string, number>();

@@ -114,6 +114,8 @@ const THROTTLE_MAX_KEYS = 1024;
  * past them, one report a second stands for the rest (each still counted on /metrics).
  */
 export const REFUSAL_REPORT_KEYS = 256;
+/** A refusal is reported at most this often per listener, client address and reason. */
+export const REFUSAL_REPORT_MS = 1_000;
 
 /**
  * At most one report per key per interval: the first occurrence is reported at once, the

@@ -48,7 +48,7 @@ import { roundRobinOrder } from "../engine/plane_pick.ts";
 import { newIpTable } from "../engine/ip_table.ts";
 import { fdHardLimit } from "../ffi/socket_fd.ts";
 import { DEFAULT_EJECT_MS, DEFAULT_FAILURES_TO_EJECT, hashText, tierOf } from "./balancer.ts";
-import { engineRestartDelay, REFUSAL_REPORT_KEYS, Throttle } from "./faults.ts";
+import { engineRestartDelay, REFUSAL_REPORT_KEYS, REFUSAL_REPORT_MS, Throttle } from "./faults.ts";
 import { planeStats, reportable, toConnectionRecord } from "./plane_reports.ts";
 
 import { listenerRoutes, policyOf } from "./plane_routes.ts";
@@ -112,7 +112,7 @@ export class NativePlane {
   #restartTimers = new Set<ReturnType<typeof setTimeout>>();
   #throttle = new Throttle(REPORT_INTERVAL_MS);
   /** Refusals have their own: a flood of them must not hold back the reports of errors. */
-  #refusals = new Throttle(REPORT_INTERVAL_MS, REFUSAL_REPORT_KEYS);
+  #refusals = new Throttle(REFUSAL_REPORT_MS, REFUSAL_REPORT_KEYS);
   #buffer: SharedArrayBuffer;
   /** Backend names and what they resolved to: applying a spec looks up nothing itself. */
   #names: BackendNames;
