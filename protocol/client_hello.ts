@@ -44,8 +44,8 @@ export type ServerNameParse =
   | { readonly status: "none" }
   | { readonly status: "invalid"; readonly reason: string };
 
-// Shared, frozen: the answer without data costs no allocation on the hot path. The walk's
-// INCOMPLETE is its own marker, given its minimumLength by serverNameFromClientHello.
+// Shared, frozen: the answer without data costs no allocation on the hot path. INCOMPLETE is
+// the body parser's marker only; serverNameFromClientHello answers with its minimumLength.
 const INCOMPLETE = Object.freeze({ status: "incomplete" as const, minimumLength: 0 });
 const NONE: ServerNameParse = Object.freeze({ status: "none" as const });
 
@@ -90,37 +90,24 @@ function invalid(reason: string): ServerNameParse {
  *   0, 0, 0, 5 + name.length, 0, 3 + name.length, 0, 0, name.length, ...name, // server_name
  * );
  * console.log(serverNameFromClientHello(hello)); // { status: "found", serverName: "example.com" }
- * console.log(serverNameFromClientHello(hello.subarray(0, 20))); // { status: "incomplete" }
+ * console.log(serverNameFromClientHello(hello.subarray(0, 20)));
+ * // { status: "incomplete", minimumLength: 73 }: the whole hello takes 73 bytes
  * console.log(serverNameFromClientHello(new TextEncoder().encode("GET / HTTP/1.1\r\n")));
  * // { status: "invalid", reason: "not a tls handshake" }
  * ```
  */
 export function serverNameFromClientHello(bytes: Uint8Array): ServerNameParse {
-  const parsed = walk(bytes, SPAN);
-  if (parsed !== INCOMPLETE) return parsed;
-  // Every handshake byte not yet here comes after the last byte here: a lower bound.
-  const minimumLength = SPAN[0] < 0 ? bytes.length + 1 : bytes.length + SPAN[0] - SPAN[1];
-  return { status: "incomplete", minimumLength };
-}
-
-/**
- * The walk's handshake message length (header included; -1 until its header is here) and the
- * handshake bytes present, as the last walk left them: read right after it returns.
- */
-const SPAN = new Int32Array(2);
-
-function walk(bytes: Uint8Array, span: Int32Array): ServerNameParse {
   const length = bytes.length;
   let pos = 0; // stream offset of the record header being read
   let records = 0;
   let have = 0; // handshake bytes present in `bytes`, over the records walked
   let needed = -1; // handshake header + body length, once its 4 header bytes are present
   let bodyLength = 0;
-  const pending = (): ServerNameParse => {
-    span[0] = needed;
-    span[1] = have;
-    return INCOMPLETE;
-  };
+  // Every handshake byte not here yet comes after the last byte here: a lower bound.
+  const pending = (): ServerNameParse => ({
+    status: "incomplete",
+    minimumLength: needed < 0 ? length + 1 : length + needed - have,
+  });
   // Walks the record headers until the handshake message is covered or the bytes run out.
   while (needed < 0 || have < needed) {
     if (pos >= length) return pending();
