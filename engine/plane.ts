@@ -338,12 +338,13 @@ export class Plane {
       }, this.#host.now());
       return;
     }
-    if (
-      stages !== null && !stages.rules.expectProxy && !this.#gate.countAddress(route.slot, stages)
-    ) {
+    const over = stages !== null && !stages.rules.expectProxy
+      ? this.#gate.countAddress(route.slot, stages)
+      : null;
+    if (over !== null) {
       Atomics.sub(this.#ints, LISTENER_OPEN + route.slot, 1);
       libc().close(fd);
-      this.#gate.refused(route.address, client, stages.ip, "per_ip_limit");
+      this.#gate.refused(route.address, client, stages!.ip, over);
       return;
     }
     this.#counters[ENGINE_OPENED]++;

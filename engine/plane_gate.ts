@@ -13,7 +13,7 @@ import { CLIENT_HELLO_MAX_BYTES } from "../protocol/client_hello.ts";
 import { parseIp } from "../protocol/ip.ts";
 import { formatAddress } from "../proxy/config_address.ts";
 import { REFUSAL_REPORT_KEYS, REFUSAL_REPORT_MS, Throttle } from "../proxy/faults.ts";
-import { ACQUIRED, IpTable } from "./ip_table.ts";
+import { ACQUIRED, AT_LIMIT, IpTable } from "./ip_table.ts";
 import { ENGINE_REFUSED, type PlaneEnd, REFUSAL_CODES } from "./plane_layout.ts";
 import type { ReportQueue } from "./plane_report.ts";
 import {
@@ -96,8 +96,9 @@ export class Gate {
         this.#host.finishNow(relay, "refused");
         return false;
       }
-      if (!this.countAddress(proxied.listenerSlot, stages)) {
-        this.refused(proxied.listener, proxied.client, stages.ip, "per_ip_limit");
+      const over = this.countAddress(proxied.listenerSlot, stages);
+      if (over !== null) {
+        this.refused(proxied.listener, proxied.client, stages.ip, over);
         this.#host.finishNow(relay, "refused");
         return false;
       }
@@ -130,13 +131,18 @@ export class Gate {
     });
   }
 
-  /** Counts the stage's client address on listener `slot`; false: it is at its limit. */
-  countAddress(slot: number, stages: Stages): boolean {
+  /**
+   * Counts the stage's client address on listener `slot`: null, or why it was not (the address
+   * is at its limit, or the table has no room for another address).
+   */
+  countAddress(slot: number, stages: Stages): "per_ip_limit" | "per_ip_table_full" | null {
     const limit = stages.rules.maxPerIp;
-    if (limit === 0 || this.#ipTable === null) return true;
-    if (this.#ipTable.acquire(slot, stages.ip, limit) !== ACQUIRED) return false;
+    if (limit === 0 || this.#ipTable === null) return null;
+    const result = this.#ipTable.acquire(slot, stages.ip, limit);
+    if (result === AT_LIMIT) return "per_ip_limit";
+    if (result !== ACQUIRED) return "per_ip_table_full";
     stages.counted = stages.ip;
-    return true;
+    return null;
   }
 
   /** Gives back what {@linkcode countAddress} counted for a connection that ended. */
@@ -153,7 +159,7 @@ export class Gate {
     listener: string,
     client: string,
     ip: Uint8Array,
-    reason: "denied" | "per_ip_limit",
+    reason: "denied" | "per_ip_limit" | "per_ip_table_full",
   ): void {
     this.#counters[ENGINE_REFUSED + REFUSAL_CODES.indexOf(reason)]++;
     const key = `${reason} ${listener} ${ip.join(".")}`;

@@ -133,6 +133,7 @@ export const REFUSAL_CODES = [
   "client_hello_invalid",
   "client_hello_timeout",
   "no_route",
+  "per_ip_table_full",
 ] as const;
 /** One of {@linkcode REFUSAL_CODES}. */
 export type RefusalCode = typeof REFUSAL_CODES[number];
@@ -327,7 +328,7 @@ export type PlaneEvent =
     type: "refused";
     listener: string;
     client: string;
-    reason: "denied" | "per_ip_limit";
+    reason: "denied" | "per_ip_limit" | "per_ip_table_full";
     /** Refusals of this client and reason this engine left unreported since the last. */
     suppressed: number;
   }

@@ -427,7 +427,7 @@ export type ProxyEvent =
     type: "connection-refused";
     listener: string;
     client: string;
-    reason: "denied" | "per_ip_limit";
+    reason: "denied" | "per_ip_limit" | "per_ip_table_full";
     suppressed: number;
   }
   | {
@@ -477,7 +477,8 @@ export interface ProxyStats {
    * Connections closed by their listener's stages before any backend, by reason: `denied`
    * (allow/deny), `per_ip_limit`, `proxy_header_invalid`, `proxy_header_timeout`,
    * `client_hello_invalid`, `client_hello_timeout`, `no_route` (no frontend for the server
-   * name). Reasons never seen are absent.
+   * name), `per_ip_table_full` (more client addresses at once than the engines' shared table
+   * holds: it is sized to twice the fd limit, at most 131,072). Reasons never seen are absent.
    */
   connectionsRefused: Record<string, number>;
   /** Bytes relayed from clients to backends, counted when a connection ends. */

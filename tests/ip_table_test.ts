@@ -2,7 +2,7 @@
  * engine/ip_table.ts, the per-address counts behind `max_connections_per_ip`: checked against
  * a plain Map over a long random run in a small table (runs of collisions, so that removal's
  * backward shift is exercised), the limit, IPv4 against its IPv4-mapped IPv6 form, and a full
- * table refusing rather than looping.
+ * table refusing rather than looping; and the reason the engine gives for each refusal.
  */
 
 import assert from "node:assert/strict";
@@ -14,6 +14,9 @@ import {
   newIpTable,
   TABLE_FULL,
 } from "../engine/ip_table.ts";
+import { Gate } from "../engine/plane_gate.ts";
+import { ReportQueue } from "../engine/plane_report.ts";
+import type { Stages } from "../engine/plane_stages.ts";
 
 /** A seeded generator (xorshift32): the same run every time. */
 function random(seed: number): () => number {
@@ -100,3 +103,23 @@ Deno.test("IpTable: each table has its own random seed, which every engine's vie
   for (let n = 0; n < 300; n++) two.release(0, ipv4(n));
   for (let n = 0; n < 300; n++) assert.equal(one.acquire(0, ipv4(n), 1), ACQUIRED);
 });
+
+Deno.test("Gate.countAddress: an address at its limit is per_ip_limit, a full table per_ip_table_full", () => {
+  const host = { now: () => 0, finishNow() {}, wakeAt() {}, timed: new Set<never>() };
+  const gate = new Gate(host, new Float64Array(64), new ReportQueue());
+  gate.useTable(newIpTable(1)); // 1,024 entries
+  const stages = (n: number): Stages =>
+    ({ rules: { maxPerIp: 1 }, ip: mapped(ipv4(n)), counted: null }) as unknown as Stages;
+  for (let n = 0; n < 1024; n++) assert.equal(gate.countAddress(0, stages(n)), null);
+  assert.equal(gate.countAddress(0, stages(3)), "per_ip_limit");
+  assert.equal(gate.countAddress(0, stages(5000)), "per_ip_table_full");
+  const held = stages(9);
+  held.counted = held.ip;
+  gate.release(0, held);
+  assert.equal(gate.countAddress(0, stages(5000)), null, "room again after a release");
+});
+
+/** `ip` (4 bytes) as IPv4-mapped IPv6, as the engines hold client addresses. */
+function mapped(ip: Uint8Array): Uint8Array {
+  return Uint8Array.of(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255, ...ip);
+}
