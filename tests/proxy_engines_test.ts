@@ -337,11 +337,16 @@ Deno.test("TcpProxy (engines = 2): passive health is shared: a dead backend is e
   const live = echoBackend();
   const deadPort = freePort();
   const dead = `app/127.0.0.1:${deadPort}`;
+  // Both engines must serve some of the 60 for this to prove anything: SO_REUSEPORT spreads
+  // connections by their ports, where one shared socket may wake the same engine every time
+  // at this light load (CI saw all 63 in one engine once).
+  Deno.env.set("SPLICE_LISTEN_MODE", "reuseport");
   const proxy = startProxy(parseConfig(proxyToml({
     engines: 2,
     listeners: ["127.0.0.1:0"],
     backends: [`127.0.0.1:${deadPort}`, `127.0.0.1:${live.port}`],
   })));
+  Deno.env.delete("SPLICE_LISTEN_MODE");
   const port = proxy.listenerPorts["127.0.0.1:0"];
   try {
     // One at a time until the dead backend is ejected: round robin offers it every other
