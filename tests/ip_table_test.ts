@@ -105,7 +105,12 @@ Deno.test("IpTable: each table has its own random seed, which every engine's vie
 });
 
 Deno.test("Gate.countAddress: an address at its limit is per_ip_limit, a full table per_ip_table_full", () => {
-  const host = { now: () => 0, finishNow() {}, wakeAt() {}, timed: new Set<never>() };
+  const host = {
+    now: (): number => 0,
+    finishNow(): void {},
+    wakeAt(): void {},
+    timed: new Set<never>(),
+  };
   const gate = new Gate(host, new Float64Array(64), new ReportQueue());
   gate.useTable(newIpTable(1)); // 1,024 entries
   const stages = (n: number): Stages =>
