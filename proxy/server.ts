@@ -313,6 +313,9 @@ export class TcpProxy {
    * Applies a new spec: new listeners start, removed ones stop accepting, clusters apply to
    * new connections. Established connections are not touched. A listener that cannot start
    * is reported (a `"listen-failed"` {@linkcode ProxyEvent}) and the others still apply.
+   * Backends given by host name keep the address last found for them (a name never seen is
+   * looked up in line, blocking); {@linkcode TcpProxy.reloadResolved} looks them all up again
+   * first, off the main thread.
    *
    * From a config, reload with `proxy.reload(specFromConfig(config))`; the splice pipe capacity
    * that {@linkcode startProxy} applied is process-wide and cannot change after the first apply.
